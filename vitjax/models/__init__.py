@@ -1,0 +1,55 @@
+"""Model registry: plain names used by configs and notebooks -> configured Flax modules.
+
+`build("vit_b16", num_classes=10, dropout_rate=0.1)` returns an unbound module whose
+`__call__(images, *, train)` gives float32 logits. ViT names are parsed generically as
+`vit_{variant}{patch}` (variants: ti, s, b, l, h, g, micro), so any patch size works.
+"""
+
+import dataclasses
+import re
+from typing import Any, Optional
+
+import flax.linen as nn
+
+from vitjax.models import vit
+
+_VIT_NAME = re.compile(r"vit_(%s)([1-9]\d*)" % "|".join(vit.VARIANTS))
+
+_CANONICAL_VITS = (
+    "vit_ti16", "vit_s16", "vit_s32", "vit_b16", "vit_b32", "vit_b8", "vit_l16", "vit_l32", "vit_h14", "vit_g14",
+    "vit_micro4", "vit_micro8",
+)
+
+# Module class and its architecture arguments for every name that is not a parsed ViT name.
+_FIXED: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
+
+
+def names() -> list[str]:
+    """Canonical registered names (any other `vit_{variant}{patch}` builds too)."""
+    return [*_CANONICAL_VITS, *_FIXED]
+
+
+def build(name: str, *, num_classes: Optional[int], **overrides: Any) -> nn.Module:
+    """Returns the module registered as `name`; `overrides` replace its keyword arguments.
+
+    `num_classes` 0 or None gives a model without head that returns pre-logits features.
+    Raises ValueError for an unknown name or an override the module does not take.
+    """
+    cls, kwargs = _resolve(name)
+    valid = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name",
+                                                                                          "num_classes"))
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"Unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; "
+                         f"valid: {', '.join(valid)}")
+    return cls(num_classes=num_classes, **{**kwargs, **overrides})
+
+
+def _resolve(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
+    """Module class and architecture arguments for a registered or parsable name."""
+    match = _VIT_NAME.fullmatch(name)
+    if match:
+        return vit.VisionTransformer, dict(patch_size=int(match[2]), **vit.VARIANTS[match[1]])
+    if name in _FIXED:
+        return _FIXED[name]
+    raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(names())}")
