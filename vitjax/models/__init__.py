@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import flax.linen as nn
 
-from vitjax.models import vit
+from vitjax.models import hybrid, resnet, vit
 
 _VIT_NAME = re.compile(r"vit_(%s)([1-9]\d*)" % "|".join(vit.VARIANTS))
 
@@ -20,8 +20,23 @@ _CANONICAL_VITS = (
     "vit_micro4", "vit_micro8",
 )
 
+
+def _hybrid(variant: str, *, patch_size: int, resnet_stages: tuple[int, ...]) -> dict[str, Any]:
+    """Arguments of a hybrid as vit_jax's configs: the ResNet's strides times `patch_size` give the /16 or /32."""
+    return dict(vit.VARIANTS[variant], patch_size=patch_size, resnet_stages=resnet_stages)
+
+
 # Module class and its architecture arguments for every name that is not a parsed ViT name.
-_FIXED: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
+_FIXED: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    **{f"resnet{depth}": (resnet.ResNet, dict(stage_sizes=stages, bottleneck=depth >= 50))
+       for depth, stages in resnet.STAGE_SIZES.items()},
+    **{f"bit_r{depth}x{width}": (resnet.BiTResNet, dict(stage_sizes=resnet.STAGE_SIZES[depth], width_factor=width))
+       for depth, width in [(50, 1), (101, 1), (50, 3), (101, 3), (152, 2), (152, 4)]},
+    "r50_vit_b16": (hybrid.HybridVisionTransformer, _hybrid("b", patch_size=1, resnet_stages=(3, 4, 9))),
+    "r50_vit_l32": (hybrid.HybridVisionTransformer, _hybrid("l", patch_size=1, resnet_stages=(3, 4, 6, 3))),
+    "r26_vit_s32": (hybrid.HybridVisionTransformer, _hybrid("s", patch_size=1, resnet_stages=(2, 2, 2, 2))),
+    "r_vit_ti16": (hybrid.HybridVisionTransformer, _hybrid("ti", patch_size=8, resnet_stages=())),
+}
 
 
 def names() -> list[str]:

@@ -57,6 +57,7 @@ class Conv(nn.Module):
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros
     standardize: Optional[Callable[[Array], Array]] = None
 
     @nn.compact
@@ -74,7 +75,7 @@ class Conv(nn.Module):
                 x, kernel, window_strides=self.strides, padding=self.padding,
                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
         return y
 
 
