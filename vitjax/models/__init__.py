@@ -12,6 +12,9 @@ from typing import Any, Optional
 import flax.linen as nn
 
 from vitjax.models import hybrid, resnet, vit
+from vitjax.models.analysis import forward_gflops, parameter_overview
+
+__all__ = ["build", "names", "forward_gflops", "parameter_overview"]
 
 _VIT_NAME = re.compile(r"vit_(%s)([1-9]\d*)" % "|".join(vit.VARIANTS))
 
