@@ -1,0 +1,39 @@
+"""Defaults every config starts from. Every key exists here so that ``--config.key=value`` overrides are checked."""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = "base"
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict({"name": "vit_b16"})
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "vitjax_digits"
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS's default directory.
+  config.data.train_split = "train"
+  config.data.eval_split = "test"
+  config.data.pp_train = "resize(32)|to_rgb|value_range(-1, 1)"
+  config.data.pp_eval = "resize(32)|to_rgb|value_range(-1, 1)"
+  config.data.shuffle_buffer = 10_000  # Examples; about 1.5 GB of host memory at 224px uint8.
+  config.data.cache = False  # Cache decoded examples in host memory (small datasets only).
+  config.data.prefetch = 2  # Batches kept in flight on the devices.
+
+  config.batch_size = 512  # Global, over all devices and processes.
+  config.eval_batch_size = 512
+  config.total_steps = 0  # 0: derive from num_epochs.
+  config.num_epochs = 1.0
+
+  config.loss = ml_collections.ConfigDict({"name": "softmax_xent", "label_smoothing": 0.0})
+  config.optimizer = ml_collections.ConfigDict({
+      "name": "sgd", "learning_rate": 0.03, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
+      "b1": 0.9, "b2": 0.999, "grad_clip_norm": 1.0})
+  config.schedule = ml_collections.ConfigDict({"name": "cosine", "warmup_steps": 0, "end_value": 0.0})
+
+  config.log_every = 50
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3
+  return config

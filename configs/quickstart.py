@@ -1,0 +1,35 @@
+"""Quickstart: a micro ViT learns the embedded handwritten digits on a laptop CPU.
+
+    python -m vitjax.main --config=configs/quickstart.py --workdir=/tmp/vitjax-quickstart
+
+Expected: see benchmarks/RESULTS.md (test accuracy and wall time on 2 CPU cores).
+"""
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+  del arg
+  config = common.get_base_config()
+  config.name = "quickstart"
+  config.model.name = "vit_micro8"
+  config.model.classifier = "gap"
+  config.model.posemb = "sincos2d"
+  config.model.dropout_rate = 0.0
+  config.model.stochastic_depth = 0.0
+  config.data.dataset = "vitjax_digits"
+  # The stored digits are 8x8 grayscale; upscale to 32x32 RGB here, after shifting by up to one whole original pixel.
+  config.data.pp_train = "pad_and_crop(1)|resize(32, method='nearest')|to_rgb|value_range(-1, 1)"
+  config.data.pp_eval = "resize(32, method='nearest')|to_rgb|value_range(-1, 1)"
+  config.data.cache = True
+  config.batch_size = 64
+  config.eval_batch_size = 120
+  config.total_steps = 2000
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.weight_decay = 0.05
+  config.schedule.warmup_steps = 100
+  config.log_every = 100
+  config.eval_every = 500
+  config.checkpoint_every = 500
+  return config

@@ -1,0 +1,105 @@
+"""The training loop end to end on the digits: outputs, resume, and early errors on bad configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from configs import quickstart
+from vitjax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(digits_dir, **overrides):
+  config = quickstart.get_config()
+  config.data.data_dir = digits_dir
+  config.batch_size = 16
+  config.eval_batch_size = 40
+  config.total_steps = 6
+  config.log_every = config.eval_every = config.checkpoint_every = 3
+  config.schedule.warmup_steps = 0
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _params(workdir):
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "meta"))
+  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return restored.state["params"]
+
+
+def _parse_config_flag(*args):
+  argv = ["prog", *args]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def test_config_file_with_argument_and_overrides():
+  config = _parse_config_flag(f"--config={REPO}/configs/vit_b16.py:cifar100", "--config.batch_size=64",
+                              "--config.optimizer.learning_rate=0.01")
+  assert (config.name, config.data.dataset, config.batch_size, config.optimizer.learning_rate) == (
+      "vit_b16_cifar100", "cifar100", 64, 0.01)
+  assert config.optimizer.grad_clip_norm == 1.0 and config.total_steps == 10_000
+  with pytest.raises(Exception, match="no_such_key"):
+    _parse_config_flag(f"--config={REPO}/configs/quickstart.py", "--config.no_such_key=1")
+  with pytest.raises(Exception, match="Unknown preset 'mnist'"):
+    _parse_config_flag(f"--config={REPO}/configs/vit_b16.py:mnist")
+
+
+def test_run_writes_results_curves_and_resumes_exactly(digits_dir, tmp_path):
+  config = tiny_config(digits_dir)
+  config.schedule.name = "constant"
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  results = train.train_and_evaluate(config, straight)
+  assert results["step"] == 6 and results["num_examples"] == 360 and 0 <= results["accuracy"] <= 1
+  with open(os.path.join(straight, "results.json")) as f:
+    saved = json.load(f)
+  assert {"accuracy", "loss", "step", "train_seconds", "config"} <= set(saved) and saved["config"] == "quickstart"
+  assert os.path.getsize(os.path.join(straight, "curves.png")) > 10_000
+
+  # The same run in two halves: the second half restores step 3 and its data position.
+  config.total_steps = 3
+  train.train_and_evaluate(config, resumed)
+  config.total_steps = 6
+  second = train.train_and_evaluate(config, resumed)
+  assert second["step"] == 6
+  jax.tree.map(np.testing.assert_array_equal, _params(straight), _params(resumed))
+
+  # A third call has nothing left to train: it reports the finished run without changing it.
+  again = train.train_and_evaluate(config, resumed)
+  assert again["accuracy"] == second["accuracy"] and again["step"] == 6
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model", {"name": "nonexistent"}, r"Unknown model 'nonexistent'; choose one of: .*vit_b16"),
+    ("batch_size", 12, r"config.batch_size=12 must be a positive multiple of the device count 8"),
+    ("data", {"dataset": "no_such_dataset"}, r"Unknown dataset 'no_such_dataset'; .*vitjax_digits"),
+])
+def test_bad_config_fails_before_anything_runs(digits_dir, tmp_path, key, value, message):
+  config = tiny_config(digits_dir)
+  if isinstance(value, dict):
+    config[key].update(value)
+  else:
+    config[key] = value
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_command_line_reports_a_bad_model_in_one_line(tmp_path):
+  run = subprocess.run(
+      [sys.executable, "-m", "vitjax.main", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
+       "--config.model.name=nonexistent"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1].startswith("error: Unknown model 'nonexistent'; choose one of:")

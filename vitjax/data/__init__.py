@@ -1,0 +1,4 @@
+"""Input pipelines: TFDS sources, preprocessing ops, per-process sharding. Knows nothing about models."""
+
+from vitjax.data.pipeline import (DatasetUnavailableError, EMBEDDED, as_numpy, eval_batches, eval_dataset,
+                                  get_builder, num_classes, prepare, train_dataset)
