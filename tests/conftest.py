@@ -18,5 +18,5 @@ def digits_dir(tmp_path_factory) -> str:
   """A TFDS data_dir holding the prepared embedded digits dataset."""
   from vitjax import data
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare(data.get_builder("vitjax_digits", data_dir=data_dir))
+  data.prepare(data.builder_by_name("vitjax_digits", data_dir=data_dir))
   return data_dir

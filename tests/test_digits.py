@@ -9,7 +9,7 @@ from vitjax.data import digits
 
 
 def _load(digits_dir, split):
-  builder = data.get_builder("vitjax_digits", data_dir=digits_dir)
+  builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
   examples = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
   return np.stack([e["image"] for e in examples]), np.array([e["label"] for e in examples])
 
@@ -40,6 +40,6 @@ def test_stored_examples_match_scikit_learn(digits_dir):
 
 
 def test_builder_metadata(digits_dir):
-  builder = data.get_builder("vitjax_digits", data_dir=digits_dir)
+  builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
   assert data.num_classes(builder) == 10
   assert builder.info.splits["train"].num_examples == 1437

@@ -9,9 +9,10 @@ from vitjax import data, losses, models, optim, steps, train
 
 
 def _state_and_batch(digits_dir, *, learning_rate=3e-3):
-  builder = data.get_builder("vitjax_digits", data_dir=digits_dir)
-  batch = next(data.as_numpy(data.train_dataset(builder, split="train", batch_size=32,
-                                                pp="resize(32)|to_rgb|value_range(-1, 1)", seed=0)))
+  builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
+  data_config = ml_collections.ConfigDict({"train_split": "train",
+                                           "pp_train": "resize(32)|to_rgb|value_range(-1, 1)"})
+  batch = next(data.as_numpy(data.train_dataset(builder, data_config, batch_size=32, seed=0)))
   model = models.build("vit_micro8", num_classes=10)
   config = ml_collections.ConfigDict({"optimizer": {"name": "adamw", "learning_rate": learning_rate,
                                                     "weight_decay": 0.0},

@@ -19,11 +19,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   mesh = sharding.make_mesh()
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   model = models.build(config.model.name, num_classes=num_classes, **train.model_overrides(config))
-  num_steps = train.total_steps(config, builder.info.splits[config.data.train_split].num_examples)
+  num_steps = train.total_steps(config, data.num_examples(builder, config.data.train_split))
   tx, _ = optim.create_optimizer(config, total_steps=num_steps)
-  eval_ds = data.eval_dataset(builder, split=config.data.eval_split, batch_size=config.eval_batch_size
-                              // jax.process_count(), pp=config.data.pp_eval, process_index=jax.process_index(),
-                              process_count=jax.process_count())
+  eval_ds = data.eval_dataset(builder, config.data, batch_size=config.eval_batch_size // jax.process_count(),
+                              process_index=jax.process_index(), process_count=jax.process_count())
   image_shape = tuple(eval_ds.element_spec["image"].shape[1:])
   abstract_state = jax.eval_shape(functools.partial(train.create_train_state, model, tx, image_shape=image_shape),
                                   jax.random.key(0))

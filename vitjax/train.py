@@ -26,7 +26,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   sharding.check_batch_size(config.batch_size)
   sharding.check_batch_size(config.eval_batch_size, name="eval_batch_size")
   losses.get(config.loss.name)
-  data.get_builder(config.data.dataset, data_dir=config.data.data_dir)
+  data.get_builder(config.data)
   for key in ("pp_train", "pp_eval"):
     data.preprocess.parse(config.data[key])
 
@@ -46,7 +46,7 @@ def loss_function(config: ml_collections.ConfigDict):
 
 def prepare_dataset(config: ml_collections.ConfigDict):
   """The dataset's builder, prepared by the first process first so that processes sharing a disk don't race."""
-  builder = data.get_builder(config.data.dataset, data_dir=config.data.data_dir)
+  builder = data.get_builder(config.data)
   if jax.process_index() == 0:
     data.prepare(builder)
   if jax.process_count() > 1:
@@ -118,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   builder = prepare_dataset(config)
   num_classes = data.num_classes(builder)
-  num_train = builder.info.splits[config.data.train_split].num_examples
+  num_train = data.num_examples(builder, config.data.train_split)
   num_steps = total_steps(config, num_train)
   local_batch = config.batch_size // jax.process_count()
 
@@ -127,9 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicated = sharding.replicated(mesh)
   model = models.build(config.model.name, num_classes=num_classes, **model_overrides(config))
   tx, learning_rate_fn = optim.create_optimizer(config, total_steps=num_steps)
-  eval_ds = data.eval_dataset(builder, split=config.data.eval_split, batch_size=config.eval_batch_size
-                              // jax.process_count(), pp=config.data.pp_eval, process_index=jax.process_index(),
-                              process_count=jax.process_count(), cache=config.data.cache)
+  eval_ds = data.eval_dataset(builder, config.data, batch_size=config.eval_batch_size // jax.process_count(),
+                              process_index=jax.process_index(), process_count=jax.process_count())
   image_shape = tuple(eval_ds.element_spec["image"].shape[1:])
 
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
@@ -161,10 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        out_shardings=(state_sharding, replicated), donate_argnums=0)
   eval_step = jax.jit(steps.make_eval_step(loss_fn=loss_fn), in_shardings=(state_sharding, batch_sharding),
                       out_shardings=replicated)
-  train_ds = data.train_dataset(
-      builder, split=config.data.train_split, batch_size=local_batch, pp=config.data.pp_train, seed=config.seed,
-      start_batch=start_step, shuffle_buffer=config.data.shuffle_buffer, process_index=jax.process_index(),
-      process_count=jax.process_count(), cache=config.data.cache)
+  train_ds = data.train_dataset(builder, config.data, batch_size=local_batch, seed=config.seed,
+                                start_batch=start_step, process_index=jax.process_index(),
+                                process_count=jax.process_count())
   batches = sharding.prefetch_to_device(data.as_numpy(train_ds), batch_sharding, size=config.data.prefetch)
 
   def save(step: int) -> None:

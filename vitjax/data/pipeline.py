@@ -9,6 +9,7 @@ examples when it writes a dataset, so reading shards in order and shuffling with
 import math
 from typing import Iterator
 
+import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -23,8 +24,12 @@ class DatasetUnavailableError(RuntimeError):
   """Raised when a dataset is known to TFDS but not prepared in ``data_dir`` and cannot be downloaded."""
 
 
-def get_builder(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Returns the TFDS builder of ``name``; unknown names fail with the valid choices."""
+def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of ``config.dataset`` in ``config.data_dir``; unknown names fail with the valid choices."""
+  return builder_by_name(config.dataset, data_dir=config.get("data_dir"))
+
+
+def builder_by_name(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   if name in EMBEDDED:
     return EMBEDDED[name](data_dir=data_dir)
   try:
@@ -55,6 +60,10 @@ def num_classes(builder: tfds.core.DatasetBuilder, label_key: str = "label") -> 
   return builder.info.features[label_key].num_classes
 
 
+def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  return builder.info.splits[split].num_examples
+
+
 def process_split(builder: tfds.core.DatasetBuilder, split: str, *, process_index: int, process_count: int,
                   drop_remainder: bool) -> str:
   """This process's disjoint share of ``split``; shares are equal when ``drop_remainder``, else within one."""
@@ -73,17 +82,21 @@ def _finalize(features, *, num_classes: int):
           "labels": tf.one_hot(features["label"], num_classes, dtype=tf.float32)}
 
 
-def train_dataset(builder: tfds.core.DatasetBuilder, *, split: str, batch_size: int, pp: str, seed: int,
-                  start_batch: int = 0, shuffle_buffer: int = 10_000, process_index: int = 0,
-                  process_count: int = 1, image_key: str = "image", label_key: str = "label",
-                  cache: bool = False) -> tf.data.Dataset:
-  """An endless stream of this process's training batches of ``batch_size``, starting at batch ``start_batch``."""
-  split = process_split(builder, split, process_index=process_index, process_count=process_count,
+def train_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict, *, batch_size: int,
+                  seed: int, start_batch: int = 0, process_index: int = 0, process_count: int = 1
+                  ) -> tf.data.Dataset:
+  """An endless stream of this process's training batches of ``batch_size``, starting at batch ``start_batch``.
+
+  ``config`` is the data config: ``train_split``, ``pp_train``, ``shuffle_buffer``, ``cache``, feature keys.
+  """
+  image_key, label_key = config.get("image_key", "image"), config.get("label_key", "label")
+  split = process_split(builder, config.train_split, process_index=process_index, process_count=process_count,
                         drop_remainder=True)
   num_examples = builder.info.splits[split].num_examples
   if num_examples == 0:
     raise ValueError(f"Training split {split!r} of {builder.info.name!r} has no examples for process {process_index}.")
-  base = _read(builder, split, image_key=image_key, label_key=label_key, cache=cache)
+  base = _read(builder, split, image_key=image_key, label_key=label_key, cache=config.get("cache", False))
+  shuffle_buffer = config.get("shuffle_buffer", 10_000)
   start = start_batch * batch_size
   start_epoch, offset = divmod(start, num_examples)
   epoch_seed = lambda epoch: seed * 1_000_003 + epoch  # noqa: E731 - distinct, reproducible per-epoch seeds.
@@ -92,7 +105,7 @@ def train_dataset(builder: tfds.core.DatasetBuilder, *, split: str, batch_size: 
   stream = stream.skip(offset)
   indices = tf.data.Dataset.range(start, _MAX_EPOCHS)
   key = tf.constant([seed, process_index], tf.int64)
-  augment = preprocess.parse(pp)
+  augment = preprocess.parse(config.pp_train)
   classes = num_classes(builder, label_key)
 
   def process(index, features):
@@ -109,13 +122,17 @@ def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: i
   return math.ceil(max(builder.info.splits[s].num_examples for s in shares) / batch_size)
 
 
-def eval_dataset(builder: tfds.core.DatasetBuilder, *, split: str, batch_size: int, pp: str,
-                 process_index: int = 0, process_count: int = 1, image_key: str = "image",
-                 label_key: str = "label", cache: bool = False) -> tf.data.Dataset:
-  """This process's share of ``split`` once, in order, padded to whole batches; ``mask`` is 0 on padding."""
+def eval_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict, *, batch_size: int,
+                 split: str | None = None, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """This process's share of ``split`` (default ``config.eval_split``) once, in order, padded to whole batches.
+
+  ``mask`` is 1 on real examples and 0 on the padding.
+  """
+  split = split or config.eval_split
+  image_key, label_key = config.get("image_key", "image"), config.get("label_key", "label")
   share = process_split(builder, split, process_index=process_index, process_count=process_count,
                         drop_remainder=False)
-  transform = preprocess.parse(pp)
+  transform = preprocess.parse(config.pp_eval)
   classes = num_classes(builder, label_key)
   no_seed = tf.zeros([2], tf.int64)  # Evaluation preprocessing is deterministic.
 
@@ -123,7 +140,7 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, *, split: str, batch_size: i
     out = _finalize(transform(features, no_seed), num_classes=classes)
     return {**out, "mask": tf.constant(1.0)}
 
-  ds = _read(builder, share, image_key=image_key, label_key=label_key, cache=cache)
+  ds = _read(builder, share, image_key=image_key, label_key=label_key, cache=config.get("cache", False))
   ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
   padding = tf.data.Dataset.from_tensors(
       tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)).repeat()
