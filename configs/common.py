@@ -28,9 +28,25 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict({"name": "softmax_xent", "label_smoothing": 0.0})
   config.optimizer = ml_collections.ConfigDict({
-      "name": "sgd", "learning_rate": 0.03, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
-      "b1": 0.9, "b2": 0.999, "grad_clip_norm": 1.0})
+      "name": "sgd", "learning_rate": 0.03, "momentum": 0.9, "nesterov": False, "b1": 0.9, "b2": 0.999,
+      "weight_decay": 0.0, "weight_decay_mode": "decoupled",  # or "l2": added to the gradient, as L2 in the loss.
+      "grad_clip_norm": 1.0,
+      "layerwise_decay": 1.0,  # < 1: learning rate times decay**(depth from the top), per ViT block / ResNet stage.
+      "freeze": ml_collections.config_dict.placeholder(str),  # Regex over parameter paths: no update, no state.
+  })
   config.schedule = ml_collections.ConfigDict({"name": "cosine", "warmup_steps": 0, "end_value": 0.0})
+
+  config.parallelism = "jit"  # or "pmap".
+  config.mesh = ml_collections.ConfigDict({"fsdp": 1})  # Devices per parameter shard; -1: all.
+  config.accum_steps = 1  # Gradient accumulation: microbatches per step, same result as the whole batch.
+  config.ema_decay = 0.0  # > 0 keeps an exponential moving average of the parameters, evaluated as eval/ema_*.
+
+  config.pretrained = ml_collections.ConfigDict({
+      "path": ml_collections.config_dict.placeholder(str),  # A public .npz or an Orbax checkpoint directory.
+      "dont_load": ("head/.*",), "head_bias_init": 0.0, "keep_pre_logits": False})
+
+  # Stop when eval/<metric> has not improved for `patience` evaluations; 0 disables.
+  config.early_stopping = ml_collections.ConfigDict({"metric": "accuracy", "mode": "max", "patience": 0})
 
   config.log_every = 50
   config.eval_every = 1000

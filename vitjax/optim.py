@@ -1,14 +1,16 @@
-"""Optax recipes: learning-rate schedules, optimizers, gradient clipping and weight-decay masks."""
+"""Optax recipes: schedules, optimizers, clipping, weight-decay masks, layer-wise learning rates, freezing."""
 
 import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt", "step")
 OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
+WEIGHT_DECAY_MODES = ("decoupled", "l2")
 
 # Parameters that are never decayed: biases, norm scales, position embeddings and class/probe tokens.
 NO_DECAY_PATTERN = r"(^|/)(bias|scale|gamma|beta|pos_embedding|cls|probe)$"
@@ -46,35 +48,98 @@ def path_name(path: tuple[Any, ...]) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+def map_names(fn, tree: Any) -> Any:
+  """Maps ``fn(name, leaf)`` over a parameter tree, ``name`` being the '/'-joined path."""
+  return jax.tree_util.tree_map_with_path(lambda path, leaf: fn(path_name(path), leaf), tree)
+
+
 def weight_decay_mask(params: Any, pattern: str = NO_DECAY_PATTERN) -> Any:
   """True for the parameters that take weight decay: everything whose name does not match ``pattern``."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: re.search(pattern, path_name(path)) is None, params)
+  return map_names(lambda name, _: re.search(pattern, name) is None, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int
+def layer_index(name: str, num_layers: int) -> int:
+  """Depth of a parameter for layer-wise decay: 0 for the stem, i+1 for block/stage i, num_layers+1 for the top.
+
+  ViT blocks are ``encoderblock_{i}``; ResNet stages ``block{k}`` (k from 1), or ``stage{k}`` counted likewise.
+  """
+  if match := re.search(r"encoderblock_(\d+)/", name):
+    return int(match.group(1)) + 1
+  if match := re.search(r"(?:^|/)(?:block|stage)(\d+)/", name):
+    return int(match.group(1))
+  if re.search(r"(^|/)(embedding|cls|pos_embedding|posembed_input|conv_root|gn_root|root_block|conv_init|"
+               r"bn_init|stem)(/|$)", name):
+    return 0
+  return num_layers + 1
+
+
+def layerwise_scales(params: Any, decay: float) -> Any:
+  """Learning-rate multipliers ``decay ** (top - depth)``: the head learns at full rate, the stem slowest."""
+  names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  depths = [layer_index(n, 0) for n in names]
+  num_layers = max([d for d, n in zip(depths, names) if re.search(r"encoderblock_|block\d|stage\d", n)],
+                   default=0)
+  return map_names(lambda name, _: decay ** (num_layers + 1 - layer_index(name, num_layers)), params)
+
+
+def scale_by_tree(scales: Any) -> optax.GradientTransformation:
+  """Multiplies every update by a fixed per-parameter factor (layer-wise learning rates)."""
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def frozen_mask(params: Any, pattern: str | None) -> Any:
+  """True for the parameters whose name matches the ``freeze`` regex."""
+  return map_names(lambda name, _: bool(pattern) and re.search(pattern, name) is not None, params)
+
+
+def _core(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimizer's preconditioning, before weight decay and the learning rate."""
+  if opt.name == "sgd":
+    momentum = opt.get("momentum", 0.9)
+    return optax.trace(decay=momentum, nesterov=opt.get("nesterov", False)) if momentum else optax.identity()
+  if opt.name in ("adam", "adamw", "lamb"):
+    return optax.scale_by_adam(b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
+                               eps=opt.get("eps", 1e-6 if opt.name == "lamb" else 1e-8))
+  raise ValueError(f"Unknown optimizer {opt.name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
+
+
+def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int, params: Any | None = None
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer of ``config.optimizer`` with ``config.schedule``; returns it with its schedule."""
+  """The optimizer of ``config.optimizer`` with ``config.schedule``; returns it with its schedule.
+
+  Order: clip the global gradient norm, precondition (momentum / Adam moments), weight decay (as L2 on the
+  gradient before preconditioning, or decoupled after it), trust ratio (LAMB), learning rate, layer-wise scale.
+  ``params`` (shapes suffice) is needed for layer-wise learning rates.
+  """
   opt = config.optimizer
   schedule = create_learning_rate_fn(config.schedule, base_learning_rate=opt.learning_rate,
                                      total_steps=total_steps)
   weight_decay = opt.get("weight_decay", 0.0)
-  name = opt.name
-  if name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask) if weight_decay
-                     else optax.identity(),
-                     optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None,
-                               nesterov=opt.get("nesterov", False)))
-  elif name == "adam":
-    tx = optax.adam(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-8))
-  elif name == "adamw":
-    tx = optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-8),
-                     weight_decay=weight_decay, mask=weight_decay_mask)
-  elif name == "lamb":
-    tx = optax.lamb(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-6),
-                    weight_decay=weight_decay, mask=weight_decay_mask)
-  else:
-    raise ValueError(f"Unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
-  clip = opt.get("grad_clip_norm", None)
-  if clip:
-    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+  mode = opt.get("weight_decay_mode", "decoupled")
+  if mode not in WEIGHT_DECAY_MODES:
+    raise ValueError(f"Unknown weight_decay_mode {mode!r}; choose one of: {', '.join(WEIGHT_DECAY_MODES)}.")
+  decay = optax.add_decayed_weights(weight_decay, mask=weight_decay_mask) if weight_decay else optax.identity()
+  parts = [optax.clip_by_global_norm(opt.grad_clip_norm) if opt.get("grad_clip_norm") else optax.identity(),
+           decay if mode == "l2" else optax.identity(),
+           _core(opt),
+           decay if mode == "decoupled" else optax.identity(),
+           optax.scale_by_trust_ratio() if opt.name == "lamb" else optax.identity(),
+           optax.scale_by_learning_rate(schedule)]
+  layerwise_decay = opt.get("layerwise_decay", 1.0)
+  if layerwise_decay != 1.0:
+    if params is None:
+      raise ValueError("optimizer.layerwise_decay needs the parameter tree: pass params to create_optimizer.")
+    parts.append(scale_by_tree(layerwise_scales(params, layerwise_decay)))
+  tx = optax.chain(*parts)
+  freeze = opt.get("freeze", None)
+  if freeze:
+    if params is None:
+      raise ValueError("optimizer.freeze needs the parameter tree: pass params to create_optimizer.")
+    labels = map_names(lambda name, _: "frozen" if re.search(freeze, name) else "trained", params)
+    if "trained" not in jax.tree.leaves(labels):
+      raise ValueError(f"optimizer.freeze={freeze!r} matches every parameter: nothing would train.")
+    tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule

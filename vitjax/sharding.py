@@ -1,19 +1,32 @@
-"""Device mesh, shardings, and host-local <-> global arrays for data-parallel training."""
+"""Device mesh and shardings; the two ways of running a step on many devices: ``jit`` and ``pmap``.
+
+``jit`` (the default) places the global batch on a ``(data, fsdp)`` mesh. Parameters and optimizer state are
+replicated over ``data`` and, when the ``fsdp`` axis is larger than 1, split along ``fsdp`` on their largest
+divisible dimension, so each device holds a 1/fsdp share. ``pmap`` keeps one replica per local device and
+averages gradients with ``pmean``, for code written in that style. Checkpoints use the jit layout in both cases,
+so a run can switch between them.
+"""
 
 import collections
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
+import flax.jax_utils
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DATA_AXIS = "data"
+DATA_AXIS, FSDP_AXIS = "data", "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+PMAP_AXIS = "batch"
 
 
-def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  """A one-axis data-parallel mesh over all (global) devices, with ``Auto`` axis types."""
+def make_mesh(*, fsdp: int = 1, devices: list[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp) mesh over all global devices, with ``Auto`` axis types; ``fsdp=-1`` shards over all."""
   devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  fsdp = len(devices) if fsdp == -1 else fsdp
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f"config.mesh.fsdp={fsdp} must divide the device count {len(devices)} (or be -1 for all).")
+  return Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), BATCH_AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -21,8 +34,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Shards the leading (batch) axis over the data axis."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Shards the leading (batch) axis over every device of the mesh."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
+  """Splits the largest dimension that ``fsdp_size`` divides over the fsdp axis; replicates small arrays."""
+  if fsdp_size == 1:
+    return P()
+  candidates = [(size, axis) for axis, size in enumerate(shape) if size % fsdp_size == 0]
+  if not candidates:
+    return P()
+  _, axis = max(candidates)
+  return P(*([None] * axis + [FSDP_AXIS]))
+
+
+def state_sharding(mesh: Mesh, abstract_state: Any) -> Any:
+  """A NamedSharding for every array of the (abstract) train state."""
+  fsdp_size = mesh.shape[FSDP_AXIS]
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, fsdp_size)), abstract_state)
 
 
 def check_batch_size(batch_size: int, *, name: str = "batch_size") -> None:
@@ -40,14 +70,14 @@ def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> di
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
-def prefetch_to_device(batches: Iterable[Any], sharding: NamedSharding, *, size: int = 2) -> Iterator[Any]:
-  """Keeps ``size`` batches in flight on the devices so the host copy overlaps the step."""
+def prefetch_to_device(batches: Iterable[Any], place: Callable[[Any], Any], *, size: int = 2) -> Iterator[Any]:
+  """Keeps ``size`` batches in flight on the devices so the host-to-device copy overlaps the step."""
   queue = collections.deque()
   iterator = iter(batches)
 
   def enqueue(n: int) -> None:
     for batch in iterator:
-      queue.append(to_global(batch, sharding))
+      queue.append(place(batch))
       if len(queue) >= n:
         return
 
@@ -55,3 +85,88 @@ def prefetch_to_device(batches: Iterable[Any], sharding: NamedSharding, *, size:
   while queue:
     yield queue.popleft()
     enqueue(size)
+
+
+class Jit:
+  """Steps compiled with ``jax.jit`` over a (data, fsdp) mesh; arrays are global."""
+
+  def __init__(self, mesh: Mesh, abstract_state: Any):
+    self.mesh = mesh
+    self.state_sharding = state_sharding(mesh, abstract_state)
+    self.batch = batch_sharding(mesh)
+    self.replicated = replicated(mesh)
+
+  def init(self, init_fn: Callable, rng: jax.Array) -> Any:
+    """The initial state in the checkpoint (jit) layout; ``from_checkpoint`` makes it this strategy's."""
+    return jax.jit(init_fn, out_shardings=self.state_sharding)(rng)
+
+  def train_step(self, step_fn: Callable) -> Callable:
+    return jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch, self.replicated),
+                   out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+
+  def eval_step(self, step_fn: Callable) -> Callable:
+    return jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch), out_shardings=self.replicated)
+
+  def place_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return to_global(local_batch, self.batch)
+
+  def restore_target(self, abstract_state: Any) -> Any:
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        abstract_state, self.state_sharding)
+
+  def to_checkpoint(self, state: Any) -> Any:
+    return state
+
+  def from_checkpoint(self, state: Any) -> Any:
+    return state
+
+  def host_metrics(self, metrics: Any) -> Any:
+    return jax.device_get(metrics)
+
+
+class Pmap(Jit):
+  """Steps compiled with ``jax.pmap`` over the local devices; the state is replicated, one copy per device."""
+
+  def __init__(self, mesh: Mesh, abstract_state: Any):
+    super().__init__(mesh, abstract_state)
+    if mesh.shape[FSDP_AXIS] != 1:
+      raise ValueError("config.parallelism='pmap' keeps full replicas: use config.mesh.fsdp=1, or 'jit' for fsdp.")
+    self.local_devices = jax.local_devices()
+    self.local_mesh = Mesh(np.asarray(self.local_devices), (PMAP_AXIS,))
+
+  def train_step(self, step_fn: Callable) -> Callable:
+    return jax.pmap(step_fn, axis_name=PMAP_AXIS, in_axes=(0, 0, None), donate_argnums=0)
+
+  def eval_step(self, step_fn: Callable) -> Callable:
+    return jax.pmap(step_fn, axis_name=PMAP_AXIS)
+
+  def place_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    sharding = NamedSharding(self.local_mesh, P(PMAP_AXIS))
+    n = len(self.local_devices)
+    return jax.tree.map(lambda x: jax.device_put(x.reshape(n, -1, *x.shape[1:]), sharding), local_batch)
+
+  def to_checkpoint(self, state: Any) -> Any:
+    """One replica, as global arrays replicated over the mesh (the jit layout)."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, _first_replica(x)),
+                        state)
+
+  def from_checkpoint(self, state: Any) -> Any:
+    return flax.jax_utils.replicate(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state),
+                                    self.local_devices)
+
+  def host_metrics(self, metrics: Any) -> Any:
+    return jax.tree.map(_first_replica, metrics)
+
+
+def _first_replica(x: jax.Array) -> np.ndarray:
+  """The copy held by the first local device of a pmap-replicated array."""
+  return np.asarray(x.addressable_shards[0].data)[0]
+
+
+PARALLELISM = {"jit": Jit, "pmap": Pmap}
+
+
+def create(parallelism: str, mesh: Mesh, abstract_state: Any) -> Jit:
+  if parallelism not in PARALLELISM:
+    raise ValueError(f"Unknown parallelism {parallelism!r}; choose one of: {', '.join(PARALLELISM)}.")
+  return PARALLELISM[parallelism](mesh, abstract_state)
