@@ -1,0 +1,59 @@
+"""One process of the multi-process equality test: a few jit data-parallel steps on a fixed global batch.
+
+Each process feeds only its own rows of every global batch; the result must equal one process feeding all rows.
+Run as: python tests/multihost_worker.py OUT.npz [--coordinator_address=... --num_processes=N --process_id=I]
+"""
+
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from vitjax import checkpoints, losses, models, optim, sharding, steps, train  # noqa: E402
+
+flags.DEFINE_string("coordinator_address", None, "")
+flags.DEFINE_integer("num_processes", None, "")
+flags.DEFINE_integer("process_id", None, "")
+FLAGS = flags.FLAGS
+GLOBAL_BATCH, NUM_STEPS = 16, 3
+
+
+def main(argv):
+  out = argv[1]
+  if FLAGS.num_processes:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  model = models.build("vit_micro8", num_classes=10)
+  config = ml_collections.ConfigDict({"optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9},
+                                      "schedule": {"name": "constant"}})
+  tx, schedule = optim.create_optimizer(config, total_steps=NUM_STEPS)
+  init = functools.partial(train.create_train_state, model, tx, image_shape=(16, 16, 3))
+  parallel = sharding.Jit(sharding.make_mesh(), jax.eval_shape(init, jax.random.key(0)))
+  state = parallel.init(init, jax.random.key(0))
+  step = parallel.train_step(steps.make_train_step(loss_fn=losses.softmax_cross_entropy,
+                                                   learning_rate_fn=schedule))
+  rng = np.random.default_rng(0)
+  rows = GLOBAL_BATCH // jax.process_count()
+  mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+  for _ in range(NUM_STEPS):
+    batch = {"image": rng.uniform(-1, 1, (GLOBAL_BATCH, 16, 16, 3)).astype(np.float32),
+             "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, GLOBAL_BATCH)]}
+    state, _ = step(state, parallel.place_batch(jax.tree.map(lambda x: x[mine], batch)), jax.random.key(1))
+  # A cooperative Orbax save and restore of the replicated state, then the parameters for comparison.
+  manager = checkpoints.create_manager(os.path.dirname(out) + f"/ckpt_{jax.process_count()}", max_to_keep=1)
+  checkpoints.save(manager, state, step=NUM_STEPS, meta={"step": NUM_STEPS})
+  manager.wait_until_finished()
+  restored, meta = checkpoints.restore_latest(manager, parallel.restore_target(jax.eval_shape(init, jax.random.key(0))))
+  assert meta["step"] == NUM_STEPS
+  if jax.process_index() == 0:
+    leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(restored.params))
+    np.savez(out, **{jax.tree_util.keystr(path): leaf for path, leaf in leaves})
+
+
+if __name__ == "__main__":
+  app.run(main)
