@@ -17,6 +17,7 @@ def get_config(arg: str | None = None):
   config.model.posemb = "sincos2d"
   config.model.dropout_rate = 0.0
   config.model.stochastic_depth = 0.0
+  config.model.dtype = "float32"  # Compute dtype; "bfloat16" keeps float32 parameters and optimizer state.
   config.data.dataset = "vitjax_digits"
   # The stored digits are 8x8 grayscale; upscale to 32x32 RGB here, after shifting by up to one whole original pixel.
   config.data.pp_train = "pad_and_crop(1)|resize(32, method='nearest')|to_rgb|value_range(-1, 1)"

@@ -103,3 +103,30 @@ def test_command_line_reports_a_bad_model_in_one_line(tmp_path):
        "--config.model.name=nonexistent"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1].startswith("error: Unknown model 'nonexistent'; choose one of:")
+
+
+def test_early_stopping_stops_when_the_metric_stalls(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, total_steps=8)
+  config.eval_every = 1
+  config.optimizer.learning_rate = 0.0  # Nothing changes, so accuracy never improves after the first eval.
+  config.early_stopping.patience = 2
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == 3 and not results["finished"]
+  assert results["stop_reason"] == "no eval/accuracy gain in 2 evals"
+  assert "3" in os.listdir(tmp_path / "checkpoints")
+
+
+def test_non_finite_loss_stops_naming_the_step(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, total_steps=6)
+  config.optimizer.update(name="sgd", learning_rate=1e30, grad_clip_norm=0.0)
+  with pytest.raises(FloatingPointError, match=r"at step \d+; the last good checkpoint is step None"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_bfloat16_compute_keeps_float32_state(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, total_steps=2)
+  config.model.dtype = "bfloat16"
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(results["loss"])
+  params = _params(str(tmp_path))
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype("float32")}

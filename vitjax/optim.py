@@ -24,7 +24,8 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, *, base_learning_
   name = config.get("name", "cosine")
   end = config.get("end_value", 0.0)
   if name == "cosine":
-    decay = optax.cosine_decay_schedule(base_learning_rate, decay_steps, alpha=end / base_learning_rate)
+    alpha = end / base_learning_rate if base_learning_rate else 0.0
+    decay = optax.cosine_decay_schedule(base_learning_rate, decay_steps, alpha=alpha)
   elif name == "linear":
     decay = optax.linear_schedule(base_learning_rate, end, decay_steps)
   elif name == "constant":
