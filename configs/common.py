@@ -17,8 +17,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.eval_split = "test"
   config.data.pp_train = "resize(32)|to_rgb|value_range(-1, 1)"
   config.data.pp_eval = "resize(32)|to_rgb|value_range(-1, 1)"
-  config.data.shuffle_buffer = 10_000  # Examples; about 1.5 GB of host memory at 224px uint8.
-  config.data.cache = False  # Cache decoded examples in host memory (small datasets only).
+  config.data.image_key = "image"  # TFDS feature holding the image.
+  config.data.label_key = "label"  # TFDS feature holding the class: a ClassLabel, or a Sequence of them (multi-label).
+  config.data.folder = ml_collections.config_dict.placeholder(str)  # Root of a "folder"/"multilabel_folder" dataset.
+  config.data.classes = ()  # Label ids (or class names) to keep, remapped to 0..k-1 in this order; () keeps all.
+  config.data.strict = False  # Folder datasets: stop at the first unreadable image instead of skipping it.
+  # Batch mixing; an alpha of 0 disables Mixup / CutMix. switch_prob: CutMix's share when both are on.
+  config.data.mixup = ml_collections.ConfigDict({"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "switch_prob": 0.5,
+                                                 "prob": 1.0})
+  # Examples, shuffled while still encoded: about 1.1 GB of host memory for ImageNet JPEGs (folder datasets
+  # shuffle a whole epoch of file positions instead).
+  config.data.shuffle_buffer = 10_000
+  config.data.cache = False  # Cache encoded TFDS examples in host memory (small datasets only).
+  config.data.threads = 0  # tf.data threads on this host; 0: TF's default (one per core).
   config.data.prefetch = 2  # Batches kept in flight on the devices.
 
   config.batch_size = 512  # Global, over all devices and processes.

@@ -9,7 +9,7 @@ from vitjax.data import digits
 
 
 def _load(digits_dir, split):
-  builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
+  builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir).builder
   examples = list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
   return np.stack([e["image"] for e in examples]), np.array([e["label"] for e in examples])
 
@@ -40,6 +40,7 @@ def test_stored_examples_match_scikit_learn(digits_dir):
 
 
 def test_builder_metadata(digits_dir):
-  builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
-  assert data.num_classes(builder) == 10
-  assert builder.info.splits["train"].num_examples == 1437
+  source = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
+  assert data.num_classes(source) == 10
+  assert data.class_names(source) == [str(d) for d in range(10)]
+  assert data.num_examples(source, "train") == 1437 and data.num_examples(source, "train[:10%]") == 144

@@ -1,5 +1,8 @@
-"""Input pipelines: TFDS sources, preprocessing ops, per-process sharding. Knows nothing about models."""
+"""Input pipelines: TFDS and folder sources, preprocessing ops, batch mixing, per-process sharding.
 
-from vitjax.data.pipeline import (DatasetUnavailableError, EMBEDDED, as_numpy, eval_batches, eval_dataset,
-                                  builder_by_name, get_builder, num_classes, num_examples, prepare,
-                                  train_dataset)
+Knows nothing about models.
+"""
+
+from vitjax.data.pipeline import (DatasetUnavailableError, EMBEDDED, FOLDERS, Source, UnreadableImageError,
+                                  as_numpy, builder_by_name, class_names, eval_batches, eval_dataset, get_builder,
+                                  num_classes, num_examples, prepare, train_dataset)

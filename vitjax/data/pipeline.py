@@ -1,153 +1,221 @@
-"""tf.data input pipelines over TFDS datasets: per-process shards, exact resume, padded and masked evaluation.
+"""tf.data input pipelines over any source: per-process shards, exact resume, padded and masked evaluation.
 
 Training streams are a pure function of (seed, position): epoch ``e`` is the process's shard shuffled with a seed
-derived from ``e``, and every example's augmentation is keyed by its index in the stream. Starting at batch ``k``
-therefore yields exactly the batches an uninterrupted run would have produced from ``k`` on. TFDS shuffles
-examples when it writes a dataset, so reading shards in order and shuffling with a buffer is a full mix.
+derived from ``e``, every example's augmentation is keyed by its index in the stream and every batch's Mixup or
+CutMix by the batch's index. Starting at batch ``k`` therefore yields exactly the batches an uninterrupted run
+would have produced from ``k`` on. TFDS shuffles examples when it writes a dataset, so reading shards in order
+and shuffling a buffer of still-encoded examples is a full mix; folder sources shuffle a whole epoch of file
+positions.
+
+Everything here is driven by the data config (``config.data``):
+  dataset, data_dir, image_key, label_key   which data: a TFDS name, ``folder`` or ``multilabel_folder``
+  folder, strict                            the root of a folder dataset; fail on a corrupt file instead of skipping
+  train_split, eval_split, classes          TFDS-style split strings; the label ids (or names) to keep, in order
+  pp_train, pp_eval                         preprocessing specs (``preprocess``)
+  mixup                                     batch mixing (``mixing.Mixing``)
+  shuffle_buffer, cache, threads            host memory and CPU use
 """
 
 import math
+import re
 from typing import Iterator
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
-from vitjax.data import digits, preprocess
+from vitjax.data import digits, mixing, preprocess, sources
+from vitjax.data.sources import DatasetUnavailableError, Source, UnreadableImageError  # noqa: F401 - re-exported.
 
 EMBEDDED = {"vitjax_digits": digits.VitjaxDigits}
+FOLDERS = {"folder": sources.FolderSource, "multilabel_folder": sources.CsvFolderSource}
+DEFAULT_SHUFFLE_BUFFER = 10_000
 _MAX_EPOCHS = 2**62
+_LOG_FIRST_SKIPS, _LOG_SKIPS_EVERY = 10, 100
 
 
-class DatasetUnavailableError(RuntimeError):
-  """Raised when a dataset is known to TFDS but not prepared in ``data_dir`` and cannot be downloaded."""
+def get_builder(config: ml_collections.ConfigDict) -> Source:
+  """The source that ``config`` (the data config) names; bad names and options fail here, naming the fix."""
+  mixing.from_config(config.get("mixup"))
+  classes = tuple(config.get("classes") or ())
+  if config.dataset in FOLDERS:
+    eval_split = config.get("eval_split")
+    return FOLDERS[config.dataset](config.get("folder"), train_split=config.get("train_split", "train"),
+                                   splits=[eval_split] if eval_split else [], classes=classes,
+                                   strict=config.get("strict", False))
+  return builder_by_name(config.dataset, data_dir=config.get("data_dir"), image_key=config.get("image_key", "image"),
+                         label_key=config.get("label_key", "label"), classes=classes)
 
 
-def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of ``config.dataset`` in ``config.data_dir``; unknown names fail with the valid choices."""
-  return builder_by_name(config.dataset, data_dir=config.get("data_dir"))
-
-
-def builder_by_name(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+def builder_by_name(name: str, *, data_dir: str | None = None, image_key: str = "image", label_key: str = "label",
+                    classes: tuple[int | str, ...] = ()) -> Source:
+  """An embedded or TFDS dataset by name; unknown names fail with the valid choices."""
   if name in EMBEDDED:
-    return EMBEDDED[name](data_dir=data_dir)
-  try:
-    return tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise ValueError(
-        f"Unknown dataset {name!r}; choose an embedded one ({', '.join(EMBEDDED)}) or any TFDS name "
-        f"(see tfds.list_builders(), e.g. cifar10, imagenet2012).") from None
+    builder = EMBEDDED[name](data_dir=data_dir)
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise ValueError(
+          f"Unknown dataset {name!r}; choose an embedded one ({', '.join(EMBEDDED)}), a folder of images "
+          f"({', '.join(FOLDERS)}, with config.data.folder) or any TFDS name (see tfds.list_builders(), e.g. "
+          f"cifar10, imagenet2012).") from None
+  return sources.TfdsSource(builder, image_key=image_key, label_key=label_key, classes=classes)
 
 
-def prepare(builder: tfds.core.DatasetBuilder) -> None:
-  """Makes sure ``builder`` can be read: embedded data is written locally, public data downloaded if possible."""
-  if builder.is_prepared():
-    return
-  try:
-    builder.download_and_prepare()
-  except Exception as e:  # noqa: BLE001 - any download failure gets the same actionable message.
-    name = builder.info.name
-    raise DatasetUnavailableError(
-        f"Dataset {name!r} is not prepared in {builder.data_dir_root!r} and could not be downloaded "
-        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine with internet access run "
-        f"`tfds build {name} --data_dir=DIR` (manual datasets such as imagenet2012 need their archives in "
-        f"DIR/downloads/manual), then copy DIR here and pass --config.data.data_dir=DIR.") from None
+def _source(builder: Source | tfds.core.DatasetBuilder) -> Source:
+  if isinstance(builder, Source):
+    return builder
+  if isinstance(builder, tfds.core.DatasetBuilder):
+    return sources.TfdsSource(builder)
+  raise TypeError(f"Expected a data source from data.get_builder, got {type(builder).__name__}.")
 
 
-def num_classes(builder: tfds.core.DatasetBuilder, label_key: str = "label") -> int:
-  """Number of classes of the dataset's ``label_key`` feature."""
-  return builder.info.features[label_key].num_classes
+def prepare(builder: Source) -> None:
+  """Makes sure the data can be read: TFDS data is prepared or downloaded, folders are scanned and checked."""
+  _source(builder).prepare()
 
 
-def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
-  return builder.info.splits[split].num_examples
+def num_classes(builder: Source) -> int:
+  """Number of classes (after ``config.data.classes``): the size of the model's head."""
+  return _source(builder).num_classes()
 
 
-def process_split(builder: tfds.core.DatasetBuilder, split: str, *, process_index: int, process_count: int,
-                  drop_remainder: bool) -> str:
-  """This process's disjoint share of ``split``; shares are equal when ``drop_remainder``, else within one."""
-  return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
+def class_names(builder: Source) -> list[str]:
+  """Class names in label-id order, to save beside checkpoints so predictions are readable."""
+  return _source(builder).class_names()
 
 
-def _read(builder, split: str, *, image_key: str, label_key: str, cache: bool) -> tf.data.Dataset:
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  ds = ds.map(lambda ex: {"image": ex[image_key], "label": ex[label_key]}, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.cache() if cache else ds
+def num_examples(builder: Source, split: str) -> int:
+  return _source(builder).num_examples(split)
+
+
+def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  if config.get("threads", 0):
+    options.threading.private_threadpool_size = config.threads
+  return options
 
 
 def _finalize(features, *, num_classes: int):
-  """Model-ready features: float32 image and one-hot float32 ``labels``."""
-  return {"image": tf.cast(features["image"], tf.float32),
-          "labels": tf.one_hot(features["label"], num_classes, dtype=tf.float32)}
+  """Model-ready features: float32 image and float32 ``labels`` (one-hot or multi-hot)."""
+  out = {"image": tf.cast(features["image"], tf.float32)}
+  if "labels" in features:
+    out["labels"] = tf.cast(features["labels"], tf.float32)
+  else:
+    out["labels"] = tf.one_hot(features["label"], num_classes, dtype=tf.float32)
+  out.update({k: v for k, v in features.items() if k in ("_skipped", "_skipped_file")})
+  return out
 
 
-def train_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict, *, batch_size: int,
-                  seed: int, start_batch: int = 0, process_index: int = 0, process_count: int = 1
-                  ) -> tf.data.Dataset:
-  """An endless stream of this process's training batches of ``batch_size``, starting at batch ``start_batch``.
-
-  ``config`` is the data config: ``train_split``, ``pp_train``, ``shuffle_buffer``, ``cache``, feature keys.
-  """
-  image_key, label_key = config.get("image_key", "image"), config.get("label_key", "label")
-  split = process_split(builder, config.train_split, process_index=process_index, process_count=process_count,
-                        drop_remainder=True)
-  num_examples = builder.info.splits[split].num_examples
-  if num_examples == 0:
-    raise ValueError(f"Training split {split!r} of {builder.info.name!r} has no examples for process {process_index}.")
-  base = _read(builder, split, image_key=image_key, label_key=label_key, cache=config.get("cache", False))
-  shuffle_buffer = config.get("shuffle_buffer", 10_000)
+def train_dataset(builder: Source, config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
+                  start_batch: int = 0, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """An endless stream of this process's training batches of ``batch_size``, starting at batch ``start_batch``."""
+  source = _source(builder)
+  share = source.share(config.train_split, index=process_index, count=process_count, drop_remainder=True,
+                       cache=config.get("cache", False))
+  if share.size == 0:
+    raise ValueError(f"Training split {config.train_split!r} of {source.name!r} has no examples for process "
+                     f"{process_index} of {process_count}.")
+  buffer = share.size if source.records_are_small else config.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)
   start = start_batch * batch_size
-  start_epoch, offset = divmod(start, num_examples)
+  start_epoch, offset = divmod(start, share.size)
   epoch_seed = lambda epoch: seed * 1_000_003 + epoch  # noqa: E731 - distinct, reproducible per-epoch seeds.
   stream = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(
-      lambda epoch: base.shuffle(shuffle_buffer, seed=epoch_seed(epoch), reshuffle_each_iteration=False))
-  stream = stream.skip(offset)
-  indices = tf.data.Dataset.range(start, _MAX_EPOCHS)
+      lambda epoch: share.records.shuffle(buffer, seed=epoch_seed(epoch), reshuffle_each_iteration=False))
+  pairs = share.load(tf.data.Dataset.zip(tf.data.Dataset.range(start, _MAX_EPOCHS), stream.skip(offset)),
+                     not preprocess.decodes(config.pp_train))
   key = tf.constant([seed, process_index], tf.int64)
   augment = preprocess.parse(config.pp_train)
-  classes = num_classes(builder, label_key)
+  classes = source.num_classes()
 
   def process(index, features):
     example_seed = tf.random.experimental.stateless_fold_in(key, index)
     return _finalize(augment(features, example_seed), num_classes=classes)
 
-  ds = tf.data.Dataset.zip(indices, stream).map(process, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = pairs.map(process, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=True)
+  mixer = mixing.from_config(config.get("mixup"))
+  if mixer.enabled:
+    mix_key = tf.random.experimental.stateless_split(key, 1)[0]
+    ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, _MAX_EPOCHS), ds).map(
+        lambda index, batch: mixer(batch, tf.random.experimental.stateless_fold_in(mix_key, index)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.with_options(_options(config)).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: int, process_count: int = 1) -> int:
+def eval_batches(builder: Source, split: str, *, batch_size: int, process_count: int = 1) -> int:
   """Batches every process runs so that the largest share is covered: the same count on all processes."""
-  shares = tfds.even_splits(split, n=process_count, drop_remainder=False)
-  return math.ceil(max(builder.info.splits[s].num_examples for s in shares) / batch_size)
+  source = _source(builder)
+  largest = max(source.share_size(split, index=i, count=process_count, drop_remainder=False)
+                for i in range(process_count))
+  return math.ceil(largest / batch_size)
 
 
-def eval_dataset(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict, *, batch_size: int,
-                 split: str | None = None, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+def eval_dataset(builder: Source, config: ml_collections.ConfigDict, *, batch_size: int, split: str | None = None,
+                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
   """This process's share of ``split`` (default ``config.eval_split``) once, in order, padded to whole batches.
 
-  ``mask`` is 1 on real examples and 0 on the padding.
+  ``mask`` is 1 on real examples and 0 on the padding and on slots whose image file could not be read.
   """
   split = split or config.eval_split
-  image_key, label_key = config.get("image_key", "image"), config.get("label_key", "label")
-  share = process_split(builder, split, process_index=process_index, process_count=process_count,
-                        drop_remainder=False)
+  source = _source(builder)
+  total = eval_batches(source, split, batch_size=batch_size, process_count=process_count) * batch_size
+  if total == 0:
+    raise ValueError(f"Evaluation split {split!r} of {source.name!r} has no examples.")
+  share = source.share(split, index=process_index, count=process_count, drop_remainder=False,
+                       cache=config.get("cache", False))
   transform = preprocess.parse(config.pp_eval)
-  classes = num_classes(builder, label_key)
+  classes = source.num_classes()
   no_seed = tf.zeros([2], tf.int64)  # Evaluation preprocessing is deterministic.
 
-  def process(features):
+  def process(key, features):
     out = _finalize(transform(features, no_seed), num_classes=classes)
-    return {**out, "mask": tf.constant(1.0)}
+    mask = tf.cast(tf.equal(out["_skipped"], 0), tf.float32) if "_skipped" in out else tf.constant(1.0)
+    return {**out, "mask": mask}
 
-  ds = _read(builder, share, image_key=image_key, label_key=label_key, cache=config.get("cache", False))
-  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
+  pairs = share.load(tf.data.Dataset.zip(tf.data.Dataset.range(_MAX_EPOCHS), share.records),
+                     not preprocess.decodes(config.pp_eval))
+  ds = pairs.map(process, num_parallel_calls=tf.data.AUTOTUNE)
+  if not ds.element_spec["image"].shape.is_fully_defined():
+    raise ValueError(f"config.data.pp_eval={config.pp_eval!r} gives images of varying size "
+                     f"{ds.element_spec['image'].shape}; end it with a fixed-size op such as resize or center_crop.")
   padding = tf.data.Dataset.from_tensors(
       tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)).repeat()
-  total = eval_batches(builder, split, batch_size=batch_size, process_count=process_count) * batch_size
-  return ds.concatenate(padding).take(total).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  ds = ds.concatenate(padding).take(total).batch(batch_size, drop_remainder=True)
+  return ds.with_options(_options(config)).prefetch(tf.data.AUTOTUNE)
+
+
+def _unreadable_message(message: str) -> str:
+  match = re.search(r"assertion failed: \[(.*?)\] \[(.*?)\]", message, re.DOTALL)
+  return f"{match.group(1)} {match.group(2)}" if match else message
 
 
 def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """Iterates a dataset as dicts of numpy arrays."""
-  return iter(tfds.as_numpy(ds))
+  """Iterates a dataset as dicts of numpy arrays, logging (and removing) the record of skipped unreadable files.
+
+  A corrupt file under ``config.data.strict`` ends the iteration with an ``UnreadableImageError`` naming it.
+  """
+  iterator = iter(tfds.as_numpy(ds))
+  skipped = events = 0
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      break
+    except tf.errors.InvalidArgumentError as e:
+      if sources.UNREADABLE in e.message:
+        raise UnreadableImageError(_unreadable_message(e.message)) from None
+      raise
+    counts, files = batch.pop("_skipped", None), batch.pop("_skipped_file", None)
+    for count, path in zip(*(() if counts is None else (counts, files))):
+      if count:
+        skipped, events = skipped + int(count), events + 1
+        if events <= _LOG_FIRST_SKIPS or events % _LOG_SKIPS_EVERY == 0:
+          logging.warning("Skipped unreadable image file %s (%d skipped so far in this pass); "
+                          "config.data.strict=True stops at the first one instead.", path.decode(), skipped)
+    yield batch
+  if skipped:
+    logging.warning("%d unreadable image files were skipped in this pass over the data.", skipped)
