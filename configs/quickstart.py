@@ -1,8 +1,9 @@
-"""Quickstart: a micro ViT learns the embedded handwritten digits on a laptop CPU.
+"""Quickstart: a micro ViT (4 layers, width 128, 16x16 patches at 32x32) learns the embedded handwritten digits.
 
     python -m vitjax.main --config=configs/quickstart.py --workdir=/tmp/vitjax-quickstart
 
-Expected: see benchmarks/RESULTS.md (test accuracy and wall time on 2 CPU cores).
+Expected: 97.2% accuracy on the 360 held-out digits, about 75 s wall time (compile included) on 2 CPU cores;
+the same seed gives the same number. See benchmarks/RESULTS.md.
 """
 
 from configs import common
@@ -12,7 +13,7 @@ def get_config(arg: str | None = None):
   del arg
   config = common.get_base_config()
   config.name = "quickstart"
-  config.model.name = "vit_micro8"
+  config.model.name = "vit_micro16"
   config.model.classifier = "gap"
   config.model.posemb = "sincos2d"
   config.model.dropout_rate = 0.0
@@ -25,7 +26,7 @@ def get_config(arg: str | None = None):
   config.data.cache = True
   config.batch_size = 64
   config.eval_batch_size = 120
-  config.total_steps = 2000
+  config.total_steps = 1500
   config.optimizer.name = "adamw"
   config.optimizer.learning_rate = 1e-3
   config.optimizer.weight_decay = 0.05

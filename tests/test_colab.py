@@ -29,5 +29,5 @@ def test_quickstart_notebook_runs(digits_dir, tmp_path, monkeypatch):
   exec(compile(source, "quickstart.ipynb", "exec"), namespace)  # noqa: S102 - the notebook is ours.
   assert namespace["results"]["step"] == 4 and namespace["results"]["num_examples"] == 360
   attention = namespace["attention"]
-  assert attention.shape == (8, 4, 16, 16)  # Batch, heads, and the 4x4 patch grid of a gap-pooled ViT.
+  assert attention.shape == (8, 4, 4, 4)  # Batch, heads, and the 2x2 patch grid of a gap-pooled ViT on 32x32.
   assert abs(float(attention.sum(-1).mean()) - 1.0) < 1e-5

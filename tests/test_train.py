@@ -67,6 +67,8 @@ def test_run_writes_results_curves_and_resumes_exactly(digits_dir, tmp_path):
     saved = json.load(f)
   assert {"accuracy", "loss", "step", "train_seconds", "config"} <= set(saved) and saved["config"] == "quickstart"
   assert os.path.getsize(os.path.join(straight, "curves.png")) > 10_000
+  with open(os.path.join(straight, "class_names.json")) as f:
+    assert json.load(f) == [str(d) for d in range(10)]
 
   # The same run in two halves: the second half restores step 3 and its data position.
   config.total_steps = 3

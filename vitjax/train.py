@@ -169,6 +169,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   builder = prepare_dataset(config)
   num_classes = data.num_classes(builder)
+  if is_main:  # Beside the checkpoints, so that predictions can be read as names.
+    with open(os.path.join(workdir, "class_names.json"), "w") as f:
+      json.dump(data.class_names(builder), f)
   num_steps = total_steps(config, data.num_examples(builder, config.data.train_split))
   local_batch = config.batch_size // jax.process_count()
   model = models.build(config.model.name, num_classes=num_classes, **model_overrides(config))
