@@ -7,7 +7,8 @@ averages gradients with ``pmean``, for code written in that style. Checkpoints u
 so a run can switch between them.
 """
 
-import collections
+import queue
+import threading
 from typing import Any, Callable, Iterable, Iterator
 
 import flax.jax_utils
@@ -71,20 +72,35 @@ def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> di
 
 
 def prefetch_to_device(batches: Iterable[Any], place: Callable[[Any], Any], *, size: int = 2) -> Iterator[Any]:
-  """Keeps ``size`` batches in flight on the devices so the host-to-device copy overlaps the step."""
-  queue = collections.deque()
-  iterator = iter(batches)
+  """Yields ``place(batch)`` for each batch, produced ``size`` ahead by a background thread.
 
-  def enqueue(n: int) -> None:
-    for batch in iterator:
-      queue.append(place(batch))
-      if len(queue) >= n:
-        return
+  Reading the next batch from tf.data and copying it to the devices then overlap the running step instead of
+  adding to it. One producer keeps the order; its errors are raised in the consumer.
+  """
+  buffer: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+  stop = threading.Event()
 
-  enqueue(size)
-  while queue:
-    yield queue.popleft()
-    enqueue(size)
+  def produce():
+    try:
+      for batch in batches:
+        if stop.is_set():
+          return
+        buffer.put(place(batch))
+      buffer.put(done)
+    except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it.
+      buffer.put(e)
+
+  threading.Thread(target=produce, daemon=True, name="prefetch_to_device").start()
+  try:
+    while (item := buffer.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while not buffer.empty():  # Unblocks a producer waiting on a full buffer, so that it sees `stop`.
+      buffer.get_nowait()
 
 
 class Jit:
