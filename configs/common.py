@@ -56,6 +56,23 @@ def get_base_config() -> ml_collections.ConfigDict:
       "path": ml_collections.config_dict.placeholder(str),  # A public .npz or an Orbax checkpoint directory.
       "dont_load": ("head/.*",), "head_bias_init": 0.0, "keep_pre_logits": False})
 
+  # --mode=eval. checkpoints: workdirs, step folders or .npz files, several = an ensemble averaging logits;
+  # () evaluates --workdir. tta: "none", "flip", "five_crop" or "ten_crop" (crops of crop_size, and mirrors).
+  config.eval = ml_collections.ConfigDict({
+      "checkpoints": (), "tta": "none", "crop_size": 0, "use_ema": False, "multilabel_threshold": 0.5,
+      "calibration_bins": 15})
+  # Knowledge distillation from a teacher (model as config.model, checkpoint a run or an .npz with its head):
+  # kind "soft" (KL at temperature, times T^2) or "hard" (teacher's top class, DeiT); alpha weighs it against the
+  # run's own loss.
+  config.distill = ml_collections.ConfigDict({
+      "model": ml_collections.ConfigDict({"name": ml_collections.config_dict.placeholder(str)}),
+      "checkpoint": ml_collections.config_dict.placeholder(str), "kind": "soft", "alpha": 0.5, "temperature": 1.0})
+  # Few-shot ridge probes and k-NN on pre-logits features every `every` steps (0: never), fitted on train_split
+  # (None: data.train_split) with eval preprocessing and scored on data.eval_split.
+  config.evaluators = ml_collections.ConfigDict({
+      "every": 0, "train_split": ml_collections.config_dict.placeholder(str), "shots": (1, 5, 10, 25),
+      "l2_reg": 2.0**10, "knn_k": 20})
+
   # Stop when eval/<metric> has not improved for `patience` evaluations; 0 disables.
   config.early_stopping = ml_collections.ConfigDict({"metric": "accuracy", "mode": "max", "patience": 0})
 

@@ -1,15 +1,22 @@
 """ViT-B/16 fine-tuning with the published recipe of the public ViT code (ImageNet-21k upstream, 384px).
 
     python -m vitjax.main --config=configs/vit_b16.py:cifar10 --workdir=/tmp/vit_b16_cifar10 \
+        --config.pretrained.path=/path/to/imagenet21k/ViT-B_16.npz \
         --config.data.data_dir=/path/to/tensorflow_datasets
 
 Recipe: SGD momentum 0.9, global-norm clipping 1.0, batch 512, 500 warmup steps then cosine, resize to 448 and
 random-crop 384 (+ flip) for training, resize to 384 for evaluation, images in [-1, 1]. Published accuracies
 (ImageNet-21k upstream): CIFAR-10 99.0%, CIFAR-100 92.1%, ImageNet 84.5%; CIFAR-10 98.6% after 500 steps.
 Presets: cifar10, cifar100, imagenet2012, oxford_iiit_pet, oxford_flowers102.
+
+Transfer: the upstream file's 224px position embeddings are resized to the 384px grid (24x24) on load, its
+ImageNet-21k head is replaced by a zero one, and its `pre_logits` layer is dropped (the public fine-tunes train
+without a representation layer; set model.representation_size and pretrained.keep_pre_logits to keep it).
+A strategy may follow the dataset (configs/finetune.py): `cifar10,feature_extraction`, `cifar10,freeze6`,
+`cifar10,layer_decay0.75`; the default, `full`, is the published recipe.
 """
 
-from configs import common
+from configs import common, finetune
 
 # dataset -> (train split, eval split, total steps, base learning rate) as in the public fine-tuning configs.
 PRESETS = {
@@ -22,12 +29,12 @@ PRESETS = {
 
 
 def get_config(arg: str | None = "cifar10"):
-  dataset = arg or "cifar10"
+  dataset, strategy = finetune.parse_arg(arg, "cifar10")
   if dataset not in PRESETS:
     raise ValueError(f"Unknown preset {dataset!r} for vit_b16; choose one of: {', '.join(PRESETS)}.")
   train_split, eval_split, steps, learning_rate = PRESETS[dataset]
   config = common.get_base_config()
-  config.name = f"vit_b16_{dataset}"
+  config.name = f"vit_b16_{dataset}" + ("" if strategy == "full" else f"_{strategy}")
   config.model.name = "vit_b16"
   config.data.dataset = dataset
   config.data.train_split = train_split
@@ -43,6 +50,11 @@ def get_config(arg: str | None = "cifar10"):
   config.optimizer.grad_clip_norm = 1.0
   config.schedule.name = "cosine"
   config.schedule.warmup_steps = 500 if steps > 500 else 50
+  config.pretrained.dont_load = ("head/.*",)
+  config.pretrained.head_bias_init = 0.0
+  config.pretrained.keep_pre_logits = False
+  finetune.apply(config, strategy, stem=r"embedding/|cls$|Transformer/posembed_input/",
+                 block="Transformer/encoderblock_{}/")
   config.log_every = 50
   config.eval_every = 1000
   config.checkpoint_every = 1000

@@ -41,3 +41,6 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple
 def abstract(tree: Any) -> Any:
   """Shape, dtype and sharding of every array in ``tree``, as restore targets."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+from vitjax.pretrained import load_pretrained  # noqa: E402,F401 - public checkpoint import, re-exported here.

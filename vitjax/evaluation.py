@@ -1,45 +1,166 @@
-"""Evaluation of a trained checkpoint: ``--mode=eval`` writes ``workdir/eval_<split>.json``."""
+"""Evaluation of trained checkpoints: ``--mode=eval`` writes every metric to ``workdir/eval_<split>.json``.
 
-import functools
+One checkpoint, or several (``config.eval.checkpoints``) whose logits are averaged: an ensemble. Test-time
+augmentation (``config.eval.tta``) averages the logits of mirrored and/or cropped views of each image; resize and
+center crop belong in ``config.data.pp_eval``. Beside the JSON: the confusion matrix as JSON and a heatmap PNG,
+and a reliability diagram (single-label data).
+"""
+
 import json
 import os
-from typing import Any
+import re
+from typing import Any, Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import logging
 
-from vitjax import checkpoints, data, models, optim, sharding, steps, train
+from vitjax import data, metrics, models, pretrained, sharding, train
+
+TTA = ("none", "flip", "five_crop", "ten_crop")
+
+
+def tta_views(images: jax.Array, *, mode: str, crop_size: int = 0) -> list[jax.Array]:
+  """The views whose logits are averaged: the image; + its mirror (`flip`); the 4 corner and the center
+  `crop_size` crops (`five_crop`); + their mirrors (`ten_crop`)."""
+  if mode not in TTA:
+    raise ValueError(f"Unknown config.eval.tta={mode!r}; choose one of: {', '.join(TTA)}.")
+  if mode == "none":
+    return [images]
+  if mode == "flip":
+    return [images, images[:, :, ::-1]]
+  height, width = images.shape[1:3]
+  if not 0 < crop_size <= min(height, width):
+    raise ValueError(f"config.eval.tta={mode!r} needs 0 < config.eval.crop_size <= the eval image size "
+                     f"{height}x{width} (make pp_eval resize larger than the crop), got {crop_size}.")
+  dy, dx = height - crop_size, width - crop_size
+  corners = [(0, 0), (0, dx), (dy, 0), (dy, dx), (dy // 2, dx // 2)]
+  crops = [images[:, y:y + crop_size, x:x + crop_size] for y, x in corners]
+  return crops + [crop[:, :, ::-1] for crop in crops] if mode == "ten_crop" else crops
+
+
+def check_options(options: ml_collections.ConfigDict) -> None:
+  """Fails before any data is read when `config.eval` asks for an unknown or incomplete test-time augmentation."""
+  if options.tta not in TTA:
+    raise ValueError(f"Unknown config.eval.tta={options.tta!r}; choose one of: {', '.join(TTA)}.")
+  if options.tta.endswith("_crop") and options.crop_size <= 0:
+    raise ValueError(f"config.eval.tta={options.tta!r} needs config.eval.crop_size, the model's input size.")
+
+
+def make_logits_fn(model, *, tta: str = "none", crop_size: int = 0) -> Callable[[Any, jax.Array], jax.Array]:
+  """`logits(variables, images)`: the model in eval mode, averaged over the test-time views."""
+  def logits_fn(variables: Any, images: jax.Array) -> jax.Array:
+    views = tta_views(images, mode=tta, crop_size=crop_size)
+    return jnp.mean(jnp.stack([model.apply(variables, v, train=False).astype(jnp.float32) for v in views]), axis=0)
+  return logits_fn
+
+
+def collect_logits(logits_fn: Callable, variables: Any, batches: Iterable[dict[str, np.ndarray]],
+                   mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
+  """(logits, float targets) of every real (`mask` 1) example of `batches`, gathered on every process."""
+  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  variables = jax.device_put(variables, replicated)
+  step = jax.jit(lambda v, batch: (logits_fn(v, batch["image"]), batch["labels"], batch["mask"]),
+                 out_shardings=replicated)
+  logits, targets = [], []
+  for batch in batches:
+    placed = sharding.to_global({k: batch[k] for k in ("image", "labels", "mask")}, batch_sharding)
+    batch_logits, batch_targets, mask = (np.asarray(x) for x in step(variables, placed))
+    logits.append(batch_logits[mask > 0])
+    targets.append(batch_targets[mask > 0])
+  return np.concatenate(logits), np.concatenate(targets)
+
+
+def compute_metrics(logits: np.ndarray, targets: np.ndarray, *, multilabel: bool, loss_fn: Callable,
+                    threshold: float = 0.5, num_bins: int = 15) -> dict[str, Any]:
+  """Every metric of the report from logits and float targets (one-hot, or multi-hot when `multilabel`).
+
+  For multi-label data `accuracy` is precision@1: how often the top-scored label is one of the true ones.
+  """
+  results = {"num_examples": len(logits), "loss": float(np.mean(loss_fn(logits, targets)))}
+  if multilabel:
+    scores = metrics.multilabel_metrics(metrics.sigmoid(logits), targets, threshold=threshold)
+    precision_at_1 = float(np.mean(targets[np.arange(len(logits)), logits.argmax(axis=1)] > 0))
+    return {**results, "accuracy": precision_at_1, "precision_at_1": precision_at_1, **scores}
+  return {**results, **metrics.classification_metrics(logits, targets.argmax(axis=1), num_bins=num_bins)}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Evaluates the newest readable checkpoint in ``workdir`` on ``config.data.eval_split``."""
+  """Evaluates ``config.eval.checkpoints`` (default: ``workdir``'s newest checkpoint) on ``config.data.eval_split``.
+
+  Writes ``eval_<split>.json`` (and the plots) into ``workdir`` and returns the same dict.
+  """
   train.validate(config)
+  options = config.eval
+  check_options(options)
   builder = train.prepare_dataset(config)
-  num_classes = data.num_classes(builder)
-  mesh = sharding.make_mesh()
-  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  model = models.build(config.model.name, num_classes=num_classes, **train.model_overrides(config))
-  num_steps = train.total_steps(config, data.num_examples(builder, config.data.train_split))
-  tx, _ = optim.create_optimizer(config, total_steps=num_steps)
+  class_names = data.class_names(builder)
+  model = models.build(config.model.name, num_classes=len(class_names), **train.model_overrides(config))
   eval_ds = data.eval_dataset(builder, config.data, batch_size=config.eval_batch_size // jax.process_count(),
                               process_index=jax.process_index(), process_count=jax.process_count())
-  image_shape = tuple(eval_ds.element_spec["image"].shape[1:])
-  abstract_state = jax.eval_shape(functools.partial(train.create_train_state, model, tx, image_shape=image_shape),
-                                  jax.random.key(0))
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_state)
-  restored = checkpoints.restore_latest(checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints),
-                                        target)
-  if restored is None:
-    raise ValueError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')!r}; train first with --mode=train.")
-  state, meta = restored
-  eval_step = jax.jit(steps.make_eval_step(loss_fn=train.loss_function(config)),
-                      in_shardings=(jax.tree.map(lambda _: replicated, state), batch_sharding),
-                      out_shardings=replicated)
+  logits_fn = make_logits_fn(model, tta=options.tta, crop_size=options.crop_size)
+  image_shape = jax.eval_shape(lambda x: tta_views(x, mode=options.tta, crop_size=options.crop_size)[0],
+                               jax.ShapeDtypeStruct((1, *eval_ds.element_spec["image"].shape[1:]), jnp.float32)).shape
+  abstract = jax.eval_shape(lambda: train.init_variables(model, jax.random.key(0), image_shape=image_shape[1:]))
+  mesh = sharding.make_mesh()
+
+  members, total = [], None
+  for path in options.checkpoints or (workdir,):
+    variables, meta = pretrained.load_variables(path, abstract, params_key="ema_params" if options.use_ema
+                                                else "params")
+    logging.info("Evaluating %s (step %s).", path, meta.get("step"))
+    logits, targets = collect_logits(logits_fn, variables, data.as_numpy(eval_ds), mesh)
+    total = logits if total is None else total + logits
+    members.append({"checkpoint": path, "step": meta.get("step"), "train_seconds": meta.get("train_seconds", 0.0)})
+  logits = total / len(members)
+
   results = {"config": config.get("name"), "model": config.model.name, "dataset": config.data.dataset,
-             "split": config.data.eval_split, "step": int(state.step), "train_seconds": meta["train_seconds"],
-             **train.evaluate(eval_step, state, eval_ds, batch_sharding)}
+             "split": config.data.eval_split, "step": members[0]["step"],
+             "train_seconds": sum(m["train_seconds"] for m in members), "members": members, "tta": options.tta,
+             **compute_metrics(logits, targets, multilabel=builder.multilabel, loss_fn=train.loss_function(config),
+                               threshold=options.multilabel_threshold, num_bins=options.calibration_bins)}
   if jax.process_index() == 0:
-    path = os.path.join(workdir, f"eval_{config.data.eval_split.replace('/', '_')}.json")
-    with open(path, "w") as f:
-      json.dump(results, f, indent=2)
+    write_report(results, workdir, class_names=class_names)
   return results
+
+
+def write_report(results: dict[str, Any], workdir: str, *, class_names: list[str]) -> None:
+  """`eval_<split>.json` with every metric (per-class ones keyed by class name), and for single-label data
+  `confusion_<split>.json` / `.png` and `reliability_<split>.png`."""
+  split = re.sub(r"[^\w.-]+", "_", results["split"]).strip("_")
+  title = f"{results['model']} on {results['dataset']}:{results['split']}"
+  report = dict(results)
+  per_class = ("precision", "recall", "f1", "support", "average_precision")
+  report["per_class"] = {name: {k: _plain(report[k][i]) for k in per_class if k in report}
+                         for i, name in enumerate(class_names)}
+  for key in per_class:
+    report.pop(key, None)
+  if "confusion_matrix" in report:
+    confusion = report.pop("confusion_matrix")
+    bins = report.pop("calibration")
+    report["calibration"] = bins
+    with open(os.path.join(workdir, f"confusion_{split}.json"), "w") as f:
+      json.dump({"class_names": class_names, "rows": "true class", "columns": "predicted class",
+                 "matrix": confusion.tolist()}, f)
+    metrics.plot_confusion_matrix(confusion, class_names, os.path.join(workdir, f"confusion_{split}.png"),
+                                  title=title)
+    metrics.plot_reliability_diagram(bins, os.path.join(workdir, f"reliability_{split}.png"), title=title)
+  with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
+    json.dump(_plain(report), f, indent=2)
+
+
+def _plain(value: Any) -> Any:
+  """JSON-ready: numpy arrays and scalars as lists and Python numbers, NaN as None, through dicts and lists."""
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return _plain(value.tolist())
+  if isinstance(value, (float, np.floating)):
+    return None if np.isnan(value) else float(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  return value

@@ -1,0 +1,43 @@
+"""Fine-tuning strategies of the transfer configs: which parameters train, and at which rate.
+
+Chosen by the config argument after the dataset, e.g. ``configs/vit_b16.py:cifar10,feature_extraction``:
+
+  full                every parameter trains (the published recipes).
+  feature_extraction  the backbone is frozen, only the new head trains.
+  freeze{k}           the stem and the first k blocks (ViT) or stages (ResNet) are frozen; the rest trains.
+  layer_decay{d}      layer-wise learning rates: the head at the base rate, each block below it d times slower.
+
+All of them keep the recipe's schedule (linear warmup, then cosine or steps). Frozen parameters get no update and
+no optimizer state (``config.optimizer.freeze`` is a regex over '/'-joined parameter names).
+"""
+
+import re
+
+import ml_collections
+
+STRATEGIES = ("full", "feature_extraction", "freeze{k}", "layer_decay{d}")
+
+
+def apply(config: ml_collections.ConfigDict, strategy: str, *, stem: str, block: str, first_block: int = 0) -> None:
+  """Sets `config.optimizer` for `strategy`. `stem` is a regex of the stem's parameter names, `block` a format
+  string giving block i's name prefix (blocks numbered from `first_block`)."""
+  if strategy == "full":
+    return
+  if strategy == "feature_extraction":
+    config.optimizer.freeze = r"^(?!head/)"
+    return
+  if match := re.fullmatch(r"freeze(\d+)", strategy):
+    blocks = [block.format(i) for i in range(first_block, first_block + int(match[1]))]
+    config.optimizer.freeze = "^(" + "|".join([stem, *map(re.escape, blocks)]) + ")"
+    return
+  if match := re.fullmatch(r"layer_decay(0?\.\d+|1(\.0*)?)", strategy):
+    config.optimizer.layerwise_decay = float(match[1])
+    return
+  raise ValueError(f"Unknown fine-tuning strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)} "
+                   f"(e.g. freeze6, layer_decay0.75).")
+
+
+def parse_arg(arg: str | None, default_dataset: str) -> tuple[str, str]:
+  """(dataset, strategy) from a config argument such as ``cifar10`` or ``cifar10,freeze6``."""
+  dataset, _, strategy = (arg or default_dataset).partition(",")
+  return dataset, strategy or "full"

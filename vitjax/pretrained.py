@@ -1,0 +1,295 @@
+"""Transfer from pretrained checkpoints: public ViT, hybrid and BiT `.npz` files, and this project's Orbax runs.
+
+`load_pretrained(path, params)` returns `params` with every parameter the checkpoint holds, after mapping the public
+names onto this project's tree (GUIDE section 3), resizing position embeddings to the model's grid and replacing
+the head. Everything it does to a key is logged; anything it cannot explain is an error naming the key.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+from typing import Any, Iterable, Optional
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+Flat = dict[str, Any]
+
+_POSEMB = "Transformer/posembed_input/pos_embedding"
+# Older public ViT files number encoder-block submodules globally; Flax linen numbers them per class.
+_OLD_BLOCK_NAMES = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1",
+                    "MlpBlock_3": "MlpBlock_0"}
+_OLD_BLOCK_PATTERN = re.compile(r"(encoderblock(?:_\d+)?)/(%s)/" % "|".join(_OLD_BLOCK_NAMES))
+_STACKED_BLOCKS = "Transformer/encoderblock/"
+_NORM_PARAM = re.compile(r"(^|/)(gn\w*|group_norm|LayerNorm\w*|encoder_norm)/(scale|bias)$")
+
+
+@dataclasses.dataclass
+class LoadReport:
+  """What happened to each key: loaded as is, resized, reshaped, re-initialised, or dropped from the checkpoint."""
+  loaded: list[str] = dataclasses.field(default_factory=list)
+  resized: dict[str, str] = dataclasses.field(default_factory=dict)
+  reshaped: dict[str, str] = dataclasses.field(default_factory=dict)
+  reinitialized: dict[str, str] = dataclasses.field(default_factory=dict)
+  dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def log(self, path: str) -> None:
+    logging.info("Loaded %d parameters from %s.", len(self.loaded), path)
+    for title, entries in (("Resized", self.resized), ("Reshaped", self.reshaped),
+                           ("Not loaded (model's own value kept)", self.reinitialized),
+                           ("In the checkpoint, not used", self.dropped)):
+      for key, why in entries.items():
+        logging.info("%s: %s (%s)", title, key, why)
+
+
+def load_pretrained(path: str, params: Any, *, dont_load: Iterable[str] = (r"head/.*",), head_bias_init: float = 0.0,
+                    keep_pre_logits: bool = False) -> Any:
+  """`params` (the freshly initialised tree of the target model) filled from the checkpoint at `path`.
+
+  `path` is a public `.npz` file, or an Orbax checkpoint of this project (a workdir, its `checkpoints` folder, one
+  step of it, or a plain saved pytree; full train states contribute their `params`). Keys fully matching a
+  `dont_load` regex keep the model's value, except the head, which restarts at zero kernel and `head_bias_init`
+  bias. `pre_logits` is taken from the checkpoint only with `keep_pre_logits`. Returns host numpy arrays in the
+  structure of `params`; leaves of `params` may be `jax.ShapeDtypeStruct`s for keys that are loaded.
+  """
+  source, _, _ = read_checkpoint(path)
+  flat, report = match_params(source, flax.traverse_util.flatten_dict(params, sep="/"), dont_load=dont_load,
+                              head_bias_init=head_bias_init, keep_pre_logits=keep_pre_logits)
+  report.log(path)
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def load_variables(path: str, variables: Any, *, params_key: str = "params") -> tuple[Any, dict[str, Any]]:
+  """Model variables fully restored from `path` for evaluation, and the run metadata (`step`, ...) if any.
+
+  Every parameter must come from the checkpoint, the head included; so must BatchNorm `batch_stats` if the model
+  has them. `variables` gives the target structure and may be abstract (`jax.eval_shape` of the model's init).
+  `params_key` "ema_params" takes a run's moving average of the parameters instead.
+  """
+  source, collections, meta = read_checkpoint(path, params_key=params_key)
+  params, _ = match_params(source, flax.traverse_util.flatten_dict(variables["params"], sep="/"),
+                           dont_load=(), keep_pre_logits=True)
+  restored = {"params": flax.traverse_util.unflatten_dict(params, sep="/")}
+  for name in variables.keys() - {"params"}:
+    if name not in collections:
+      raise ValueError(f"The model has {name!r} variables but the checkpoint {path!r} has none.")
+    restored[name] = _check_same_shapes(collections[name], variables[name], path)
+  return restored, meta
+
+
+def load_state(path: str, abstract_state: Any) -> Any:
+  """The full train state (params, optimizer state, step) of another run at `path`, to continue training it.
+
+  `abstract_state` (from `jax.eval_shape`, with shardings) gives the structure and where the arrays go.
+  """
+  item_dir, _ = _orbax_item(path)
+  return ocp.StandardCheckpointHandler().restore(epath.Path(item_dir), args=ocp.args.StandardRestore(abstract_state))
+
+
+def read_checkpoint(path: str, *, params_key: str = "params") -> tuple[Flat, dict[str, Any], dict[str, Any]]:
+  """(flat `/`-separated params under this project's names, other variable collections such as `batch_stats`,
+  run metadata) of a public `.npz` file or an Orbax checkpoint folder.
+
+  A folder holding a train state or a variables dict contributes its `params_key` entry; any other saved pytree
+  is taken to be the parameters themselves.
+  """
+  if os.path.isdir(path):
+    tree, meta = read_orbax(path)
+    if "params" not in tree:
+      return flax.traverse_util.flatten_dict(tree, sep="/"), {}, meta
+    if not tree.get(params_key):
+      raise ValueError(f"Checkpoint {path!r} has no {params_key!r} (it has: {', '.join(sorted(tree))}).")
+    collections = {"batch_stats": tree["batch_stats"]} if tree.get("batch_stats") else {}
+    return flax.traverse_util.flatten_dict(tree[params_key], sep="/"), collections, meta
+  if not os.path.exists(path):
+    raise ValueError(f"No checkpoint at {path!r}.")
+  with open(path, "rb") as f:
+    npz = np.load(f, allow_pickle=False)
+    return canonical_names(dict(npz.items())), {}, {}
+
+
+def canonical_names(flat: Flat) -> Flat:
+  """Public checkpoint names -> this project's: drops `params/` and BiT's `resnet/` prefixes, maps TF's
+  `gamma`/`beta` to `scale`/`bias` and old global-index block names to per-class ones, unstacks blocks stored on
+  a leading depth axis, and moves big_vision's top-level `pos_embedding` into the encoder."""
+  if any(k.startswith("params/") for k in flat):
+    ignored = sorted(k for k in flat if not k.startswith("params/"))
+    if ignored:
+      logging.info("Ignoring %d non-parameter entries of the checkpoint (%s, ...).", len(ignored), ignored[0])
+    flat = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
+  out = {}
+  for key, value in flat.items():
+    key = key[len("resnet/"):] if key.startswith("resnet/") else key
+    key = re.sub(r"/gamma$", "/scale", re.sub(r"/beta$", "/bias", key))
+    key = _OLD_BLOCK_PATTERN.sub(lambda m: f"{m[1]}/{_OLD_BLOCK_NAMES[m[2]]}/", key)
+    key = _POSEMB if key == "pos_embedding" else key
+    if key.startswith(_STACKED_BLOCKS):
+      rest = key[len(_STACKED_BLOCKS):]
+      out.update({f"Transformer/encoderblock_{i}/{rest}": layer for i, layer in enumerate(value)})
+    else:
+      out[key] = value
+  return out
+
+
+def match_params(source: Flat, target: Flat, *, dont_load: Iterable[str], head_bias_init: float = 0.0,
+                 keep_pre_logits: bool) -> tuple[Flat, LoadReport]:
+  """The `target` keys filled from `source` (both flat, canonical names), and a report of every decision.
+
+  Raises ValueError naming the first key (in the order of `target`) that is missing from the checkpoint or has a
+  shape no known transformation explains, or else the first checkpoint key the model has no place for.
+  """
+  patterns = [re.compile(p) for p in dont_load]
+  skip = lambda key: any(p.fullmatch(key) for p in patterns)  # noqa: E731
+  report, out, problems = LoadReport(), {}, []
+  for key, model_value in target.items():
+    if skip(key) or (key.startswith("pre_logits/") and not keep_pre_logits):
+      out[key] = _fresh_value(key, model_value, head_bias_init=head_bias_init)
+      report.reinitialized[key] = "matches dont_load" if skip(key) else "keep_pre_logits is False"
+    elif key not in source:
+      problems.append(f"{key} {tuple(model_value.shape)} is missing from the checkpoint")
+    else:
+      value, why = _fit(key, np.asarray(source[key]), tuple(model_value.shape))
+      if value is None:
+        problems.append(f"{key} has shape {tuple(source[key].shape)} in the checkpoint but "
+                        f"{tuple(model_value.shape)} in the model")
+        continue
+      out[key] = value.astype(model_value.dtype)
+      report.loaded.append(key)
+      if why:
+        (report.resized if key == _POSEMB else report.reshaped)[key] = why
+  for key in sorted(source.keys() - set(report.loaded)):
+    if key in target and key not in report.reinitialized:
+      continue  # Already reported as a shape mismatch.
+    if skip(key):
+      report.dropped[key] = "matches dont_load"
+    elif key.startswith("pre_logits/") and not keep_pre_logits:
+      report.dropped[key] = "keep_pre_logits is False"
+    else:
+      problems.append(f"{key} {tuple(source[key].shape)} is in the checkpoint but not in the model")
+  if problems:
+    raise ValueError(f"Checkpoint does not fit the model: {problems[0]}" +
+                     (f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else "") +
+                     ". Is it for another architecture? Keys that should keep the model's value go in dont_load.")
+  return out, report
+
+
+def _fresh_value(key: str, model_value: Any, *, head_bias_init: float) -> Any:
+  """The value of a key that is not loaded: the model's own, except a new head (zero kernel, constant bias)."""
+  if key.startswith("head/"):
+    fill = head_bias_init if key.endswith("bias") else 0.0
+    return np.full(model_value.shape, fill, model_value.dtype)
+  if isinstance(model_value, jax.ShapeDtypeStruct):
+    raise ValueError(f"{key} is not loaded (dont_load or keep_pre_logits), so it needs an initialised value, "
+                     f"not a shape.")
+  return model_value
+
+
+def _fit(key: str, value: np.ndarray, shape: tuple[int, ...]) -> tuple[Optional[np.ndarray], str]:
+  """`value` brought to `shape` by a known transformation and a note of it, or (None, '') if there is none."""
+  if value.shape == shape:
+    return value, ""
+  if key == _POSEMB and value.ndim == 3 and len(shape) == 3 and value.shape[2] == shape[2]:
+    try:
+      return resize_posemb(value, shape[1]), f"{value.shape} -> {shape}"
+    except ValueError:
+      return None, ""
+  if _NORM_PARAM.search(key) and value.size == math.prod(shape) and value.squeeze().shape == tuple(
+      d for d in shape if d != 1):
+    return value.reshape(shape), f"{value.shape} -> {shape}"
+  return None, ""
+
+
+def resize_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
+  """(1, N, D) position embeddings -> (1, num_tokens, D): the square grid resized bilinearly (order-1 zoom).
+
+  A class-token slot (present when N - 1 is a square) is kept apart; a target without one drops it, and a target
+  with one gets a zero slot when the source has none (big_vision adds position embeddings before the class token,
+  which is the same as a zero slot).
+  """
+  (src_extra, src_side), (dst_extra, dst_side) = _grid(posemb.shape[1]), _grid(num_tokens)
+  grid = posemb[0, src_extra:].reshape(src_side, src_side, -1)
+  if src_side != dst_side:
+    rows = _linear_weights(src_side, dst_side)
+    grid = np.einsum("Hh,Ww,hwd->HWd", rows, rows, grid.astype(np.float64)).astype(posemb.dtype)
+  tokens = grid.reshape(1, dst_side * dst_side, -1)
+  if dst_extra:
+    slot = posemb[:, :1] if src_extra else np.zeros_like(posemb[:, :1])
+    tokens = np.concatenate([slot, tokens], axis=1)
+  return tokens
+
+
+def _grid(num_tokens: int) -> tuple[int, int]:
+  """(extra tokens, grid side) of a position-embedding length: a square grid, or a square grid plus one."""
+  for extra in (0, 1):
+    side = math.isqrt(num_tokens - extra)
+    if side * side == num_tokens - extra:
+      return extra, side
+  raise ValueError(f"{num_tokens} position embeddings are neither a square grid nor a square grid plus a class token.")
+
+
+def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
+  """(size_out, size_in) weights of 1-D linear interpolation with the end points aligned (scipy's zoom order=1)."""
+  coords = np.arange(size_out) * ((size_in - 1) / (size_out - 1)) if size_out > 1 else np.zeros(1)
+  low = np.minimum(np.floor(coords).astype(int), size_in - 1)
+  high = np.minimum(low + 1, size_in - 1)
+  frac = coords - low
+  weights = np.zeros((size_out, size_in))
+  np.add.at(weights, (np.arange(size_out), low), 1.0 - frac)
+  np.add.at(weights, (np.arange(size_out), high), frac)
+  return weights
+
+
+def read_orbax(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(tree as host numpy arrays, run metadata) of the newest Orbax checkpoint under `path`.
+
+  `path` is a workdir, its `checkpoints` folder, one step folder (items `state` and `meta`) or a saved pytree.
+  The metadata is the `meta` record saved with the state (e.g. `train_seconds`) plus `step`, or empty.
+  """
+  item_dir, meta = _orbax_item(path)
+  handler = ocp.PyTreeCheckpointHandler()
+  structure = handler.metadata(epath.Path(item_dir)).tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
+  return handler.restore(epath.Path(item_dir), args=ocp.args.PyTreeRestore(restore_args=restore_args)), meta
+
+
+def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
+  """The pytree folder to read under `path`, and the run metadata next to it."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise ValueError(f"No Orbax checkpoint folder at {path!r}.")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = [int(name) for name in os.listdir(path) if name.isdigit() and os.path.isdir(os.path.join(path, name))]
+  if steps:
+    path = os.path.join(path, str(max(steps)))
+  if not os.path.isdir(os.path.join(path, "state")):
+    if not os.path.exists(os.path.join(path, "_METADATA")):
+      raise ValueError(f"No checkpoint in {path!r}: expected a workdir with checkpoints, one step folder of "
+                              f"it, or a saved pytree (train first with --mode=train).")
+    return path, {}
+  meta = {}
+  meta_file = os.path.join(path, "meta", "metadata")
+  if os.path.exists(meta_file):
+    with open(meta_file) as f:
+      meta = json.load(f)
+  name = os.path.basename(path)
+  return os.path.join(path, "state"), {**meta, **({"step": int(name)} if name.isdigit() else {})}
+
+
+def _check_same_shapes(tree: Any, expected: Any, path: str) -> Any:
+  """`tree` unchanged if it has the structure and shapes of `expected`, else a ValueError naming the first key."""
+  flat, want = (flax.traverse_util.flatten_dict(t, sep="/") for t in (tree, expected))
+  for key in want:
+    if key not in flat or np.shape(flat[key]) != tuple(want[key].shape):
+      got = np.shape(flat[key]) if key in flat else "nothing"
+      raise ValueError(f"Checkpoint {path!r} does not fit: {key} is {got} there but {tuple(want[key].shape)} here.")
+  extra = sorted(flat.keys() - want.keys())
+  if extra:
+    raise ValueError(f"Checkpoint {path!r} does not fit: it has {extra[0]} which the target lacks.")
+  return tree
