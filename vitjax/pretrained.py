@@ -173,6 +173,8 @@ def match_params(source: Flat, target: Flat, *, dont_load: Iterable[str], head_b
     else:
       problems.append(f"{key} {tuple(source[key].shape)} is in the checkpoint but not in the model")
   if problems:
+    for problem in problems:
+      logging.warning("Checkpoint mismatch: %s.", problem)
     raise ValueError(f"Checkpoint does not fit the model: {problems[0]}" +
                      (f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else "") +
                      ". Is it for another architecture? Keys that should keep the model's value go in dont_load.")
