@@ -132,3 +132,25 @@ def test_bfloat16_compute_keeps_float32_state(digits_dir, tmp_path):
   assert np.isfinite(results["loss"])
   params = _params(str(tmp_path))
   assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype("float32")}
+
+
+def test_feature_evaluators_and_distillation_run_inside_the_loop(digits_dir, tmp_path):
+  teacher = tiny_config(digits_dir, total_steps=4)
+  teacher.evaluators.update(every=4, shots=(1, 5), knn_k=5)
+  results = train.train_and_evaluate(teacher, str(tmp_path / "teacher"))
+  assert {"fewshot_1shot", "fewshot_5shot", "knn_5"} <= set(results)
+  assert all(0.0 <= results[k] <= 1.0 for k in ("fewshot_1shot", "fewshot_5shot", "knn_5"))
+
+  def first_loss(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return next(r["loss"] for r in map(json.loads, f) if r["split"] == "train")
+
+  student = tiny_config(digits_dir, total_steps=3)
+  student.distill.model = teacher.model
+  student.distill.update(checkpoint=str(tmp_path / "teacher"), kind="soft", alpha=1.0, temperature=2.0)
+  distilled = train.train_and_evaluate(student, str(tmp_path / "student"))
+  plain = tiny_config(digits_dir, total_steps=3)
+  train.train_and_evaluate(plain, str(tmp_path / "plain"))
+  assert np.isfinite(distilled["loss"])
+  # Same student, same batches: only the teacher's soft targets can change the training loss.
+  assert first_loss(str(tmp_path / "student")) != pytest.approx(first_loss(str(tmp_path / "plain")), rel=1e-3)

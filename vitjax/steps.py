@@ -40,8 +40,12 @@ def _microbatches(batch: dict[str, jax.Array], accum_steps: int) -> dict[str, ja
 
 
 def make_train_step(*, loss_fn: LossFn, learning_rate_fn: optax.Schedule, accum_steps: int = 1,
-                    ema_decay: float = 0.0, axis_name: str | None = None) -> Callable:
+                    ema_decay: float = 0.0, axis_name: str | None = None,
+                    teacher_fn: Callable[[jax.Array], jax.Array] | None = None) -> Callable:
   """Returns ``train_step(state, batch, rng) -> (state, metrics)`` for a per-example ``loss_fn``.
+
+  With a ``teacher_fn`` (images -> teacher logits, for distillation) the loss is
+  ``loss_fn(logits, labels, teacher_fn(images))``, the teacher seeing the very images the student sees.
 
   With ``accum_steps > 1`` the batch is processed as that many microbatches whose gradients are averaged,
   equal to one step on the whole batch (BatchNorm statistics are updated microbatch after microbatch).
@@ -54,7 +58,10 @@ def make_train_step(*, loss_fn: LossFn, learning_rate_fn: optax.Schedule, accum_
       result = apply_fn(variables(params, batch_stats), batch["image"], train=True, rngs={"dropout": rng},
                         mutable=mutable)
       logits, new_vars = result if batch_stats else (result, {})
-      loss = loss_fn(logits, batch["labels"]).mean()
+      if teacher_fn is None:
+        loss = loss_fn(logits, batch["labels"]).mean()
+      else:
+        loss = loss_fn(logits, batch["labels"], teacher_fn(batch["image"])).mean()
       return loss, (logits, new_vars.get("batch_stats", batch_stats))
     return jax.value_and_grad(compute_loss, has_aux=True)(params)
 

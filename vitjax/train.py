@@ -17,7 +17,7 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from vitjax import checkpoints, data, history, losses, models, optim, sharding, steps
+from vitjax import checkpoints, data, distill, evaluators, history, losses, models, optim, sharding, steps
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -32,6 +32,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.parallelism not in sharding.PARALLELISM:
     raise ValueError(f"Unknown parallelism {config.parallelism!r}; choose one of: {', '.join(sharding.PARALLELISM)}.")
   losses.get(config.loss.name)
+  if config.distill.checkpoint and config.parallelism != "jit":
+    raise ValueError("config.distill needs config.parallelism='jit'.")
   data.get_builder(config.data)
   for key in ("pp_train", "pp_eval"):
     data.preprocess.parse(config.data[key])
@@ -209,9 +211,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   loss_fn = loss_function(config)
   axis = sharding.PMAP_AXIS if config.parallelism == "pmap" else None
+  train_loss_fn, teacher_fn = loss_fn, None
+  if config.distill.checkpoint:
+    teacher_fn = distill.teacher_from_config(config.distill, num_classes=num_classes, image_shape=image_shape,
+                                             sharding=parallel.replicated)
+    train_loss_fn = distill.make_loss_fn(config.distill, loss_fn)
   train_step = parallel.train_step(steps.make_train_step(
-      loss_fn=loss_fn, learning_rate_fn=learning_rate_fn, accum_steps=config.accum_steps,
-      ema_decay=config.ema_decay, axis_name=axis))
+      loss_fn=train_loss_fn, learning_rate_fn=learning_rate_fn, accum_steps=config.accum_steps,
+      ema_decay=config.ema_decay, axis_name=axis, teacher_fn=teacher_fn))
   eval_steps = {"": parallel.eval_step(steps.make_eval_step(loss_fn=loss_fn, axis_name=axis))}
   if config.ema_decay:
     eval_steps["ema_"] = parallel.eval_step(steps.make_eval_step(loss_fn=loss_fn, use_ema=True, axis_name=axis))
@@ -226,6 +233,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       metrics = evaluate(eval_step, state, eval_ds, parallel.place_batch, parallel.host_metrics)
       results.update({prefix + k: v for k, v in metrics.items()})
     return results
+
+  def run_feature_evaluators() -> dict[str, float]:
+    """Few-shot ridge probes and k-NN on the pre-logits features of the current parameters."""
+    ev = config.evaluators
+    probe_ds = data.eval_dataset(builder, config.data, split=ev.train_split or config.data.train_split,
+                                 batch_size=config.eval_batch_size // jax.process_count(),
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+    current = parallel.to_checkpoint(state)
+    return evaluators.feature_metrics(
+        model.apply, steps.variables(current.params, current.batch_stats), data.as_numpy(probe_ds),
+        data.as_numpy(eval_ds), shots=tuple(ev.shots), knn_k=ev.knn_k, l2_reg=ev.l2_reg, seed=config.seed,
+        place_batch=functools.partial(sharding.to_global, sharding=parallel.batch))
 
   preemption = _Preemption()
   early_stopping = _EarlyStopping(config.early_stopping, best=meta.get("best_metric"),
@@ -267,6 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     images_per_sec=steps_per_sec * config.batch_size, started=run_start))
       if eval_due:
         eval_metrics = run_eval()
+        if config.evaluators.every and (step % config.evaluators.every == 0 or is_last):
+          eval_metrics.update(run_feature_evaluators())
         writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
         if is_main:
           history.append(history_path, {"step": step, "split": "eval", **eval_metrics})
