@@ -20,6 +20,11 @@ from jax.experimental import multihost_utils
 from vitjax import checkpoints, data, distill, evaluators, history, losses, models, optim, sharding, steps
 
 
+# Steps dispatched ahead of the host: enough to hide dispatch latency. Unbounded run-ahead also starves XLA's CPU
+# collectives on simulated multi-device hosts (all-reduce rendezvous timeouts).
+MAX_STEPS_IN_FLIGHT = 2
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Cheap checks that fail before any data is read or anything compiled, each naming the bad value."""
   models.build(config.model.name, num_classes=1, **model_overrides(config))
@@ -261,6 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, step_metrics = train_step(state, batch, train_rng)
       step += 1
       pending.append((step, step_metrics))
+      if len(pending) > MAX_STEPS_IN_FLIGHT:  # Bounded run-ahead: the host never queues unboundedly many steps.
+        jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
       is_last = step == num_steps
       log_due = step % config.log_every == 0 or is_last
       eval_due = step % config.eval_every == 0 or is_last
