@@ -392,14 +392,6 @@ def test_attention_weights_and_pre_logits_are_sown():
         assert np.all(weights >= 0) and weights.std() > 1e-3
 
 
-def test_patch_embedding_equals_strided_conv():
-    images = images_of((2, 16, 24, 3))
-    embed = vit.PatchEmbedding(hidden_size=6, patch_size=4)
-    params = fill_random(jax.eval_shape(embed.init, jax.random.key(0), images))
-    conv = nn.Conv(6, (4, 4), strides=(4, 4), padding="VALID")
-    np.testing.assert_allclose(embed.apply(params, images), conv.apply(params, images), rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("strides, padding", [((1, 1), "SAME"), ((2, 2), "SAME"), ((2, 2), ((0, 0), (0, 0)))])
 def test_einsum_1x1_conv_equals_lax_conv(strides, padding):
     x = images_of((2, 7, 8, 5))
