@@ -2,7 +2,7 @@
 
     python -m vitjax.main --config=configs/quickstart.py --workdir=/tmp/vitjax-quickstart
 
-Expected: 97.2% accuracy on the 360 held-out digits, about 75 s wall time (compile included) on 2 CPU cores;
+Expected: 98.1% accuracy on the 360 held-out digits, about 50 s wall time (compile included) on 2 CPU cores;
 the same seed gives the same number. See benchmarks/RESULTS.md.
 """
 
