@@ -635,3 +635,41 @@ def test_weight_standardization_epsilons_follow_the_public_code():
     np.testing.assert_allclose(hybrid.vit_standardize(w), centred / (std + 1e-5), rtol=1e-5)
     np.testing.assert_allclose(resnet.bit_standardize(w), centred / np.sqrt(std**2 + 1e-10), rtol=1e-5)
     assert np.abs(centred / (std + 1e-5) - centred / np.sqrt(std**2 + 1e-5)).max() > 0.1
+
+
+def test_batchnorm_matches_flax_values_gradients_and_statistics():
+    x = images_of((4, 5, 5, 6)) * 3.0 + 1.0
+    ours, theirs = layers.BatchNorm(use_running_average=False), nn.BatchNorm(use_running_average=False, momentum=0.9,
+                                                                              epsilon=1e-5)
+    variables = fill_random(jax.eval_shape(theirs.init, jax.random.key(0), x), scale=1.0)
+
+    def loss_and_stats(module, variables, x):
+        y, state = module.apply(variables, x, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y)), (y, state["batch_stats"])
+
+    def grads(module):
+        return jax.jit(jax.grad(loss_and_stats, argnums=(1, 2), has_aux=True), static_argnums=0)(module, variables, x)
+
+    ((our_dvars, our_dx), (our_y, our_stats)), ((their_dvars, their_dx), (their_y, their_stats)) = grads(ours), grads(theirs)
+    np.testing.assert_allclose(our_y, their_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(our_dx, their_dx, rtol=1e-4, atol=1e-5)
+    for name in ("scale", "bias"):
+        np.testing.assert_allclose(our_dvars["params"][name], their_dvars["params"][name], rtol=1e-4, atol=1e-5)
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(our_stats[name], their_stats[name], rtol=1e-5, atol=1e-6)
+    assert np.abs(our_dx).max() > 1e-2
+
+
+@pytest.mark.parametrize("features", [3, 8])
+def test_einsum_1x1_conv_gradients_equal_lax_conv(features):
+    # Both orders of the explicit weight-gradient transpose (narrower input, then narrower output).
+    x = images_of((2, 6, 6, 5))
+    conv = layers.Conv(features, (1, 1), (2, 2), use_bias=True)
+    params = fill_random(jax.eval_shape(conv.init, jax.random.key(0), x))
+    reference = nn.Conv(features, (1, 1), (2, 2))
+    loss = lambda module: jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))), argnums=(0, 1))  # noqa: E731
+    (ours_p, ours_x), (ref_p, ref_x) = loss(conv)(params, x), loss(reference)(params, x)
+    np.testing.assert_allclose(ours_x, ref_x, rtol=1e-5, atol=1e-6)
+    for name in ("kernel", "bias"):
+        np.testing.assert_allclose(ours_p["params"][name], ref_p["params"][name], rtol=1e-5, atol=1e-6)
+    assert np.abs(ours_p["params"]["kernel"]).max() > 1e-2

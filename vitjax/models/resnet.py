@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.layers import Conv, standardize_kernel
+from vitjax.models.layers import BatchNorm, Conv, standardize_kernel
 
 Array = jax.Array
 Dtype = Any
@@ -52,7 +52,7 @@ class ResNetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         conv = functools.partial(Conv, kernel_init=_conv_init, dtype=self.dtype)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not self.train, momentum=0.9, epsilon=1e-5,
+        norm = functools.partial(BatchNorm, use_running_average=not self.train, momentum=0.9, epsilon=1e-5,
                                  dtype=self.dtype)
         s = (self.strides, self.strides)
         if self.bottleneck:
@@ -95,7 +95,7 @@ class ResNet(nn.Module):
     def __call__(self, images: Array, *, train: bool) -> Array:
         x = Conv(self.width, (7, 7), (2, 2), padding=_pad(7), kernel_init=_conv_init, dtype=self.dtype,
                  name="conv1")(images)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+        x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                          name="bn1")(x)
         x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
