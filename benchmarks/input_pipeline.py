@@ -32,14 +32,15 @@ from vitjax.data import sources  # noqa: E402
 
 IMAGENET_AUGMENT = "flip_lr|randaugment(2, 15)|value_range(-1, 1)"
 PIPELINES = {
-    # name: (dataset kind, pp_train, batch size)
+    # name: (dataset kind, pp_train, batch size); the "cached" ones keep decoded examples in memory (data.cache).
     "imagenet tfds fused-crop": ("jpeg", f"decode_jpeg_and_inception_crop(224)|{IMAGENET_AUGMENT}", 64),
     "imagenet tfds decode+crop": ("jpeg", f"decode|inception_crop(224)|{IMAGENET_AUGMENT}", 64),
     "imagenet folder": ("jpeg_folder", f"inception_crop(224)|{IMAGENET_AUGMENT}", 64),
     "imagenet tfds no-randaug": ("jpeg", "decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)", 64),
     "cifar tfds pad-crop": ("png32", "decode|pad_and_crop(4)|flip_lr|value_range(-1, 1)", 256),
     "cifar tfds vit-384": ("png32", "decode|resize(448)|random_crop(384)|flip_lr|value_range(-1, 1)", 64),
-    "digits quickstart": ("digits", "pad_and_crop(1)|resize(32, method='nearest')|to_rgb|value_range(-1, 1)", 64),
+    "digits quickstart cached": ("digits", "pad_and_crop(1)|resize(32, method='nearest')|to_rgb|value_range(-1, 1)",
+                                 64),
 }
 
 
@@ -75,9 +76,9 @@ def tfds_builder(name: str, image_root: str, data_dir: str) -> tfds.core.Dataset
                                                      split_datasets={"train": examples}, data_dir=data_dir)
 
 
-def measure(source, pp: str, *, batch_size: int, threads: int, seconds: float) -> dict[str, float]:
+def measure(source, pp: str, *, batch_size: int, threads: int, seconds: float, cache: bool) -> dict[str, float]:
   config = ml_collections.ConfigDict({"train_split": "train", "pp_train": pp, "shuffle_buffer": 1000,
-                                      "threads": threads})
+                                      "threads": threads, "cache": cache})
   batches = data.as_numpy(data.train_dataset(source, config, batch_size=batch_size, seed=0))
   for _ in range(3):  # Tracing, thread start-up and the first shuffle-buffer fill.
     next(batches)
@@ -116,7 +117,8 @@ def main() -> None:
   for name in args.pipelines.split(","):
     kind, pp, batch_size = PIPELINES[name]
     for threads in (int(t) for t in args.threads.split(",")):
-      result = measure(inputs[kind], pp, batch_size=batch_size, threads=threads, seconds=args.seconds)
+      result = measure(inputs[kind], pp, batch_size=batch_size, threads=threads, seconds=args.seconds,
+                       cache=name.endswith("cached"))
       print(f"{name:28s} {threads:7d} {result['images_per_s']:9.1f} {result['images_per_cpu_s']:12.1f}", flush=True)
       print(json.dumps({"pipeline": name, "pp": pp, "threads": threads, "batch_size": batch_size,
                         "load_average": os.getloadavg()[0], **result}), flush=True)

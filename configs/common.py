@@ -28,7 +28,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Examples, shuffled while still encoded: about 1.1 GB of host memory for ImageNet JPEGs (folder datasets
   # shuffle a whole epoch of file positions instead).
   config.data.shuffle_buffer = 10_000
-  config.data.cache = False  # Cache encoded TFDS examples in host memory (small datasets only).
+  config.data.cache = False  # Keep decoded examples in host memory after the first pass (small datasets only).
   config.data.threads = 0  # tf.data threads on this host; 0: TF's default (one per core).
   config.data.prefetch = 2  # Batches kept in flight on the devices.
 

@@ -49,6 +49,18 @@ def test_resume_is_exact_with_randaugment_mixup_cutmix_and_a_decoding_spec(digit
   assert any(np.sort(batch["labels"], -1)[:, -2].max() > 0 for batch in full)  # Some targets are mixtures.
 
 
+@pytest.mark.parametrize("pp_train", [CONFIG.pp_train, "decode|inception_crop(16)|flip_lr|value_range(-1, 1)",
+                                      "decode_jpeg_and_inception_crop(16)|value_range(-1, 1)"])
+def test_caching_decoded_examples_changes_no_batch(digits_dir, pp_train):
+  builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
+  config = ml_collections.ConfigDict({**CONFIG.to_dict(), "pp_train": pp_train})
+  cached = ml_collections.ConfigDict({**config.to_dict(), "cache": True})
+  # Two epochs: the second one reads from the cache.
+  _assert_same_batches(_batches(builder, 360, config), _batches(builder, 360, cached))
+  _assert_same_batches(list(data.as_numpy(data.eval_dataset(builder, config, batch_size=50))),
+                       list(data.as_numpy(data.eval_dataset(builder, cached, batch_size=50))))
+
+
 def test_epochs_are_reshuffled_and_seeds_matter(digits_dir):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
   a = _batches(builder, 1)[0]

@@ -276,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         stop_reason, checkpoint_due = "SIGTERM", True
       if not (log_due or eval_due or checkpoint_due):
         continue
-      host_metrics = [(s, parallel.host_metrics(m)) for s, m in pending]
+      host_metrics = list(zip([s for s, _ in pending], parallel.host_metrics([m for _, m in pending])))
       pending = []
       _check_finite(host_metrics, manager.latest_step())
       elapsed = time.perf_counter() - interval_start

@@ -125,13 +125,26 @@ def _resize(image: tf.Tensor, size, method: str, antialias: bool) -> tf.Tensor:
   return _to_dtype(resized, image.dtype) if image.dtype == tf.uint8 else resized
 
 
+def _rgb(image: tf.Tensor) -> tf.Tensor:
+  """Three channels: grayscale repeated, an alpha channel dropped."""
+  rgb = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3])
+  return tf.ensure_shape(rgb, image.shape[:-1].concatenate([3]))
+
+
 @register("decode")
 def decode(channels: int = 3) -> Op:
-  """Decodes an encoded JPEG/PNG/GIF/BMP string to uint8 with ``channels`` channels; decoded images pass through."""
+  """Decodes an encoded JPEG/PNG/GIF/BMP string to uint8 with ``channels`` (1 or 3) channels; already decoded
+  images (a cached dataset) get the same channels."""
+  if channels not in (1, 3):
+    raise ValueError(f"channels={channels} must be 1 or 3.")
+
   def fn(image, seed):
-    if image.dtype != tf.string:
-      return image
-    return tf.io.decode_image(image, channels=channels, expand_animations=False)
+    if image.dtype == tf.string:
+      return tf.io.decode_image(image, channels=channels, expand_animations=False)
+    if channels == 3:
+      return _rgb(image)
+    gray = tf.cond(tf.shape(image)[-1] == 1, lambda: image, lambda: tf.image.rgb_to_grayscale(image[..., :3]))
+    return tf.ensure_shape(gray, image.shape[:-1].concatenate([1]))
   return image_op(fn)
 
 
@@ -155,10 +168,7 @@ def resize_small(size: int, method: str = "bilinear", antialias: bool = True) ->
 @register("to_rgb")
 def to_rgb() -> Op:
   """Makes any image 3-channel: grayscale is repeated, an alpha channel dropped."""
-  def fn(image, seed):
-    rgb = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3])
-    return tf.ensure_shape(rgb, image.shape[:-1].concatenate([3]))
-  return image_op(fn)
+  return image_op(lambda image, seed: _rgb(image))
 
 
 @register("flip_lr")
@@ -250,7 +260,7 @@ def decode_jpeg_and_inception_crop(size: int | tuple[int, int] | None = None, ar
 
   def fn(image, seed):
     if image.dtype != tf.string:
-      crop = crop_decoded(image, seed)
+      crop = crop_decoded(_rgb(image), seed)
     else:
       def jpeg():
         begin, box = _inception_box(tf.image.extract_jpeg_shape(image), seed, area, ratio)

@@ -49,7 +49,8 @@ class Share:
   """One process's part of a split: ``records`` in a fixed order, how many, and how to load them.
 
   ``load(ds, decode)`` maps a dataset of ``(key, record)`` pairs to ``(key, features)`` pairs, in order;
-  ``decode=False`` leaves TFDS images encoded for a spec that decodes them itself.
+  ``decode=False`` leaves TFDS images encoded for a spec that decodes them itself, unless the share caches
+  decoded examples (the decoding ops accept decoded images).
   """
   records: tf.data.Dataset
   size: int
@@ -187,6 +188,9 @@ class TfdsSource(Source):
       label = tf.gather(tf.constant(remap), label)
     return {"image": example[self.image_key], "label": label}
 
+  def _decode(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return {**example, "image": self._image_feature.decode_example(example["image"])}
+
   def share(self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False,
             cache: bool = False) -> Share:
     share = self._split(split, index, count, drop_remainder)
@@ -197,14 +201,16 @@ class TfdsSource(Source):
     ds = ds.map(self._select, num_parallel_calls=tf.data.AUTOTUNE)
     if self._keep is not None and not self.multilabel:
       ds = ds.filter(lambda ex: ex["label"] >= 0)
+    decoded = cache and self._encoded
+    if decoded:  # Decoding once beats decoding every epoch; both decoding ops pass decoded images through.
+      ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
       ds = ds.cache()
 
     def load(pairs: tf.data.Dataset, decode: bool) -> tf.data.Dataset:
-      if not (decode and self._encoded):
+      if not (decode and self._encoded) or decoded:
         return pairs
-      return pairs.map(lambda key, ex: (key, {**ex, "image": self._image_feature.decode_example(ex["image"])}),
-                       num_parallel_calls=tf.data.AUTOTUNE)
+      return pairs.map(lambda key, ex: (key, self._decode(ex)), num_parallel_calls=tf.data.AUTOTUNE)
 
     return Share(ds, self.share_size(split, index=index, count=count, drop_remainder=drop_remainder), load)
 
