@@ -8,7 +8,8 @@ with the state donated. FLOPs come from XLA's cost analysis of the compiled prog
 
 On a shared machine other processes distort every number here, so each timed section waits (up to
 `--patience` seconds) for the CPUs to go idle, and is re-timed when other processes took more than
-`--max_other_share` of the CPU time meanwhile; the share seen is reported with each result.
+`--max_other_share` of the CPU time meanwhile; the share seen is reported with each result. XLA settings
+come from the environment (`XLA_FLAGS`), as in training; the peak is measured under the same settings.
 """
 
 import argparse
@@ -19,14 +20,9 @@ import sys
 import time
 from typing import Callable
 
-# Before JAX initialises: keep YNNPACK for dots only. Its convolution path (above all the weight gradient)
-# is far slower on CPU than XLA's own; this flag changes nothing for the ViT's matmuls.
-if "--xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=dot").strip()
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vitjax import models  # noqa: E402
