@@ -34,7 +34,7 @@ from vitjax import data, models, optim, sharding, steps, train  # noqa: E402
 PRESETS = {
     # The quickstart's own logging and checkpoint intervals.
     "quickstart": dict(steps=1000, log_every=100, checkpoint_every=500),
-    # A checkpoint every 24 steps (80 s here) is far more often than any real run saves.
+    # A checkpoint every 24 steps (about 45 s here) is far more often than any real run saves.
     "vit_s16": dict(steps=48, log_every=8, checkpoint_every=24, model="vit_s16", image_size=224, batch_size=8),
 }
 
