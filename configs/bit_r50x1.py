@@ -15,7 +15,7 @@ A strategy may follow the dataset (configs/finetune.py), e.g. `cifar10,feature_e
 (root and stages 1-2 frozen).
 """
 
-from configs import common, finetune
+from configs import finetune
 
 # dataset -> (train split, eval split, training examples, small images (<= 96x96)).
 PRESETS = {
@@ -37,18 +37,11 @@ def hyperrule_schedule(num_examples: int) -> tuple[int, int, tuple[float, ...]]:
 
 
 def get_config(arg: str | None = "cifar10"):
-  dataset, strategy = finetune.parse_arg(arg, "cifar10")
-  if dataset not in PRESETS:
-    raise ValueError(f"Unknown preset {dataset!r} for bit_r50x1; choose one of: {', '.join(PRESETS)}.")
+  dataset, strategy = finetune.parse_arg(arg, PRESETS, model="bit_r50x1")
   train_split, eval_split, num_examples, small_images = PRESETS[dataset]
   steps, warmup, boundaries = hyperrule_schedule(num_examples)
   resize, crop = (160, 128) if small_images else (512, 480)
-  config = common.get_base_config()
-  config.name = f"bit_r50x1_{dataset}" + ("" if strategy == "full" else f"_{strategy}")
-  config.model.name = "bit_r50x1"
-  config.data.dataset = dataset
-  config.data.train_split = train_split
-  config.data.eval_split = eval_split
+  config = finetune.base_config("bit_r50x1", dataset, strategy, train_split=train_split, eval_split=eval_split)
   config.data.pp_train = f"resize({resize})|random_crop({crop})|flip_lr|value_range(-1, 1)"
   config.data.pp_eval = f"resize({crop})|value_range(-1, 1)"
   config.data.mixup.mixup_alpha = 0.1 if num_examples >= 20_000 else 0.0

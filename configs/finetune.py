@@ -12,8 +12,11 @@ no optimizer state (``config.optimizer.freeze`` is a regex over '/'-joined param
 """
 
 import re
+from typing import Any, Mapping
 
 import ml_collections
+
+from configs import common
 
 STRATEGIES = ("full", "feature_extraction", "freeze{k}", "layer_decay{d}")
 
@@ -37,7 +40,22 @@ def apply(config: ml_collections.ConfigDict, strategy: str, *, stem: str, block:
                    f"(e.g. freeze6, layer_decay0.75).")
 
 
-def parse_arg(arg: str | None, default_dataset: str) -> tuple[str, str]:
-  """(dataset, strategy) from a config argument such as ``cifar10`` or ``cifar10,freeze6``."""
-  dataset, _, strategy = (arg or default_dataset).partition(",")
+def parse_arg(arg: str | None, presets: Mapping[str, Any], *, model: str) -> tuple[str, str]:
+  """(dataset, strategy) from a config argument such as ``cifar10`` or ``cifar10,freeze6`` (default cifar10);
+  a dataset without a preset fails naming the presets."""
+  dataset, _, strategy = (arg or "cifar10").partition(",")
+  if dataset not in presets:
+    raise ValueError(f"Unknown preset {dataset!r} for {model}; choose one of: {', '.join(presets)}.")
   return dataset, strategy or "full"
+
+
+def base_config(model: str, dataset: str, strategy: str, *, train_split: str,
+                eval_split: str) -> ml_collections.ConfigDict:
+  """The common base config for fine-tuning ``model`` on ``dataset``, named after the run."""
+  config = common.get_base_config()
+  config.name = f"{model}_{dataset}" + ("" if strategy == "full" else f"_{strategy}")
+  config.model.name = model
+  config.data.dataset = dataset
+  config.data.train_split = train_split
+  config.data.eval_split = eval_split
+  return config

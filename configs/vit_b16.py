@@ -16,7 +16,7 @@ A strategy may follow the dataset (configs/finetune.py): `cifar10,feature_extrac
 `cifar10,layer_decay0.75`; the default, `full`, is the published recipe.
 """
 
-from configs import common, finetune
+from configs import finetune
 
 # dataset -> (train split, eval split, total steps, base learning rate) as in the public fine-tuning configs.
 PRESETS = {
@@ -29,16 +29,9 @@ PRESETS = {
 
 
 def get_config(arg: str | None = "cifar10"):
-  dataset, strategy = finetune.parse_arg(arg, "cifar10")
-  if dataset not in PRESETS:
-    raise ValueError(f"Unknown preset {dataset!r} for vit_b16; choose one of: {', '.join(PRESETS)}.")
+  dataset, strategy = finetune.parse_arg(arg, PRESETS, model="vit_b16")
   train_split, eval_split, steps, learning_rate = PRESETS[dataset]
-  config = common.get_base_config()
-  config.name = f"vit_b16_{dataset}" + ("" if strategy == "full" else f"_{strategy}")
-  config.model.name = "vit_b16"
-  config.data.dataset = dataset
-  config.data.train_split = train_split
-  config.data.eval_split = eval_split
+  config = finetune.base_config("vit_b16", dataset, strategy, train_split=train_split, eval_split=eval_split)
   config.data.pp_train = "resize(448)|random_crop(384)|flip_lr|value_range(-1, 1)"
   config.data.pp_eval = "resize(384)|value_range(-1, 1)"
   config.batch_size = 512
