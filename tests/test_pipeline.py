@@ -55,6 +55,8 @@ def test_caching_decoded_examples_changes_no_batch(digits_dir, pp_train):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
   config = ml_collections.ConfigDict({**CONFIG.to_dict(), "pp_train": pp_train})
   cached = ml_collections.ConfigDict({**config.to_dict(), "cache": True})
+  assert builder.share("train").records.element_spec["image"].dtype == tf.string
+  assert builder.share("train", cache=True).records.element_spec["image"].dtype == tf.uint8  # Cached decoded.
   # Two epochs: the second one reads from the cache.
   _assert_same_batches(_batches(builder, 360, config), _batches(builder, 360, cached))
   _assert_same_batches(list(data.as_numpy(data.eval_dataset(builder, config, batch_size=50))),
