@@ -32,15 +32,14 @@ from vitjax.data import sources  # noqa: E402
 
 IMAGENET_AUGMENT = "flip_lr|randaugment(2, 15)|value_range(-1, 1)"
 PIPELINES = {
-    # name: (dataset kind, pp_train, batch size); the "cached" ones keep decoded examples in memory (data.cache).
-    "imagenet tfds fused-crop": ("jpeg", f"decode_jpeg_and_inception_crop(224)|{IMAGENET_AUGMENT}", 64),
-    "imagenet tfds decode+crop": ("jpeg", f"decode|inception_crop(224)|{IMAGENET_AUGMENT}", 64),
-    "imagenet folder": ("jpeg_folder", f"inception_crop(224)|{IMAGENET_AUGMENT}", 64),
-    "imagenet tfds no-randaug": ("jpeg", "decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)", 64),
-    "cifar tfds pad-crop": ("png32", "decode|pad_and_crop(4)|flip_lr|value_range(-1, 1)", 256),
-    "cifar tfds vit-384": ("png32", "decode|resize(448)|random_crop(384)|flip_lr|value_range(-1, 1)", 64),
-    "digits quickstart cached": ("digits", "pad_and_crop(1)|resize(32, method='nearest')|to_rgb|value_range(-1, 1)",
-                                 64),
+  # name: (dataset kind, pp_train, batch size); the "cached" ones keep decoded examples in memory (data.cache).
+  "imagenet tfds fused-crop": ("jpeg", f"decode_jpeg_and_inception_crop(224)|{IMAGENET_AUGMENT}", 64),
+  "imagenet tfds decode+crop": ("jpeg", f"decode|inception_crop(224)|{IMAGENET_AUGMENT}", 64),
+  "imagenet folder": ("jpeg_folder", f"inception_crop(224)|{IMAGENET_AUGMENT}", 64),
+  "imagenet tfds no-randaug": ("jpeg", "decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)", 64),
+  "cifar tfds pad-crop": ("png32", "decode|pad_and_crop(4)|flip_lr|value_range(-1, 1)", 256),
+  "cifar tfds vit-384": ("png32", "decode|resize(448)|random_crop(384)|flip_lr|value_range(-1, 1)", 64),
+  "digits quickstart cached": ("digits", "pad_and_crop(1)|resize(32, method='nearest')|to_rgb|value_range(-1, 1)", 64),
 }
 
 
@@ -56,8 +55,9 @@ def write_images(root: str, *, count: int, height: int, width: int, fmt: str, cl
   for i in range(count):
     folder = os.path.join(root, "train", f"class{i % classes}")
     os.makedirs(folder, exist_ok=True)
-    image = Image.fromarray(synthetic_photo(rng, height, width) if height > 64
-                            else rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    image = Image.fromarray(
+      synthetic_photo(rng, height, width) if height > 64 else rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    )
     image.save(os.path.join(folder, f"{i}.{fmt}"), **({"quality": 90} if fmt == "jpg" else {}))
 
 
@@ -66,19 +66,27 @@ def tfds_builder(name: str, image_root: str, data_dir: str) -> tfds.core.Dataset
   files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(image_root, "train")) for f in fs)
   classes = sorted({os.path.basename(os.path.dirname(f)) for f in files})
 
-  features = tfds.features.FeaturesDict({
+  features = tfds.features.FeaturesDict(
+    {
       "image": tfds.features.Image(encoding_format="jpeg" if files[0].endswith(".jpg") else "png"),
-      "label": tfds.features.ClassLabel(names=classes)})
-  examples = tf.data.Dataset.from_tensor_slices({
+      "label": tfds.features.ClassLabel(names=classes),
+    }
+  )
+  examples = tf.data.Dataset.from_tensor_slices(
+    {
       "image": [open(path, "rb").read() for path in files],
-      "label": [classes.index(os.path.basename(os.path.dirname(path))) for path in files]})
-  return tfds.dataset_builders.store_as_tfds_dataset(name=name, version="1.0.0", features=features,
-                                                     split_datasets={"train": examples}, data_dir=data_dir)
+      "label": [classes.index(os.path.basename(os.path.dirname(path))) for path in files],
+    }
+  )
+  return tfds.dataset_builders.store_as_tfds_dataset(
+    name=name, version="1.0.0", features=features, split_datasets={"train": examples}, data_dir=data_dir
+  )
 
 
 def measure(source, pp: str, *, batch_size: int, threads: int, seconds: float, cache: bool) -> dict[str, float]:
-  config = ml_collections.ConfigDict({"train_split": "train", "pp_train": pp, "shuffle_buffer": 1000,
-                                      "threads": threads, "cache": cache})
+  config = ml_collections.ConfigDict(
+    {"train_split": "train", "pp_train": pp, "shuffle_buffer": 1000, "threads": threads, "cache": cache}
+  )
   batches = data.as_numpy(data.train_dataset(source, config, batch_size=batch_size, seed=0))
   for _ in range(3):  # Tracing, thread start-up and the first shuffle-buffer fill.
     next(batches)
@@ -86,8 +94,13 @@ def measure(source, pp: str, *, batch_size: int, threads: int, seconds: float, c
   while time.perf_counter() - start < seconds:
     count += len(next(batches)["labels"])
   elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-  return {"images_per_s": count / elapsed, "images_per_cpu_s": count / cpu, "images": count, "seconds": elapsed,
-          "cpu_seconds": cpu}
+  return {
+    "images_per_s": count / elapsed,
+    "images_per_cpu_s": count / cpu,
+    "images": count,
+    "seconds": elapsed,
+    "cpu_seconds": cpu,
+  }
 
 
 def main() -> None:
@@ -105,23 +118,38 @@ def main() -> None:
   write_images(png_root, count=4096, height=32, width=32, fmt="png")
   jpeg_bytes = np.mean([os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(jpeg_root) for f in fs])
   inputs = {
-      "jpeg": sources.TfdsSource(tfds_builder("bench_jpeg", jpeg_root, os.path.join(work, "tfds"))),
-      "png32": sources.TfdsSource(tfds_builder("bench_png32", png_root, os.path.join(work, "tfds"))),
-      "jpeg_folder": sources.FolderSource(jpeg_root),
-      "digits": data.builder_by_name("vitjax_digits", data_dir=os.path.join(work, "tfds")),
+    "jpeg": sources.TfdsSource(tfds_builder("bench_jpeg", jpeg_root, os.path.join(work, "tfds"))),
+    "png32": sources.TfdsSource(tfds_builder("bench_png32", png_root, os.path.join(work, "tfds"))),
+    "jpeg_folder": sources.FolderSource(jpeg_root),
+    "digits": data.builder_by_name("vitjax_digits", data_dir=os.path.join(work, "tfds")),
   }
   data.prepare(inputs["digits"])
-  print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
-        f"mean JPEG {jpeg_bytes / 1e3:.0f} KB, tf {tf.__version__}", flush=True)
+  print(
+    f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
+    f"mean JPEG {jpeg_bytes / 1e3:.0f} KB, tf {tf.__version__}",
+    flush=True,
+  )
   print(f"{'pipeline':28s} {'threads':>7s} {'images/s':>9s} {'images/CPU-s':>12s}", flush=True)
   for name in args.pipelines.split(","):
     kind, pp, batch_size = PIPELINES[name]
     for threads in (int(t) for t in args.threads.split(",")):
-      result = measure(inputs[kind], pp, batch_size=batch_size, threads=threads, seconds=args.seconds,
-                       cache=name.endswith("cached"))
+      result = measure(
+        inputs[kind], pp, batch_size=batch_size, threads=threads, seconds=args.seconds, cache=name.endswith("cached")
+      )
       print(f"{name:28s} {threads:7d} {result['images_per_s']:9.1f} {result['images_per_cpu_s']:12.1f}", flush=True)
-      print(json.dumps({"pipeline": name, "pp": pp, "threads": threads, "batch_size": batch_size,
-                        "load_average": os.getloadavg()[0], **result}), flush=True)
+      print(
+        json.dumps(
+          {
+            "pipeline": name,
+            "pp": pp,
+            "threads": threads,
+            "batch_size": batch_size,
+            "load_average": os.getloadavg()[0],
+            **result,
+          }
+        ),
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from configs import quickstart  # noqa: E402
 from vitjax import data, models, optim, sharding, steps, train  # noqa: E402
 
 PRESETS = {
-    # The quickstart's own logging and checkpoint intervals.
-    "quickstart": dict(steps=1000, log_every=100, checkpoint_every=500),
-    # A checkpoint every 24 steps (about 45 s here) is far more often than any real run saves.
-    "vit_s16": dict(steps=48, log_every=8, checkpoint_every=24, model="vit_s16", image_size=224, batch_size=8),
+  # The quickstart's own logging and checkpoint intervals.
+  "quickstart": dict(steps=1000, log_every=100, checkpoint_every=500),
+  # A checkpoint every 24 steps (about 45 s here) is far more often than any real run saves.
+  "vit_s16": dict(steps=48, log_every=8, checkpoint_every=24, model="vit_s16", image_size=224, batch_size=8),
 }
 
 
@@ -118,8 +118,7 @@ def measure_round(config) -> dict[str, float]:
   loop, wait = loop_step_seconds(config)
   no_input = loop_without_input_seconds(config)
   after = bare_step_seconds(config, num_steps=config.total_steps // 2)
-  return dict(bare=(before + after) / 2, bare_before=before, bare_after=after, loop=loop, wait=wait,
-              no_input=no_input)
+  return dict(bare=(before + after) / 2, bare_before=before, bare_after=after, loop=loop, wait=wait, no_input=no_input)
 
 
 def main():
@@ -133,18 +132,26 @@ def main():
   median = lambda key: float(np.median([r[key] for r in rounds]))  # noqa: E731
   overhead = lambda key: 100 * float(np.median([r[key] / r["bare"] - 1 for r in rounds]))  # noqa: E731
   bare, cores = median("bare"), len(os.sched_getaffinity(0))
-  print(f"{args.preset}: {config.model.name}, batch {config.batch_size} on {jax.device_count()} device(s), "
-        f"{cores} CPU cores; checkpoint every {config.checkpoint_every}, log every {config.log_every} steps; "
-        f"median of {len(rounds)} round(s)")
+  print(
+    f"{args.preset}: {config.model.name}, batch {config.batch_size} on {jax.device_count()} device(s), "
+    f"{cores} CPU cores; checkpoint every {config.checkpoint_every}, log every {config.log_every} steps; "
+    f"median of {len(rounds)} round(s)"
+  )
   for i, r in enumerate(rounds):
-    print(f"  round {i}: bare {1000 * r['bare_before']:.1f} / {1000 * r['bare_after']:.1f} ms (before / after), "
-          f"loop {1000 * r['loop']:.1f} ms, loop without input work {1000 * r['no_input']:.1f} ms")
+    print(
+      f"  round {i}: bare {1000 * r['bare_before']:.1f} / {1000 * r['bare_after']:.1f} ms (before / after), "
+      f"loop {1000 * r['loop']:.1f} ms, loop without input work {1000 * r['no_input']:.1f} ms"
+    )
   print(f"  bare train step        {1000 * bare:9.1f} ms")
-  print(f"  full loop, per step    {1000 * median('loop'):9.1f} ms  {overhead('loop'):+6.1f} %  "
-        f"(input wait {100 * median('wait'):.1f}% of step time)")
+  print(
+    f"  full loop, per step    {1000 * median('loop'):9.1f} ms  {overhead('loop'):+6.1f} %  "
+    f"(input wait {100 * median('wait'):.1f}% of step time)"
+  )
   print(f"  loop, no input work    {1000 * median('no_input'):9.1f} ms  {overhead('no_input'):+6.1f} %")
-  print(f"  input pipeline         {1000 * input_cpu:9.2f} CPU-ms per batch = "
-        f"{100 * input_cpu / (bare * cores):.1f}% of the step's {cores}-core CPU time")
+  print(
+    f"  input pipeline         {1000 * input_cpu:9.2f} CPU-ms per batch = "
+    f"{100 * input_cpu / (bare * cores):.1f}% of the step's {cores}-core CPU time"
+  )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from configs import finetune
 
 # dataset -> (train split, eval split, training examples, small images (<= 96x96)).
 PRESETS = {
-    "cifar10": ("train[:98%]", "test", 49_000, True),
-    "cifar100": ("train[:98%]", "test", 49_000, True),
-    "imagenet2012": ("train[:99%]", "validation", 1_268_355, False),
-    "oxford_iiit_pet": ("train[:90%]", "test", 3_312, False),
-    "oxford_flowers102": ("train[:90%]", "test", 918, False),
+  "cifar10": ("train[:98%]", "test", 49_000, True),
+  "cifar100": ("train[:98%]", "test", 49_000, True),
+  "imagenet2012": ("train[:99%]", "validation", 1_268_355, False),
+  "oxford_iiit_pet": ("train[:90%]", "test", 3_312, False),
+  "oxford_flowers102": ("train[:90%]", "test", 918, False),
 }
 
 

@@ -12,7 +12,8 @@ no optimizer state (``config.optimizer.freeze`` is a regex over '/'-joined param
 """
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -36,8 +37,10 @@ def apply(config: ml_collections.ConfigDict, strategy: str, *, stem: str, block:
   if match := re.fullmatch(r"layer_decay(0?\.\d+|1(\.0*)?)", strategy):
     config.optimizer.layerwise_decay = float(match[1])
     return
-  raise ValueError(f"Unknown fine-tuning strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)} "
-                   f"(e.g. freeze6, layer_decay0.75).")
+  raise ValueError(
+    f"Unknown fine-tuning strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)} "
+    f"(e.g. freeze6, layer_decay0.75)."
+  )
 
 
 def parse_arg(arg: str | None, presets: Mapping[str, Any], *, model: str) -> tuple[str, str]:
@@ -49,8 +52,9 @@ def parse_arg(arg: str | None, presets: Mapping[str, Any], *, model: str) -> tup
   return dataset, strategy or "full"
 
 
-def base_config(model: str, dataset: str, strategy: str, *, train_split: str,
-                eval_split: str) -> ml_collections.ConfigDict:
+def base_config(
+  model: str, dataset: str, strategy: str, *, train_split: str, eval_split: str
+) -> ml_collections.ConfigDict:
   """The common base config for fine-tuning ``model`` on ``dataset``, named after the run."""
   config = common.get_base_config()
   config.name = f"{model}_{dataset}" + ("" if strategy == "full" else f"_{strategy}")

@@ -20,11 +20,11 @@ from configs import finetune
 
 # dataset -> (train split, eval split, total steps, base learning rate) as in the public fine-tuning configs.
 PRESETS = {
-    "cifar10": ("train[:98%]", "test", 10_000, 0.03),
-    "cifar100": ("train[:98%]", "test", 10_000, 0.03),
-    "imagenet2012": ("train[:99%]", "validation", 20_000, 0.03),
-    "oxford_iiit_pet": ("train[:90%]", "test", 500, 0.003),
-    "oxford_flowers102": ("train[:90%]", "test", 500, 0.003),
+  "cifar10": ("train[:98%]", "test", 10_000, 0.03),
+  "cifar100": ("train[:98%]", "test", 10_000, 0.03),
+  "imagenet2012": ("train[:99%]", "validation", 20_000, 0.03),
+  "oxford_iiit_pet": ("train[:90%]", "test", 500, 0.003),
+  "oxford_flowers102": ("train[:90%]", "test", 500, 0.003),
 }
 
 
@@ -46,8 +46,9 @@ def get_config(arg: str | None = "cifar10"):
   config.pretrained.dont_load = ("head/.*",)
   config.pretrained.head_bias_init = 0.0
   config.pretrained.keep_pre_logits = False
-  finetune.apply(config, strategy, stem=r"embedding/|cls$|Transformer/posembed_input/",
-                 block="Transformer/encoderblock_{}/")
+  finetune.apply(
+    config, strategy, stem=r"embedding/|cls$|Transformer/posembed_input/", block="Transformer/encoderblock_{}/"
+  )
   config.log_every = 50
   config.eval_every = 1000
   config.checkpoint_every = 1000

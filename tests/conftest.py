@@ -17,6 +17,7 @@ tf.config.set_visible_devices([], "GPU")
 def digits_dir(tmp_path_factory) -> str:
   """A TFDS data_dir holding the prepared embedded digits dataset."""
   from vitjax import data
+
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   data.prepare(data.builder_by_name("vitjax_digits", data_dir=data_dir))
   return data_dir

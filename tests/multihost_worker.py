@@ -29,20 +29,22 @@ def main(argv):
   if FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   model = models.build("vit_micro8", num_classes=10)
-  config = ml_collections.ConfigDict({"optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9},
-                                      "schedule": {"name": "constant"}})
+  config = ml_collections.ConfigDict(
+    {"optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9}, "schedule": {"name": "constant"}}
+  )
   tx, schedule = optim.create_optimizer(config, total_steps=NUM_STEPS)
   init = functools.partial(train.create_train_state, model, tx, image_shape=(16, 16, 3))
   parallel = sharding.Jit(sharding.make_mesh(), jax.eval_shape(init, jax.random.key(0)))
   state = parallel.init(init, jax.random.key(0))
-  step = parallel.train_step(steps.make_train_step(loss_fn=losses.softmax_cross_entropy,
-                                                   learning_rate_fn=schedule))
+  step = parallel.train_step(steps.make_train_step(loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule))
   rng = np.random.default_rng(0)
   rows = GLOBAL_BATCH // jax.process_count()
   mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
   for _ in range(NUM_STEPS):
-    batch = {"image": rng.uniform(-1, 1, (GLOBAL_BATCH, 16, 16, 3)).astype(np.float32),
-             "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, GLOBAL_BATCH)]}
+    batch = {
+      "image": rng.uniform(-1, 1, (GLOBAL_BATCH, 16, 16, 3)).astype(np.float32),
+      "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, GLOBAL_BATCH)],
+    }
     state, _ = step(state, parallel.place_batch(jax.tree.map(lambda x: x[mine], batch)), jax.random.key(1))
   # A cooperative Orbax save and restore of the replicated state, then the parameters for comparison.
   manager = checkpoints.create_manager(os.path.dirname(out) + f"/ckpt_{jax.process_count()}", max_to_keep=1)

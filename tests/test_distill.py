@@ -1,6 +1,7 @@
 """Distillation losses by hand, a teacher loaded from checkpoints, and a student that learns from it."""
 
 import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -48,8 +49,9 @@ def test_hard_loss_and_mixing():
   # DeiT's hard distillation: the mean of the two cross-entropies.
   np.testing.assert_allclose(mix(kind="hard", alpha=0.5), 0.5 * base + 0.5 * expected_hard, rtol=1e-5)
   config = ml_collections.ConfigDict({"kind": "hard", "alpha": 0.5, "temperature": 1.0})
-  np.testing.assert_allclose(distill.make_loss_fn(config, losses.softmax_cross_entropy)(STUDENT, LABELS, TEACHER),
-                             mix(kind="hard", alpha=0.5))
+  np.testing.assert_allclose(
+    distill.make_loss_fn(config, losses.softmax_cross_entropy)(STUDENT, LABELS, TEACHER), mix(kind="hard", alpha=0.5)
+  )
   with pytest.raises(ValueError, match="Unknown config.distill.kind='medium'"):
     distill.make_loss_fn(ml_collections.ConfigDict({"kind": "medium"}), losses.softmax_cross_entropy)
 
@@ -66,14 +68,26 @@ def test_teacher_from_a_run_learns_a_student(tmp_path):
   params = _init(teacher_model, 0)
   params = jax.tree.map(lambda x: x + 0.3 * RNG.normal(size=x.shape).astype(np.float32), params)  # Non-zero head.
   manager = checkpoints.create_manager(str(tmp_path))
-  checkpoints.save(manager, steps.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1)), step=3,
-                   meta={"train_seconds": 1.0})
+  checkpoints.save(
+    manager,
+    steps.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1)),
+    step=3,
+    meta={"train_seconds": 1.0},
+  )
   manager.wait_until_finished()
-  config = ml_collections.ConfigDict({"model": {"name": "vit_micro8", **TEACHER_ARCH}, "checkpoint": str(tmp_path),
-                                      "kind": "soft", "alpha": 1.0, "temperature": 2.0})
+  config = ml_collections.ConfigDict(
+    {
+      "model": {"name": "vit_micro8", **TEACHER_ARCH},
+      "checkpoint": str(tmp_path),
+      "kind": "soft",
+      "alpha": 1.0,
+      "temperature": 2.0,
+    }
+  )
   mesh = sharding.make_mesh()
-  teacher = distill.teacher_from_config(config, num_classes=5, image_shape=(16, 16, 3),
-                                        sharding=sharding.replicated(mesh))
+  teacher = distill.teacher_from_config(
+    config, num_classes=5, image_shape=(16, 16, 3), sharding=sharding.replicated(mesh)
+  )
   images = RNG.uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32)
   expected = teacher_model.apply({"params": params}, images, train=False)
   placed = sharding.to_global({"image": images}, sharding.batch_sharding(mesh))["image"]
@@ -92,6 +106,7 @@ def test_teacher_from_a_run_learns_a_student(tmp_path):
   def step(params, opt_state):
     def mean_loss(p):
       return loss_fn(student_model.apply({"params": p}, images, train=False), jnp.zeros_like(targets), targets).mean()
+
     value, grads = jax.value_and_grad(mean_loss)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, value
@@ -102,8 +117,9 @@ def test_teacher_from_a_run_learns_a_student(tmp_path):
     student, opt_state, value = step(student, opt_state)
     history.append(float(value))
   assert history[-1] < 0.5 * history[0]
-  agreement = np.mean(np.argmax(student_model.apply({"params": student}, images, train=False), -1) ==
-                      np.argmax(expected, -1))
+  agreement = np.mean(
+    np.argmax(student_model.apply({"params": student}, images, train=False), -1) == np.argmax(expected, -1)
+  )
   assert agreement >= 0.75
 
 
@@ -112,12 +128,14 @@ def test_teacher_from_a_public_file_needs_its_head(tmp_path):
   params = _init(model, 0)
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   np.savez(tmp_path / "teacher.npz", **{k: np.asarray(v) for k, v in flat.items()})
-  teacher = distill.load_teacher("vit_micro8", str(tmp_path / "teacher.npz"), num_classes=5,
-                                 image_shape=(16, 16, 3), overrides=TEACHER_ARCH)
+  teacher = distill.load_teacher(
+    "vit_micro8", str(tmp_path / "teacher.npz"), num_classes=5, image_shape=(16, 16, 3), overrides=TEACHER_ARCH
+  )
   images = RNG.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
   np.testing.assert_allclose(teacher(images), model.apply({"params": params}, images, train=False), atol=1e-6)
   del flat["head/kernel"]
   np.savez(tmp_path / "headless.npz", **{k: np.asarray(v) for k, v in flat.items()})
   with pytest.raises(ValueError, match=r"head/kernel \(32, 5\) is missing from the checkpoint"):
-    distill.load_teacher("vit_micro8", str(tmp_path / "headless.npz"), num_classes=5, image_shape=(16, 16, 3),
-                         overrides=TEACHER_ARCH)
+    distill.load_teacher(
+      "vit_micro8", str(tmp_path / "headless.npz"), num_classes=5, image_shape=(16, 16, 3), overrides=TEACHER_ARCH
+    )

@@ -37,8 +37,7 @@ def _random_params(seed):
   """Initial parameters plus noise, so that the (zero-initialised) head gives varied predictions."""
   params = jax.jit(functools.partial(_model().init, train=False))(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda x: np.asarray(x) + 0.2 * rng.normal(size=x.shape).astype(np.float32),
-                      params["params"])
+  return jax.tree.map(lambda x: np.asarray(x) + 0.2 * rng.normal(size=x.shape).astype(np.float32), params["params"])
 
 
 def _save_run(workdir, params, *, step):
@@ -76,16 +75,28 @@ def test_eval_of_a_run_writes_every_metric_and_plot(digits_dir, runs):
   logits = np.asarray(_model().apply({"params": params}, images, train=False))
   assert results["num_examples"] == 360 and results["step"] == 7 and results["train_seconds"] == 12.0
   assert results["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
-  assert results["loss"] == pytest.approx(float(np.mean(losses.softmax_cross_entropy(logits, np.eye(10)[labels]))),
-                                          rel=1e-4)
+  assert results["loss"] == pytest.approx(
+    float(np.mean(losses.softmax_cross_entropy(logits, np.eye(10)[labels]))), rel=1e-4
+  )
   assert results["ece"] == pytest.approx(metrics.calibration(metrics.softmax(logits), labels)["ece"], abs=1e-5)
-  assert results["auc_ovr_macro"] == pytest.approx(metrics.roc_auc_one_vs_rest(metrics.softmax(logits), labels),
-                                                   abs=1e-5)
+  assert results["auc_ovr_macro"] == pytest.approx(
+    metrics.roc_auc_one_vs_rest(metrics.softmax(logits), labels), abs=1e-5
+  )
 
   with open(os.path.join(workdir, "eval_test.json")) as f:
     saved = json.load(f)
-  for key in ("accuracy", "top5_accuracy", "macro_f1", "weighted_f1", "macro_precision", "weighted_recall",
-              "auc_ovr_macro", "ece", "loss", "members"):
+  for key in (
+    "accuracy",
+    "top5_accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "macro_precision",
+    "weighted_recall",
+    "auc_ovr_macro",
+    "ece",
+    "loss",
+    "members",
+  ):
     assert key in saved
   assert saved["accuracy"] == results["accuracy"]
   assert list(saved["per_class"]) == [str(d) for d in range(10)]
@@ -99,7 +110,7 @@ def test_eval_of_a_run_writes_every_metric_and_plot(digits_dir, runs):
 
 
 def test_ensemble_averages_logits_and_public_files_evaluate_too(digits_dir, runs, tmp_path):
-  (dir_a, params_a), (dir_b, params_b) = runs["a"], runs["b"]
+  (dir_a, params_a), (_, params_b) = runs["a"], runs["b"]
   npz = str(tmp_path / "b.npz")
   np.savez(npz, **{k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params_b, sep="/").items()})
   config = _config(digits_dir, checkpoints=(dir_a, npz))
@@ -149,8 +160,9 @@ def test_multilabel_metrics_of_the_report():
   targets = (rng.random((50, 4)) < 0.4).astype(np.float32)
   targets[0] = 1
   logits = 3 * (targets - 0.5) + rng.normal(size=(50, 4))
-  results = evaluation.compute_metrics(logits, targets, multilabel=True, loss_fn=losses.sigmoid_cross_entropy,
-                                       threshold=0.5)
+  results = evaluation.compute_metrics(
+    logits, targets, multilabel=True, loss_fn=losses.sigmoid_cross_entropy, threshold=0.5
+  )
   top = logits.argmax(1)
   assert results["accuracy"] == results["precision_at_1"] == pytest.approx(np.mean(targets[np.arange(50), top]))
   assert results["mAP"] == pytest.approx(metrics.multilabel_metrics(metrics.sigmoid(logits), targets)["mAP"])

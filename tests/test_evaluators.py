@@ -1,6 +1,7 @@
 """Few-shot ridge probes and k-NN on features: against scikit-learn, and end to end on a model's pre-logits."""
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,8 @@ def test_fewshot_probe_is_ridge_regression(clusters, shots):
   chosen = evaluators.select_shots(train_y, shots, seed=0)
   mean, std = train_x[chosen].mean(0), train_x[chosen].std(0) + 1e-5
   ridge = linear_model.Ridge(alpha=3.0, fit_intercept=False, solver="cholesky").fit(
-      evaluators.ridge_features(train_x[chosen], mean, std), 2.0 * np.eye(4)[train_y[chosen]] - 1.0)
+    evaluators.ridge_features(train_x[chosen], mean, std), 2.0 * np.eye(4)[train_y[chosen]] - 1.0
+  )
   expected = np.mean(ridge.predict(evaluators.ridge_features(test_x, mean, std)).argmax(1) == test_y)
   assert accuracy == pytest.approx(expected)
   assert accuracy > 0.6  # Far above the 0.25 of chance on these clusters.
@@ -67,15 +69,18 @@ def _digit_batches(images, labels, batch_size):
   mask = np.r_[np.ones(len(images)), np.zeros(pad)].astype(np.float32)
   images = np.concatenate([images, np.full((pad, *images.shape[1:]), 7.0, np.float32)])
   onehot = np.concatenate([np.eye(10, dtype=np.float32)[labels], np.zeros((pad, 10), np.float32)])
-  return [{"image": images[i:i + batch_size], "labels": onehot[i:i + batch_size], "mask": mask[i:i + batch_size]}
-          for i in range(0, len(images), batch_size)]
+  return [
+    {"image": images[i : i + batch_size], "labels": onehot[i : i + batch_size], "mask": mask[i : i + batch_size]}
+    for i in range(0, len(images), batch_size)
+  ]
 
 
 def test_feature_metrics_on_a_model(clusters):
   digits = datasets.load_digits()
   train, test = slice(0, 400), slice(1500, 1700)
-  model = models.build("vit_micro8", num_classes=10, num_layers=1, hidden_size=32, mlp_dim=64, num_heads=2,
-                       classifier="gap")
+  model = models.build(
+    "vit_micro8", num_classes=10, num_layers=1, hidden_size=32, mlp_dim=64, num_heads=2, classifier="gap"
+  )
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   place = lambda batch: sharding.to_global(batch, sharding.batch_sharding(sharding.make_mesh()))  # noqa: E731
   test_batches = _digit_batches(digits.images[test], digits.target[test], 64)
@@ -86,12 +91,14 @@ def test_feature_metrics_on_a_model(clusters):
   np.testing.assert_allclose(features[:64], state["intermediates"]["pre_logits"][0], rtol=1e-5, atol=1e-6)
 
   train_batches = _digit_batches(digits.images[train], digits.target[train], 64)
-  results = evaluators.feature_metrics(model.apply, variables, train_batches, test_batches, shots=(1, 5, 60),
-                                       knn_k=10, place_batch=place)
+  results = evaluators.feature_metrics(
+    model.apply, variables, train_batches, test_batches, shots=(1, 5, 60), knn_k=10, place_batch=place
+  )
   assert set(results) == {"fewshot_1shot", "fewshot_5shot", "knn_10"}  # No class has 60 of 400 examples.
   train_features, train_labels = evaluators.extract_features(model.apply, variables, train_batches)
-  assert results["fewshot_5shot"] == evaluators.fewshot_accuracy(train_features, train_labels, features, labels,
-                                                                 shots=5)
+  assert results["fewshot_5shot"] == evaluators.fewshot_accuracy(
+    train_features, train_labels, features, labels, shots=5
+  )
   assert results["knn_10"] == evaluators.knn_accuracy(train_features, train_labels, features, labels, k=10)
 
 

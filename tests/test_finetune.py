@@ -36,7 +36,8 @@ def _flat(workdir):
 def test_transfer_beats_training_from_scratch(digits_dir, tmp_path):
   upstream = str(tmp_path / "upstream")
   result = train.train_and_evaluate(
-      _config(digits_dir, PRETRAIN_CLASSES, steps=100, learning_rate=3e-3, warmup=20), upstream)
+    _config(digits_dir, PRETRAIN_CLASSES, steps=100, learning_rate=3e-3, warmup=20), upstream
+  )
   assert result["accuracy"] > 0.8
 
   runs = {"scratch": {}, "feature_extraction": {"path": upstream}, "full": {"path": upstream}}
@@ -78,7 +79,8 @@ def test_strategies_freeze_what_they_say():
   assert set(names) - frozen == {"head/kernel", "head/bias"}
   frozen = _frozen(names, vit_b16.get_config("cifar10,freeze4").optimizer.freeze)
   assert {n.split("/")[1] for n in frozen if n.startswith("Transformer/encoderblock")} == {
-      f"encoderblock_{i}" for i in range(4)}
+    f"encoderblock_{i}" for i in range(4)
+  }
   assert {"embedding/kernel", "cls", "Transformer/posembed_input/pos_embedding"} <= frozen
   assert not any(n.startswith(("Transformer/encoderblock_4/", "Transformer/encoder_norm", "head")) for n in frozen)
   config = vit_b16.get_config("oxford_iiit_pet,layer_decay0.75")
@@ -89,13 +91,16 @@ def test_strategies_freeze_what_they_say():
   bit_names = _names("bit_r50x1")
   frozen = _frozen(bit_names, bit_r50x1.get_config("cifar10,freeze2").optimizer.freeze)
   assert {n.split("/")[0] for n in frozen} == {"root_block", "block1", "block2"}
-  assert set(bit_names) - _frozen(bit_names, bit_r50x1.get_config("cifar10,feature_extraction").optimizer.freeze) \
-      == {"head/conv2d/kernel", "head/conv2d/bias"}
+  assert set(bit_names) - _frozen(bit_names, bit_r50x1.get_config("cifar10,feature_extraction").optimizer.freeze) == {
+    "head/conv2d/kernel",
+    "head/conv2d/bias",
+  }
 
 
 def _learning_rates(config, steps):
-  schedule = optim.create_learning_rate_fn(config.schedule, base_learning_rate=config.optimizer.learning_rate,
-                                           total_steps=config.total_steps)
+  schedule = optim.create_learning_rate_fn(
+    config.schedule, base_learning_rate=config.optimizer.learning_rate, total_steps=config.total_steps
+  )
   return [float(schedule(s)) for s in steps]
 
 
@@ -103,8 +108,9 @@ def test_bit_hyperrule():
   # BiT's get_lr: linear warmup to 0.003, then /10 after each of the middle supports.
   small = bit_r50x1.get_config("oxford_flowers102")
   assert small.total_steps == 500 and small.data.mixup.mixup_alpha == 0.0
-  np.testing.assert_allclose(_learning_rates(small, [50, 150, 250, 350, 450]), [0.0015, 3e-3, 3e-4, 3e-5, 3e-6],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    _learning_rates(small, [50, 150, 250, 350, 450]), [0.0015, 3e-3, 3e-4, 3e-5, 3e-6], rtol=1e-5
+  )
   assert "resize(512)|random_crop(480)" in small.data.pp_train and small.data.pp_eval.startswith("resize(480)")
   medium = bit_r50x1.get_config("cifar10")
   assert medium.total_steps == 10_000 and medium.data.mixup.mixup_alpha == 0.1
@@ -116,7 +122,13 @@ def test_bit_hyperrule():
 
 def test_vit_recipe_keeps_the_published_numbers():
   config = vit_b16.get_config("cifar100")
-  assert (config.optimizer.name, config.optimizer.momentum, config.optimizer.grad_clip_norm, config.batch_size,
-          config.total_steps, config.schedule.warmup_steps) == ("sgd", 0.9, 1.0, 512, 10_000, 500)
+  assert (
+    config.optimizer.name,
+    config.optimizer.momentum,
+    config.optimizer.grad_clip_norm,
+    config.batch_size,
+    config.total_steps,
+    config.schedule.warmup_steps,
+  ) == ("sgd", 0.9, 1.0, 512, 10_000, 500)
   assert config.pretrained.keep_pre_logits is False and "384" in config.data.pp_eval
   assert vit_b16.get_config("oxford_flowers102").optimizer.learning_rate == 0.003

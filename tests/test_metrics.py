@@ -29,7 +29,7 @@ def test_top_k_accuracy(predictions):
   # By hand: ties rank the lower class first, as argmax does.
   assert metrics.top_k_accuracy(np.zeros((2, 3)), np.array([0, 2]), 1) == 0.5
   assert metrics.top_k_accuracy(np.zeros((2, 3)), np.array([0, 2]), 3) == 1.0
-  assert metrics.top_k_accuracy(np.array([[3., 2., 1.], [1., 2., 3.]]), np.array([2, 1]), 2) == 0.5
+  assert metrics.top_k_accuracy(np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), np.array([2, 1]), 2) == 0.5
 
 
 def test_precision_recall_f1_and_confusion_matrix(predictions):
@@ -42,10 +42,10 @@ def test_precision_recall_f1_and_confusion_matrix(predictions):
   for name, expected in (("precision", p), ("recall", r), ("f1", f), ("support", s)):
     np.testing.assert_allclose(scores[name], expected)
   for average in ("macro", "weighted"):
-    p, r, f, _ = skm.precision_recall_fscore_support(labels, preds, labels=range(7), average=average,
-                                                     zero_division=0)
+    p, r, f, _ = skm.precision_recall_fscore_support(labels, preds, labels=range(7), average=average, zero_division=0)
     assert (scores[f"{average}_precision"], scores[f"{average}_recall"], scores[f"{average}_f1"]) == pytest.approx(
-        (p, r, f))
+      (p, r, f)
+    )
   assert scores["precision"][6] == 0.0  # Never predicted: 0/0 counts as 0.
 
 
@@ -53,7 +53,8 @@ def test_roc_auc_binary_and_one_vs_rest(predictions):
   logits, labels = predictions
   probs = metrics.softmax(logits)
   assert metrics.roc_auc_one_vs_rest(probs, labels) == pytest.approx(
-      skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+  )
   binary = (labels > 3).astype(int)
   scores = np.round(logits[:, 4:].sum(1), 1)  # Rounded so that there are ties.
   assert metrics.roc_auc(scores, binary) == pytest.approx(skm.roc_auc_score(binary, scores))
@@ -108,15 +109,15 @@ def test_clu_top5_metric_matches_numpy(predictions):
   logits, labels = predictions
   mask = np.ones(300)
   mask[-50:] = 0
-  value = metrics.Top5Accuracy.from_model_output(logits=jnp.asarray(logits), labels=jnp.asarray(labels),
-                                                 mask=jnp.asarray(mask)).compute()
+  value = metrics.Top5Accuracy.from_model_output(
+    logits=jnp.asarray(logits), labels=jnp.asarray(labels), mask=jnp.asarray(mask)
+  ).compute()
   assert float(value) == pytest.approx(metrics.top_k_accuracy(logits[:-50], labels[:-50], 5))
 
 
 def test_plots_are_written(predictions, tmp_path):
   logits, labels = predictions
   result = metrics.classification_metrics(logits, labels)
-  metrics.plot_confusion_matrix(result["confusion_matrix"], [f"class {i}" for i in range(7)],
-                                str(tmp_path / "c.png"))
+  metrics.plot_confusion_matrix(result["confusion_matrix"], [f"class {i}" for i in range(7)], str(tmp_path / "c.png"))
   metrics.plot_reliability_diagram(result["calibration"], str(tmp_path / "r.png"))
   assert os.path.getsize(tmp_path / "c.png") > 10_000 and os.path.getsize(tmp_path / "r.png") > 10_000

@@ -13,17 +13,33 @@ from vitjax import losses, models, optim, steps, train
 
 
 def _config(**optimizer):
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.0, "grad_clip_norm": 0.0, **optimizer},
-      "schedule": {"name": "constant"}})
+      "schedule": {"name": "constant"},
+    }
+  )
 
 
-@pytest.mark.parametrize("name, step, expected", [
-    ("cosine", 0, 0.0), ("cosine", 50, 0.5), ("cosine", 100, 1.0), ("cosine", 550, 0.5), ("cosine", 1000, 0.0),
-    ("linear", 550, 0.5), ("linear", 1000, 0.0), ("constant", 700, 1.0),
-    ("rsqrt", 100, 1.0), ("rsqrt", 100 + 30_000, 0.5),
-    ("step", 299, 1.0), ("step", 300, 0.1), ("step", 600, 0.01), ("step", 900, 0.001),
-])
+@pytest.mark.parametrize(
+  "name, step, expected",
+  [
+    ("cosine", 0, 0.0),
+    ("cosine", 50, 0.5),
+    ("cosine", 100, 1.0),
+    ("cosine", 550, 0.5),
+    ("cosine", 1000, 0.0),
+    ("linear", 550, 0.5),
+    ("linear", 1000, 0.0),
+    ("constant", 700, 1.0),
+    ("rsqrt", 100, 1.0),
+    ("rsqrt", 100 + 30_000, 0.5),
+    ("step", 299, 1.0),
+    ("step", 300, 0.1),
+    ("step", 600, 0.01),
+    ("step", 900, 0.001),
+  ],
+)
 def test_schedules_at_chosen_steps(name, step, expected):
   config = ml_collections.ConfigDict({"name": name, "warmup_steps": 100, "timescale": 10_000})
   if name == "step":
@@ -39,10 +55,16 @@ def test_cosine_midway_value_matches_the_formula():
 
 
 def test_weight_decay_mask_spares_biases_norms_and_embeddings():
-  params = {"embedding": {"kernel": 1, "bias": 1}, "cls": 1,
-            "Transformer": {"posembed_input": {"pos_embedding": 1}, "encoder_norm": {"scale": 1, "bias": 1},
-                            "encoderblock_0": {"MlpBlock_0": {"Dense_0": {"kernel": 1, "bias": 1}}}},
-            "head": {"kernel": 1, "bias": 1}}
+  params = {
+    "embedding": {"kernel": 1, "bias": 1},
+    "cls": 1,
+    "Transformer": {
+      "posembed_input": {"pos_embedding": 1},
+      "encoder_norm": {"scale": 1, "bias": 1},
+      "encoderblock_0": {"MlpBlock_0": {"Dense_0": {"kernel": 1, "bias": 1}}},
+    },
+    "head": {"kernel": 1, "bias": 1},
+  }
   mask = optim.weight_decay_mask(params)
   assert mask["embedding"] == {"kernel": True, "bias": False} and mask["cls"] is False
   assert mask["Transformer"]["posembed_input"]["pos_embedding"] is False
@@ -119,12 +141,15 @@ def test_gradient_accumulation_equals_the_big_batch():
   tx, schedule = optim.create_optimizer(config, total_steps=10)
   state = train.create_train_state(model, tx, jax.random.key(0), image_shape=(16, 16, 3))
   rng = np.random.default_rng(0)
-  batch = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
-           "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)]}
+  batch = {
+    "image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+    "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)],
+  }
   results = []
   for accum in (1, 4):
-    step = jax.jit(steps.make_train_step(loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule,
-                                         accum_steps=accum))
+    step = jax.jit(
+      steps.make_train_step(loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule, accum_steps=accum)
+    )
     new_state, metrics = step(state, batch, jax.random.key(1))
     results.append((new_state.params, float(metrics["loss"]), float(metrics["accuracy"])))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][0], results[1][0])

@@ -14,22 +14,30 @@ from vitjax import losses, models, optim, sharding, steps, train
 def _run(parallelism: str, *, devices, fsdp: int = 1, num_steps: int = 3):
   model = models.build("vit_micro8", num_classes=10)
   # SGD keeps float32 reduction-order differences at their size; Adam would blow up those of near-zero gradients.
-  config = ml_collections.ConfigDict({"optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9,
-                                                    "nesterov": True, "weight_decay": 1e-3},
-                                      "schedule": {"name": "constant"}})
+  config = ml_collections.ConfigDict(
+    {
+      "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
+      "schedule": {"name": "constant"},
+    }
+  )
   tx, schedule = optim.create_optimizer(config, total_steps=num_steps)
   init = functools.partial(train.create_train_state, model, tx, image_shape=(16, 16, 3), ema=True)
   abstract = jax.eval_shape(init, jax.random.key(0))
   parallel = sharding.create(parallelism, sharding.make_mesh(fsdp=fsdp, devices=devices), abstract)
   state = parallel.from_checkpoint(parallel.init(init, jax.random.key(0)))
   axis = sharding.PMAP_AXIS if parallelism == "pmap" else None
-  step = parallel.train_step(steps.make_train_step(loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule,
-                                                   ema_decay=0.9, axis_name=axis))
+  step = parallel.train_step(
+    steps.make_train_step(
+      loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule, ema_decay=0.9, axis_name=axis
+    )
+  )
   rng = np.random.default_rng(0)
   losses_seen = []
   for _ in range(num_steps):
-    batch = {"image": rng.uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32),
-             "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)]}
+    batch = {
+      "image": rng.uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32),
+      "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)],
+    }
     state, metrics = step(state, parallel.place_batch(batch), jax.random.key(1))
     losses_seen.append(float(parallel.host_metrics(metrics)["loss"]))
   return jax.device_get(parallel.to_checkpoint(state)), losses_seen, parallel
@@ -47,8 +55,11 @@ def test_matches_single_device(single_device, parallelism, fsdp):
   state, step_losses, parallel = _run(parallelism, devices=jax.devices(), fsdp=fsdp)
   np.testing.assert_allclose(step_losses, reference_losses, rtol=1e-5)
   for name in ("params", "ema_params", "opt_state"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 getattr(state, name), getattr(reference_state, name))
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      getattr(state, name),
+      getattr(reference_state, name),
+    )
   if fsdp != 1:  # The largest divisible dimension of each big parameter really is split.
     kernel = parallel.state_sharding.params["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]
     assert kernel.spec == sharding.P(None, sharding.FSDP_AXIS)
@@ -68,5 +79,8 @@ def test_pmap_training_loop_matches_jit(digits_dir, tmp_path):
     config.log_every = config.eval_every = config.checkpoint_every = 2
     results[parallelism] = train.train_and_evaluate(config, str(tmp_path / parallelism))
   assert results["jit"]["loss"] == pytest.approx(results["pmap"]["loss"], rel=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               _params(str(tmp_path / "jit")), _params(str(tmp_path / "pmap")))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+    _params(str(tmp_path / "jit")),
+    _params(str(tmp_path / "pmap")),
+  )

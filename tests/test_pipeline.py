@@ -12,9 +12,15 @@ import tensorflow_datasets as tfds
 from vitjax import data
 from vitjax.data import mixing
 
-CONFIG = ml_collections.ConfigDict({
-    "train_split": "train", "eval_split": "test", "shuffle_buffer": 10_000,
-    "pp_train": "resize(32)|to_rgb|pad_and_crop(4)|flip_lr|value_range(-1, 1)", "pp_eval": "to_rgb"})
+CONFIG = ml_collections.ConfigDict(
+  {
+    "train_split": "train",
+    "eval_split": "test",
+    "shuffle_buffer": 10_000,
+    "pp_train": "resize(32)|to_rgb|pad_and_crop(4)|flip_lr|value_range(-1, 1)",
+    "pp_eval": "to_rgb",
+  }
+)
 
 
 def _batches(builder, n, config=CONFIG, **kwargs):
@@ -39,9 +45,14 @@ def test_train_stream_resumes_exactly_across_an_epoch_boundary(digits_dir):
 
 def test_resume_is_exact_with_randaugment_mixup_cutmix_and_a_decoding_spec(digits_dir):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
-  config = ml_collections.ConfigDict({
-      **CONFIG.to_dict(), "pp_train": "decode|resize(16)|inception_crop(16)|randaugment(2, 9)|value_range(-1, 1)",
-      "mixup": {"mixup_alpha": 0.5, "cutmix_alpha": 1.0, "switch_prob": 0.5}, "shuffle_buffer": 200})
+  config = ml_collections.ConfigDict(
+    {
+      **CONFIG.to_dict(),
+      "pp_train": "decode|resize(16)|inception_crop(16)|randaugment(2, 9)|value_range(-1, 1)",
+      "mixup": {"mixup_alpha": 0.5, "cutmix_alpha": 1.0, "switch_prob": 0.5},
+      "shuffle_buffer": 200,
+    }
+  )
   full = _batches(builder, 8, config)
   _assert_same_batches(full[5:], _batches(builder, 3, config, start_batch=5))
   for batch in full:
@@ -49,8 +60,14 @@ def test_resume_is_exact_with_randaugment_mixup_cutmix_and_a_decoding_spec(digit
   assert any(np.sort(batch["labels"], -1)[:, -2].max() > 0 for batch in full)  # Some targets are mixtures.
 
 
-@pytest.mark.parametrize("pp_train", [CONFIG.pp_train, "decode|inception_crop(16)|flip_lr|value_range(-1, 1)",
-                                      "decode_jpeg_and_inception_crop(16)|value_range(-1, 1)"])
+@pytest.mark.parametrize(
+  "pp_train",
+  [
+    CONFIG.pp_train,
+    "decode|inception_crop(16)|flip_lr|value_range(-1, 1)",
+    "decode_jpeg_and_inception_crop(16)|value_range(-1, 1)",
+  ],
+)
 def test_caching_decoded_examples_changes_no_batch(digits_dir, pp_train):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
   config = ml_collections.ConfigDict({**CONFIG.to_dict(), "pp_train": pp_train})
@@ -59,8 +76,10 @@ def test_caching_decoded_examples_changes_no_batch(digits_dir, pp_train):
   assert builder.share("train", cache=True).records.element_spec["image"].dtype == tf.uint8  # Cached decoded.
   # Two epochs: the second one reads from the cache.
   _assert_same_batches(_batches(builder, 360, config), _batches(builder, 360, cached))
-  _assert_same_batches(list(data.as_numpy(data.eval_dataset(builder, config, batch_size=50))),
-                       list(data.as_numpy(data.eval_dataset(builder, cached, batch_size=50))))
+  _assert_same_batches(
+    list(data.as_numpy(data.eval_dataset(builder, config, batch_size=50))),
+    list(data.as_numpy(data.eval_dataset(builder, cached, batch_size=50))),
+  )
 
 
 def test_epochs_are_reshuffled_and_seeds_matter(digits_dir):
@@ -75,36 +94,40 @@ def test_eval_shares_cover_the_split_exactly_once(digits_dir, process_count):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
   seen, batch_counts = [], set()
   for index in range(process_count):
-    ds = data.eval_dataset(builder, CONFIG, batch_size=64,
-                           process_index=index, process_count=process_count)
+    ds = data.eval_dataset(builder, CONFIG, batch_size=64, process_index=index, process_count=process_count)
     batches = list(data.as_numpy(ds))
     batch_counts.add(len(batches))
     for batch in batches:
       real = batch["mask"] == 1
       assert np.all(batch["image"][~real] == 0)
-      seen += [(img[..., 0].astype(np.uint8).tobytes(), int(lab.argmax()))
-               for img, lab in zip(batch["image"][real], batch["labels"][real])]
+      seen += [
+        (img[..., 0].astype(np.uint8).tobytes(), int(lab.argmax()))
+        for img, lab in zip(batch["image"][real], batch["labels"][real])
+      ]
   assert batch_counts == {math.ceil(math.ceil(360 / process_count) / 64)}  # The same on every process.
   raw = tfds.as_numpy(builder.builder.as_dataset(split="test"))
   assert sorted(seen) == sorted((ex["image"][..., 0].tobytes(), int(ex["label"])) for ex in raw)
 
 
 def test_classes_keep_and_remap_labels_in_the_given_order(digits_dir):
-  config = ml_collections.ConfigDict({**CONFIG.to_dict(), "dataset": "vitjax_digits", "data_dir": digits_dir,
-                                      "classes": (7, 5, 9)})
+  config = ml_collections.ConfigDict(
+    {**CONFIG.to_dict(), "dataset": "vitjax_digits", "data_dir": digits_dir, "classes": (7, 5, 9)}
+  )
   source = data.get_builder(config)
   raw = list(tfds.as_numpy(source.builder.as_dataset(split="test", shuffle_files=False)))
-  expected = sorted((ex["image"][..., 0].tobytes(), [7, 5, 9].index(ex["label"]))
-                    for ex in raw if ex["label"] in (7, 5, 9))
+  expected = sorted(
+    (ex["image"][..., 0].tobytes(), [7, 5, 9].index(ex["label"])) for ex in raw if ex["label"] in (7, 5, 9)
+  )
   assert data.num_classes(source) == 3 and data.class_names(source) == ["7", "5", "9"]
   assert data.num_examples(source, "test") == len(expected)
   seen = []
   for index in range(2):
-    for batch in data.as_numpy(data.eval_dataset(source, config, batch_size=16, process_index=index,
-                                                 process_count=2)):
+    for batch in data.as_numpy(data.eval_dataset(source, config, batch_size=16, process_index=index, process_count=2)):
       real = batch["mask"] == 1
-      seen += [(img[..., 0].astype(np.uint8).tobytes(), int(lab.argmax()))
-               for img, lab in zip(batch["image"][real], batch["labels"][real])]
+      seen += [
+        (img[..., 0].astype(np.uint8).tobytes(), int(lab.argmax()))
+        for img, lab in zip(batch["image"][real], batch["labels"][real])
+      ]
   assert sorted(seen) == expected
   train = _batches(source, 3, config)
   assert all(batch["labels"].shape == (8, 3) for batch in train)
@@ -122,6 +145,7 @@ def test_unprepared_public_dataset_explains_how_to_prepare_it(tmp_path, monkeypa
 
   def offline(*args, **kwargs):
     raise ConnectionError("no network")
+
   monkeypatch.setattr(builder.builder, "download_and_prepare", offline)
   with pytest.raises(data.DatasetUnavailableError, match=r"'mnist' is not prepared.*tfds build mnist.*data_dir"):
     data.prepare(builder)
@@ -174,7 +198,7 @@ def test_cutmix_label_weight_is_the_pasted_area_fraction():
       np.testing.assert_allclose(out["labels"][i, i], 1 - fraction, atol=1e-6)
       if pasted.any():  # The pasted region is one rectangle.
         rows, cols = np.where(pasted)
-        assert pasted[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        assert pasted[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
       fractions.append(fraction)
   assert len(set(np.round(fractions, 4))) > 5
 
@@ -187,8 +211,7 @@ def test_switch_prob_and_prob_choose_what_happens():
     assert set(np.unique(out["image"])) <= set(values)  # Only pasting, never blending.
     out, values = _mix(never_cutmix, seed)
     assert np.all(out["image"] == out["image"][:, :1, :1])
-  unchanged = [np.array_equal(_mix({"mixup_alpha": 1.0, "prob": 0.5}, s)[0]["labels"], np.eye(6))
-               for s in range(40)]
+  unchanged = [np.array_equal(_mix({"mixup_alpha": 1.0, "prob": 0.5}, s)[0]["labels"], np.eye(6)) for s in range(40)]
   assert 8 <= sum(unchanged) <= 32
   out, values = _mix({"mixup_alpha": 0.0, "cutmix_alpha": 0.0}, 0)
   np.testing.assert_array_equal(out["labels"], np.eye(6))
@@ -206,7 +229,10 @@ def test_mixing_is_the_same_eagerly_and_in_tf_data():
 
 
 def test_bad_mixup_settings_fail_when_the_config_is_read():
-  for settings, message in [({"mixup_alpa": 1.0}, "Unknown config.data.mixup keys"),
-                            ({"cutmix_alpha": -1.0}, "must be >= 0"), ({"prob": 1.5}, r"must lie in \[0, 1\]")]:
+  for settings, message in [
+    ({"mixup_alpa": 1.0}, "Unknown config.data.mixup keys"),
+    ({"cutmix_alpha": -1.0}, "must be >= 0"),
+    ({"prob": 1.5}, r"must lie in \[0, 1\]"),
+  ]:
     with pytest.raises(ValueError, match=message):
       data.get_builder(ml_collections.ConfigDict({"dataset": "vitjax_digits", "mixup": settings}))

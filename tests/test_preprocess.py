@@ -43,17 +43,33 @@ GRAY = IMAGE[..., :1]
 JPEG, PNG = _encode(IMAGE, "JPEG"), _encode(IMAGE, "PNG")
 # (spec, input): together they name every registered op (checked below).
 CASES = [
-    ("decode", JPEG), ("decode(channels=1)", PNG),
-    ("decode_jpeg_and_inception_crop(24)", JPEG), ("decode_jpeg_and_inception_crop(24)", PNG),
-    ("resize(20)", IMAGE), ("resize((16, 24), method='nearest')", IMAGE), ("resize_small(20)", IMAGE),
-    ("to_rgb", GRAY), ("flip_lr", IMAGE), ("flip_ud", IMAGE), ("pad_and_crop(4)", IMAGE),
-    ("random_crop(20)", IMAGE), ("center_crop(20)", IMAGE), ("inception_crop(24)", IMAGE),
-    ("inception_crop(area_min=0.3, ratio_min=0.5, ratio_max=2.0)", IMAGE), ("rotate(15)", IMAGE),
-    ("color_jitter(0.4, 0.4, 0.4, 0.1)", IMAGE), ("randaugment(2, 15)", IMAGE), ("randaugment(3, 9)", IMAGE),
-    ("autoaugment", IMAGE), ("random_erasing(1.0)", FLOAT_IMAGE), ("random_erasing(1.0, value=0)", IMAGE),
-    ("gaussian_noise(0.1)", FLOAT_IMAGE), ("gaussian_noise(3.0)", IMAGE), ("value_range(-1, 1)", IMAGE),
-    ("normalize", IMAGE),
-    ("decode|inception_crop(32)|flip_lr|randaugment(2, 15)|random_erasing(0.5)|value_range", JPEG),
+  ("decode", JPEG),
+  ("decode(channels=1)", PNG),
+  ("decode_jpeg_and_inception_crop(24)", JPEG),
+  ("decode_jpeg_and_inception_crop(24)", PNG),
+  ("resize(20)", IMAGE),
+  ("resize((16, 24), method='nearest')", IMAGE),
+  ("resize_small(20)", IMAGE),
+  ("to_rgb", GRAY),
+  ("flip_lr", IMAGE),
+  ("flip_ud", IMAGE),
+  ("pad_and_crop(4)", IMAGE),
+  ("random_crop(20)", IMAGE),
+  ("center_crop(20)", IMAGE),
+  ("inception_crop(24)", IMAGE),
+  ("inception_crop(area_min=0.3, ratio_min=0.5, ratio_max=2.0)", IMAGE),
+  ("rotate(15)", IMAGE),
+  ("color_jitter(0.4, 0.4, 0.4, 0.1)", IMAGE),
+  ("randaugment(2, 15)", IMAGE),
+  ("randaugment(3, 9)", IMAGE),
+  ("autoaugment", IMAGE),
+  ("random_erasing(1.0)", FLOAT_IMAGE),
+  ("random_erasing(1.0, value=0)", IMAGE),
+  ("gaussian_noise(0.1)", FLOAT_IMAGE),
+  ("gaussian_noise(3.0)", IMAGE),
+  ("value_range(-1, 1)", IMAGE),
+  ("normalize", IMAGE),
+  ("decode|inception_crop(32)|flip_lr|randaugment(2, 15)|random_erasing(0.5)|value_range", JPEG),
 ]
 
 
@@ -105,15 +121,21 @@ def test_autoaugment_policy_is_the_imagenet_policy():
 def test_image_ops_match_pil():
   pil = Image.fromarray(IMAGE)
   image = tf.constant(IMAGE)
-  exact = [(augment.equalize(image), ImageOps.equalize(pil)), (augment.autocontrast(image), ImageOps.autocontrast(pil)),
-           (augment.invert(image), ImageOps.invert(pil)), (augment.posterize(image, 3), ImageOps.posterize(pil, 3)),
-           (augment.solarize(image, 100), ImageOps.solarize(pil, 100)),
-           (augment.brightness(image, 1.3), ImageEnhance.Brightness(pil).enhance(1.3)),
-           (augment.sharpness(image, 1.8), ImageEnhance.Sharpness(pil).enhance(1.8))]
+  exact = [
+    (augment.equalize(image), ImageOps.equalize(pil)),
+    (augment.autocontrast(image), ImageOps.autocontrast(pil)),
+    (augment.invert(image), ImageOps.invert(pil)),
+    (augment.posterize(image, 3), ImageOps.posterize(pil, 3)),
+    (augment.solarize(image, 100), ImageOps.solarize(pil, 100)),
+    (augment.brightness(image, 1.3), ImageEnhance.Brightness(pil).enhance(1.3)),
+    (augment.sharpness(image, 1.8), ImageEnhance.Sharpness(pil).enhance(1.8)),
+  ]
   for ours, theirs in exact:
     np.testing.assert_array_equal(ours.numpy(), np.asarray(theirs))
-  for ours, theirs in [(augment.color(image, 0.3), ImageEnhance.Color(pil).enhance(0.3)),
-                       (augment.contrast(image, 1.7), ImageEnhance.Contrast(pil).enhance(1.7))]:
+  for ours, theirs in [
+    (augment.color(image, 0.3), ImageEnhance.Color(pil).enhance(0.3)),
+    (augment.contrast(image, 1.7), ImageEnhance.Contrast(pil).enhance(1.7)),
+  ]:
     assert np.abs(ours.numpy().astype(int) - np.asarray(theirs).astype(int)).max() <= 1
   square = IMAGE[:40, :40]
   np.testing.assert_array_equal(augment.rotate(tf.constant(square), 90.0).numpy(), np.rot90(square))
@@ -137,11 +159,11 @@ def test_crops_take_the_right_windows():
   for s in range(10):
     crop = _run_eagerly("random_crop(20)", coords, tf.constant([s, 2], tf.int64))
     top, left = crop[0, 0, :2]
-    np.testing.assert_array_equal(crop, coords[top:top + 20, left:left + 20])
+    np.testing.assert_array_equal(crop, coords[top : top + 20, left : left + 20])
     shifted = _run_eagerly("pad_and_crop(4)", coords, tf.constant([s, 2], tf.int64))
     padded = np.pad(coords, [(4, 4), (4, 4), (0, 0)])
     assert shifted.shape == coords.shape
-    assert any(np.array_equal(shifted, padded[dy:dy + 40, dx:dx + 48]) for dy in range(9) for dx in range(9))
+    assert any(np.array_equal(shifted, padded[dy : dy + 40, dx : dx + 48]) for dy in range(9) for dx in range(9))
   assert _run_eagerly("resize_small(20)", IMAGE).shape == (20, 24, 3)
   assert _run_eagerly("resize_small(20)", IMAGE.transpose(1, 0, 2)).shape == (24, 20, 3)
   assert _run_eagerly("resize((16, 24))", IMAGE).shape == (16, 24, 3)
@@ -151,10 +173,11 @@ def test_inception_crop_area_and_aspect_stay_in_range_over_many_draws():
   coords = _coordinates()
   areas, ratios = [], []
   for s in range(300):
-    crop = _run_eagerly("inception_crop(area_min=0.2, area_max=0.6, ratio_min=0.5, ratio_max=2.0)", coords,
-                        tf.constant([s, 3], tf.int64))
+    crop = _run_eagerly(
+      "inception_crop(area_min=0.2, area_max=0.6, ratio_min=0.5, ratio_max=2.0)", coords, tf.constant([s, 3], tf.int64)
+    )
     top, left = crop[0, 0, :2]
-    np.testing.assert_array_equal(crop, coords[top:top + crop.shape[0], left:left + crop.shape[1]])
+    np.testing.assert_array_equal(crop, coords[top : top + crop.shape[0], left : left + crop.shape[1]])
     areas.append(crop.shape[0] * crop.shape[1] / (40 * 48))
     ratios.append(crop.shape[1] / crop.shape[0])
   areas, ratios = np.array(areas), np.array(ratios)
@@ -211,7 +234,7 @@ def test_random_erasing_changes_only_one_rectangle():
     out = _run_eagerly("random_erasing(1.0, area_min=0.1, area_max=0.3)", FLOAT_IMAGE, seed)
     changed = np.any(out != FLOAT_IMAGE, axis=-1)
     rows, cols = np.where(changed)
-    box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    box = changed[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     assert box.all() and changed.sum() == box.size  # Exactly a filled rectangle.
     assert 0.1 * 0.5 <= box.size / changed.size <= 0.3 * 1.2
   zero = _run_eagerly("random_erasing(1.0, value=0)", IMAGE)

@@ -1,6 +1,7 @@
 """Public checkpoint import: every layout of GUIDE section 3 written from a model's own params, loaded back."""
 
 import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,11 @@ def _save_npz(tmp_path, flat, name="ckpt.npz"):
 
 def _old_names(flat):
   """vit_jax's older files: encoder-block submodules numbered globally."""
-  renames = {"/MultiHeadDotProductAttention_0/": "/MultiHeadDotProductAttention_1/", "/LayerNorm_1/": "/LayerNorm_2/",
-             "/MlpBlock_0/": "/MlpBlock_3/"}
+  renames = {
+    "/MultiHeadDotProductAttention_0/": "/MultiHeadDotProductAttention_1/",
+    "/LayerNorm_1/": "/LayerNorm_2/",
+    "/MlpBlock_0/": "/MlpBlock_3/",
+  }
   out = {}
   for key, value in flat.items():
     for new, old in renames.items():
@@ -86,10 +90,13 @@ def vit():
 def test_vit_layouts_load_to_identical_logits(vit, tmp_path, layout):
   model, params, expected = vit
   flat = _flat(params)
-  files = {"flax": lambda: flat, "old_names": lambda: _old_names(flat),
-           "big_vision": lambda: _big_vision(flat, stacked=False),
-           "big_vision_stacked": lambda: _big_vision(flat, stacked=True),
-           "old_names_stacked": lambda: _big_vision(_old_names(flat), stacked=True)}
+  files = {
+    "flax": lambda: flat,
+    "old_names": lambda: _old_names(flat),
+    "big_vision": lambda: _big_vision(flat, stacked=False),
+    "big_vision_stacked": lambda: _big_vision(flat, stacked=True),
+    "old_names_stacked": lambda: _big_vision(_old_names(flat), stacked=True),
+  }
   path = _save_npz(tmp_path, files[layout]())
   target = jax.tree.map(np.zeros_like, params)
   loaded = pretrained.load_pretrained(path, target, dont_load=())
@@ -105,8 +112,9 @@ def test_hybrid_with_group_norm_stored_as_1x1x1xC(tmp_path):
   path = _save_npz(tmp_path, flat)
   loaded = pretrained.load_pretrained(path, jax.tree.map(np.zeros_like, params), dont_load=())
   np.testing.assert_array_equal(_logits(model, loaded, images), _logits(model, params, images))
-  _, report = pretrained.match_params(pretrained.read_checkpoint(path)[0], _flat(params), dont_load=(),
-                                      keep_pre_logits=False)
+  _, report = pretrained.match_params(
+    pretrained.read_checkpoint(path)[0], _flat(params), dont_load=(), keep_pre_logits=False
+  )
   assert report.reshaped["gn_root/scale"] == "(1, 1, 1, 64) -> (64,)"
   assert len(report.reshaped) == sum("/gn" in f"/{k}" for k in flat)
 
@@ -128,8 +136,9 @@ def test_bit_tf_names(tmp_path):
   fresh = checkpoints.load_pretrained(path, params, head_bias_init=-10.0)  # The issue's entry point.
   np.testing.assert_array_equal(fresh["head"]["conv2d"]["kernel"], 0.0)
   np.testing.assert_array_equal(fresh["head"]["conv2d"]["bias"], -10.0)
-  np.testing.assert_array_equal(fresh["block1"]["unit01"]["c"]["group_norm"]["scale"],
-                                params["block1"]["unit01"]["c"]["group_norm"]["scale"])
+  np.testing.assert_array_equal(
+    fresh["block1"]["unit01"]["c"]["group_norm"]["scale"], params["block1"]["unit01"]["c"]["group_norm"]["scale"]
+  )
 
 
 def test_posemb_resize_is_identity_at_the_same_size_and_bilinear_otherwise():
@@ -144,8 +153,11 @@ def test_posemb_resize_is_identity_at_the_same_size_and_bilinear_otherwise():
     np.testing.assert_allclose(resized[0, 1:].reshape(side, side, 8), expected, rtol=1e-5, atol=1e-6)
   # Without a class slot on either side (gap / map models), and between the two conventions.
   no_slot = posemb[:, 1:]
-  np.testing.assert_allclose(pretrained.resize_posemb(no_slot, 36)[0].reshape(6, 6, 8),
-                             scipy.ndimage.zoom(no_slot[0].reshape(4, 4, 8), (1.5, 1.5, 1), order=1), atol=1e-6)
+  np.testing.assert_allclose(
+    pretrained.resize_posemb(no_slot, 36)[0].reshape(6, 6, 8),
+    scipy.ndimage.zoom(no_slot[0].reshape(4, 4, 8), (1.5, 1.5, 1), order=1),
+    atol=1e-6,
+  )
   np.testing.assert_array_equal(pretrained.resize_posemb(no_slot, 17)[:, 0], 0.0)
   np.testing.assert_array_equal(pretrained.resize_posemb(posemb, 16), no_slot)
   with pytest.raises(ValueError, match="neither a square grid"):
@@ -159,14 +171,18 @@ def test_fine_tune_at_a_higher_resolution_resizes_and_logs(vit, tmp_path):
   target = _abstract(model, size=48)  # Shapes suffice when every kept key is loaded or a new head.
   loaded = pretrained.load_pretrained(path, target)
   posemb = np.asarray(params["Transformer"]["posembed_input"]["pos_embedding"])
-  np.testing.assert_array_equal(loaded["Transformer"]["posembed_input"]["pos_embedding"],
-                                pretrained.resize_posemb(posemb, 37))
+  np.testing.assert_array_equal(
+    loaded["Transformer"]["posembed_input"]["pos_embedding"], pretrained.resize_posemb(posemb, 37)
+  )
   np.testing.assert_array_equal(loaded["head"]["kernel"], np.zeros((32, 3)))
-  _, report = pretrained.match_params(_flat(params), flax.traverse_util.flatten_dict(target, sep="/"),
-                                      dont_load=(r"head/.*",), keep_pre_logits=False)
+  _, report = pretrained.match_params(
+    _flat(params), flax.traverse_util.flatten_dict(target, sep="/"), dont_load=(r"head/.*",), keep_pre_logits=False
+  )
   assert report.resized == {"Transformer/posembed_input/pos_embedding": "(1, 17, 32) -> (1, 37, 32)"}
-  assert set(report.reinitialized) == {"head/kernel", "head/bias"} and set(report.dropped) == {"head/kernel",
-                                                                                                 "head/bias"}
+  assert set(report.reinitialized) == {"head/kernel", "head/bias"} and set(report.dropped) == {
+    "head/kernel",
+    "head/bias",
+  }
   assert len(report.loaded) == len(jax.tree.leaves(target)) - 2
   out = _logits(model, loaded, RNG.uniform(-1, 1, (2, 48, 48, 3)).astype(np.float32))
   assert out.shape == (2, 3) and np.all(out == 0)  # Zero head kernel and bias.
@@ -193,8 +209,11 @@ def test_another_architecture_fails_naming_the_first_mismatched_key(vit, tmp_pat
   _, params, _ = vit
   path = _save_npz(tmp_path, _flat(params))
   wider = models.build("vit_micro8", num_classes=10, **{**VIT, "hidden_size": 48, "mlp_dim": 96})
-  with pytest.raises(ValueError, match=r"Transformer/encoder_norm/bias has shape \(32,\) in the checkpoint but "
-                                       r"\(48,\) in the model \(and \d+ more"):
+  with pytest.raises(
+    ValueError,
+    match=r"Transformer/encoder_norm/bias has shape \(32,\) in the checkpoint but "
+    r"\(48,\) in the model \(and \d+ more",
+  ):
     pretrained.load_pretrained(path, _abstract(wider))
   deeper = models.build("vit_micro8", num_classes=10, **{**VIT, "num_layers": 3})
   with pytest.raises(ValueError, match=r"Transformer/encoderblock_2/LayerNorm_0/bias \(32,\) is missing"):
@@ -207,15 +226,20 @@ def test_another_architecture_fails_naming_the_first_mismatched_key(vit, tmp_pat
     pretrained.load_pretrained(path, _abstract(bit))
   transposed = {**_flat(params)}
   transposed["Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel"] = transposed[
-      "Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel"].T
-  with pytest.raises(ValueError, match=r"encoderblock_1/MlpBlock_0/Dense_0/kernel has shape \(64, 32\) in the "
-                                       r"checkpoint but \(32, 64\) in the model\. "):
+    "Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel"
+  ].T
+  with pytest.raises(
+    ValueError,
+    match=r"encoderblock_1/MlpBlock_0/Dense_0/kernel has shape \(64, 32\) in the "
+    r"checkpoint but \(32, 64\) in the model\. ",
+  ):
     pretrained.load_pretrained(_save_npz(tmp_path, transposed, "t.npz"), params)
 
 
 def _train_state(model, params):
-  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(1e-3),
-                                  ema_params=jax.tree.map(lambda x: 2 * x, params))
+  state = steps.TrainState.create(
+    apply_fn=model.apply, params=params, tx=optax.adam(1e-3), ema_params=jax.tree.map(lambda x: 2 * x, params)
+  )
   grads = jax.tree.map(jnp.ones_like, params)
   return state.apply_gradients(grads=grads)  # Step 1, non-trivial optimizer moments.
 

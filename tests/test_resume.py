@@ -17,10 +17,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _command(workdir, digits_dir):
-  return [sys.executable, "-m", "vitjax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
-          f"--config.data.data_dir={digits_dir}", "--config.total_steps=20", "--config.batch_size=16",
-          "--config.eval_batch_size=360", "--config.log_every=1", "--config.eval_every=20",
-          "--config.checkpoint_every=5", "--config.model.dropout_rate=0.1"]
+  return [
+    sys.executable,
+    "-m",
+    "vitjax.main",
+    "--config=configs/quickstart.py",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={digits_dir}",
+    "--config.total_steps=20",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=360",
+    "--config.log_every=1",
+    "--config.eval_every=20",
+    "--config.checkpoint_every=5",
+    "--config.model.dropout_rate=0.1",
+  ]
 
 
 def _losses(workdir):
@@ -58,8 +69,7 @@ def test_interrupted_run_resumes_with_identical_losses(digits_dir, tmp_path, str
     with open(interrupted / "results.json") as f:
       assert json.load(f)["stop_reason"] == "SIGTERM"
   assert not os.path.exists(interrupted / "checkpoints" / "20")
-  subprocess.run(_command(interrupted, digits_dir), cwd=REPO, env=_env(), check=True, capture_output=True,
-                 timeout=300)
+  subprocess.run(_command(interrupted, digits_dir), cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300)
   resumed = _losses(interrupted)
   assert sorted(resumed) == list(range(1, 21))
   assert resumed == straight_losses  # Bit for bit: same batches, same dropout, same updates.

@@ -59,9 +59,18 @@ def _make_folder(root, *, train_per_class=6, test_per_class=3, corrupt=True):
 
 
 def _config(root, **overrides):
-  config = ml_collections.ConfigDict({
-      "dataset": "folder", "folder": str(root), "train_split": "train", "eval_split": "test", "strict": False,
-      "pp_train": "flip_lr", "pp_eval": f"resize({SIZE}, method='nearest')", "classes": ()})
+  config = ml_collections.ConfigDict(
+    {
+      "dataset": "folder",
+      "folder": str(root),
+      "train_split": "train",
+      "eval_split": "test",
+      "strict": False,
+      "pp_train": "flip_lr",
+      "pp_eval": f"resize({SIZE}, method='nearest')",
+      "classes": (),
+    }
+  )
   config.update(overrides)
   return config
 
@@ -75,12 +84,15 @@ def folder(tmp_path_factory):
 def _eval_examples(source, config, *, process_count=1, split=None):
   examples, masked = [], 0
   for index in range(process_count):
-    for batch in data.as_numpy(data.eval_dataset(source, config, batch_size=8, split=split, process_index=index,
-                                                 process_count=process_count)):
+    for batch in data.as_numpy(
+      data.eval_dataset(source, config, batch_size=8, split=split, process_index=index, process_count=process_count)
+    ):
       real = batch["mask"] == 1
       masked += int((batch["mask"] == 0).sum())
-      examples += [(img.astype(np.uint8).tobytes(), int(lab.argmax()))
-                   for img, lab in zip(batch["image"][real], batch["labels"][real])]
+      examples += [
+        (img.astype(np.uint8).tobytes(), int(lab.argmax()))
+        for img, lab in zip(batch["image"][real], batch["labels"][real])
+      ]
   return examples, masked
 
 
@@ -168,13 +180,16 @@ def _broken_layout(root, case):
     _write(os.path.join(root, "test", "zebra", "0.png"), _image(2))
 
 
-@pytest.mark.parametrize("case, message", [
+@pytest.mark.parametrize(
+  "case, message",
+  [
     ("empty class folder", r"Class folder '.*train/c' has no images"),
     ("split without images", r"Split 'test' has no images"),
     ("missing split", r"No folder '.*test' for split 'test' \(found in .*\['train', 'validation'\]\)"),
     ("images without class folders", r"holds images directly \('loose.png'"),
     ("unknown eval class", r"Split 'test' .* has classes \['zebra'\] that the training split 'train' lacks"),
-])
+  ],
+)
 def test_bad_folder_layouts_fail_before_training(tmp_path, case, message):
   _broken_layout(tmp_path, case)
   with pytest.raises(ValueError, match=message):
@@ -206,19 +221,26 @@ def test_multilabel_folder_gives_multi_hot_targets(tmp_path):
     for img, labels, mask in zip(batch["image"], batch["labels"], batch["mask"]):
       if mask:
         targets[img.astype(np.uint8).tobytes()] = labels.tolist()
-  assert targets == {contents["a.png"].tobytes(): [1, 1, 0], contents["b.png"].tobytes(): [0, 1, 0],
-                     contents["c.png"].tobytes(): [0, 0, 0], contents["sub/d.png"].tobytes(): [1, 1, 1]}
+  assert targets == {
+    contents["a.png"].tobytes(): [1, 1, 0],
+    contents["b.png"].tobytes(): [0, 1, 0],
+    contents["c.png"].tobytes(): [0, 0, 0],
+    contents["sub/d.png"].tobytes(): [1, 1, 1],
+  }
   batch = next(data.as_numpy(data.train_dataset(source, config, batch_size=8, seed=0)))
   assert batch["labels"].shape == (8, 3) and set(np.unique(batch["labels"])) <= {0.0, 1.0}
   narrowed = data.get_builder(_config(tmp_path, dataset="multilabel_folder", eval_split="val", classes=("tree",)))
   assert data.class_names(narrowed) == ["tree"] and data.num_examples(narrowed, "train") == 4
 
 
-@pytest.mark.parametrize("row, message", [
+@pytest.mark.parametrize(
+  "row, message",
+  [
     ("missing.png,sky", r"train.csv, line 6: 'missing.png' is not a file in"),
     ("a.png,sky", r"line 6: 'a.png' already appears on line 2"),
     ("a.png", r"line 6: expected 'filename,label1;label2'"),
-])
+  ],
+)
 def test_bad_csv_rows_fail_before_training(tmp_path, row, message):
   _make_multilabel(tmp_path)
   with open(os.path.join(tmp_path, "train.csv"), "a") as f:
@@ -233,27 +255,41 @@ class TaggedSquares(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
-        "picture": tfds.features.Image(shape=(4, 4, 3)),
-        "kind": tfds.features.ClassLabel(names=["a", "b", "c"]),
-        "tags": tfds.features.Sequence(tfds.features.ClassLabel(names=["w", "x", "y", "z"]))}))
+    return self.dataset_info_from_configs(
+      features=tfds.features.FeaturesDict(
+        {
+          "picture": tfds.features.Image(shape=(4, 4, 3)),
+          "kind": tfds.features.ClassLabel(names=["a", "b", "c"]),
+          "tags": tfds.features.Sequence(tfds.features.ClassLabel(names=["w", "x", "y", "z"])),
+        }
+      )
+    )
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples()}
 
   def _generate_examples(self):
     for i in range(16):
-      yield i, {"picture": np.full((4, 4, 3), i, np.uint8), "kind": i % 3,
-                "tags": [t for t in range(4) if (i >> t) & 1]}
+      yield (
+        i,
+        {"picture": np.full((4, 4, 3), i, np.uint8), "kind": i % 3, "tags": [t for t in range(4) if (i >> t) & 1]},
+      )
 
 
 def test_tfds_feature_keys_single_and_multi_label(tmp_path):
   builder = TaggedSquares(data_dir=str(tmp_path))
   builder.download_and_prepare()
-  base = {"dataset": "tagged_squares", "data_dir": str(tmp_path), "image_key": "picture", "eval_split": "train",
-          "pp_eval": "value_range(0, 255)"}
-  for label_key, expected in (("kind", lambda i: np.eye(3)[i % 3]),
-                              ("tags", lambda i: [(i >> t) & 1 for t in range(4)])):
+  base = {
+    "dataset": "tagged_squares",
+    "data_dir": str(tmp_path),
+    "image_key": "picture",
+    "eval_split": "train",
+    "pp_eval": "value_range(0, 255)",
+  }
+  for label_key, expected in (
+    ("kind", lambda i: np.eye(3)[i % 3]),
+    ("tags", lambda i: [(i >> t) & 1 for t in range(4)]),
+  ):
     config = _config(tmp_path, **base, label_key=label_key)
     source = data.get_builder(config)
     seen = {}

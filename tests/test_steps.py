@@ -1,7 +1,6 @@
 """Train and eval steps on a fixed batch of real digits."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -10,13 +9,15 @@ from vitjax import data, losses, models, optim, steps, train
 
 def _state_and_batch(digits_dir, *, learning_rate=3e-3):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
-  data_config = ml_collections.ConfigDict({"train_split": "train",
-                                           "pp_train": "resize(32)|to_rgb|value_range(-1, 1)"})
+  data_config = ml_collections.ConfigDict({"train_split": "train", "pp_train": "resize(32)|to_rgb|value_range(-1, 1)"})
   batch = next(data.as_numpy(data.train_dataset(builder, data_config, batch_size=32, seed=0)))
   model = models.build("vit_micro8", num_classes=10)
-  config = ml_collections.ConfigDict({"optimizer": {"name": "adamw", "learning_rate": learning_rate,
-                                                    "weight_decay": 0.0},
-                                      "schedule": {"name": "constant"}})
+  config = ml_collections.ConfigDict(
+    {
+      "optimizer": {"name": "adamw", "learning_rate": learning_rate, "weight_decay": 0.0},
+      "schedule": {"name": "constant"},
+    }
+  )
   tx, schedule = optim.create_optimizer(config, total_steps=10)
   state = train.create_train_state(model, tx, jax.random.key(0), image_shape=(32, 32, 3))
   return state, batch, schedule
@@ -49,5 +50,6 @@ def test_eval_step_ignores_padding(digits_dir):
   logits = state.apply_fn({"params": state.params}, batch["image"][:20], train=False)
   expected = np.mean(np.argmax(logits, -1) == np.argmax(batch["labels"][:20], -1))
   np.testing.assert_allclose(full["accuracy"], expected)
-  np.testing.assert_allclose(full["loss"], np.mean(losses.softmax_cross_entropy(logits, batch["labels"][:20])),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    full["loss"], np.mean(losses.softmax_cross_entropy(logits, batch["labels"][:20])), rtol=1e-6
+  )

@@ -46,10 +46,15 @@ def _parse_config_flag(*args):
 
 
 def test_config_file_with_argument_and_overrides():
-  config = _parse_config_flag(f"--config={REPO}/configs/vit_b16.py:cifar100", "--config.batch_size=64",
-                              "--config.optimizer.learning_rate=0.01")
+  config = _parse_config_flag(
+    f"--config={REPO}/configs/vit_b16.py:cifar100", "--config.batch_size=64", "--config.optimizer.learning_rate=0.01"
+  )
   assert (config.name, config.data.dataset, config.batch_size, config.optimizer.learning_rate) == (
-      "vit_b16_cifar100", "cifar100", 64, 0.01)
+    "vit_b16_cifar100",
+    "cifar100",
+    64,
+    0.01,
+  )
   assert config.optimizer.grad_clip_norm == 1.0 and config.total_steps == 10_000
   with pytest.raises(Exception, match="no_such_key"):
     _parse_config_flag(f"--config={REPO}/configs/quickstart.py", "--config.no_such_key=1")
@@ -83,11 +88,14 @@ def test_run_writes_results_curves_and_resumes_exactly(digits_dir, tmp_path):
   assert again["accuracy"] == second["accuracy"] and again["step"] == 6
 
 
-@pytest.mark.parametrize("key, value, message", [
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
     ("model", {"name": "nonexistent"}, r"Unknown model 'nonexistent'; choose one of: .*vit_b16"),
     ("batch_size", 12, r"config.batch_size=12 must be a positive multiple of the device count 8"),
     ("data", {"dataset": "no_such_dataset"}, r"Unknown dataset 'no_such_dataset'; .*vitjax_digits"),
-])
+  ],
+)
 def test_bad_config_fails_before_anything_runs(digits_dir, tmp_path, key, value, message):
   config = tiny_config(digits_dir)
   if isinstance(value, dict):
@@ -101,8 +109,19 @@ def test_bad_config_fails_before_anything_runs(digits_dir, tmp_path, key, value,
 
 def test_command_line_reports_a_bad_model_in_one_line(tmp_path):
   run = subprocess.run(
-      [sys.executable, "-m", "vitjax.main", "--config=configs/quickstart.py", f"--workdir={tmp_path}",
-       "--config.model.name=nonexistent"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "vitjax.main",
+      "--config=configs/quickstart.py",
+      f"--workdir={tmp_path}",
+      "--config.model.name=nonexistent",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1].startswith("error: Unknown model 'nonexistent'; choose one of:")
 

@@ -11,8 +11,9 @@ from absl import logging
 def create_manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
   """A manager over ``workdir/checkpoints`` whose items are the train ``state`` and a JSON ``meta`` record."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
-                               item_names=("state", "meta"))
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), "checkpoints"), options=options, item_names=("state", "meta")
+  )
 
 
 def save(manager: ocp.CheckpointManager, state: Any, *, step: int, meta: dict[str, Any]) -> None:
@@ -28,11 +29,13 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple
   """
   for step in sorted(manager.all_steps(read=True), reverse=True):
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+      )
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way.
-      logging.warning("Checkpoint at step %d cannot be restored (%s: %s); trying an older one.",
-                      step, type(e).__name__, e)
+      logging.warning(
+        "Checkpoint at step %d cannot be restored (%s: %s); trying an older one.", step, type(e).__name__, e
+      )
       continue
     return restored.state, restored.meta
   return None

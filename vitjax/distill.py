@@ -5,7 +5,8 @@
 teacher's view of the very images (augmentations, Mixup) the student sees.
 """
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,36 +36,60 @@ def hard_loss(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array
   return optax.softmax_cross_entropy(student_logits.astype(jnp.float32), targets)
 
 
-def loss(student_logits: jax.Array, labels: jax.Array, teacher_logits: jax.Array, *,
-         base_loss: Callable[[jax.Array, jax.Array], jax.Array], kind: str = "soft", alpha: float = 0.5,
-         temperature: float = 1.0) -> jax.Array:
+def loss(
+  student_logits: jax.Array,
+  labels: jax.Array,
+  teacher_logits: jax.Array,
+  *,
+  base_loss: Callable[[jax.Array, jax.Array], jax.Array],
+  kind: str = "soft",
+  alpha: float = 0.5,
+  temperature: float = 1.0,
+) -> jax.Array:
   """Per-example (1 - alpha) * base_loss(student, labels) + alpha * distillation loss of `kind`.
 
   DeiT's hard distillation is kind='hard', alpha=0.5; Hinton's soft targets are kind='soft' with T of 1-4.
   """
   if kind not in KINDS:
     raise ValueError(f"Unknown distillation kind {kind!r}; choose one of: {', '.join(KINDS)}.")
-  distill = (soft_loss(student_logits, teacher_logits, temperature=temperature) if kind == "soft"
-             else hard_loss(student_logits, teacher_logits))
+  distill = (
+    soft_loss(student_logits, teacher_logits, temperature=temperature)
+    if kind == "soft"
+    else hard_loss(student_logits, teacher_logits)
+  )
   return (1.0 - alpha) * base_loss(student_logits, labels) + alpha * distill
 
 
-def make_loss_fn(config: ml_collections.ConfigDict,
-                 base_loss: Callable[[jax.Array, jax.Array], jax.Array]) -> DistillLossFn:
+def make_loss_fn(
+  config: ml_collections.ConfigDict, base_loss: Callable[[jax.Array, jax.Array], jax.Array]
+) -> DistillLossFn:
   """`loss` bound to `config` (the `config.distill` block: kind, alpha, temperature) and the run's own loss."""
   if config.kind not in KINDS:
     raise ValueError(f"Unknown config.distill.kind={config.kind!r}; choose one of: {', '.join(KINDS)}.")
 
   def loss_fn(student_logits: jax.Array, labels: jax.Array, teacher_logits: jax.Array) -> jax.Array:
-    return loss(student_logits, labels, teacher_logits, base_loss=base_loss, kind=config.kind, alpha=config.alpha,
-                temperature=config.temperature)
+    return loss(
+      student_logits,
+      labels,
+      teacher_logits,
+      base_loss=base_loss,
+      kind=config.kind,
+      alpha=config.alpha,
+      temperature=config.temperature,
+    )
 
   return loss_fn
 
 
-def load_teacher(model_name: str, checkpoint: str, *, num_classes: int, image_shape: tuple[int, int, int],
-                 overrides: Optional[dict[str, Any]] = None,
-                 sharding: Optional[jax.sharding.Sharding] = None) -> Callable[[jax.Array], jax.Array]:
+def load_teacher(
+  model_name: str,
+  checkpoint: str,
+  *,
+  num_classes: int,
+  image_shape: tuple[int, int, int],
+  overrides: dict[str, Any] | None = None,
+  sharding: jax.sharding.Sharding | None = None,
+) -> Callable[[jax.Array], jax.Array]:
   """`teacher_logits(images)`: the model `model_name` with every variable from `checkpoint`, in eval mode.
 
   `checkpoint` is anything `pretrained.load_variables` reads (a public `.npz` with its head, or a run of this
@@ -84,12 +109,18 @@ def load_teacher(model_name: str, checkpoint: str, *, num_classes: int, image_sh
   return teacher_logits
 
 
-def teacher_from_config(config: ml_collections.ConfigDict, *, num_classes: int, image_shape: tuple[int, int, int],
-                        sharding: Optional[jax.sharding.Sharding] = None) -> Callable[[jax.Array], jax.Array]:
+def teacher_from_config(
+  config: ml_collections.ConfigDict,
+  *,
+  num_classes: int,
+  image_shape: tuple[int, int, int],
+  sharding: jax.sharding.Sharding | None = None,
+) -> Callable[[jax.Array], jax.Array]:
   """`load_teacher` for the `config.distill` block: `model` (name and overrides, as `config.model`) and `checkpoint`."""
   overrides = config.model.to_dict()
   name = overrides.pop("name")
   if "dtype" in overrides:
     overrides["dtype"] = jnp.dtype(overrides["dtype"])
-  return load_teacher(name, config.checkpoint, num_classes=num_classes, image_shape=image_shape,
-                      overrides=overrides, sharding=sharding)
+  return load_teacher(
+    name, config.checkpoint, num_classes=num_classes, image_shape=image_shape, overrides=overrides, sharding=sharding
+  )

@@ -9,7 +9,8 @@ and a reliability diagram (single-label data).
 import json
 import os
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +34,13 @@ def tta_views(images: jax.Array, *, mode: str, crop_size: int = 0) -> list[jax.A
     return [images, images[:, :, ::-1]]
   height, width = images.shape[1:3]
   if not 0 < crop_size <= min(height, width):
-    raise ValueError(f"config.eval.tta={mode!r} needs 0 < config.eval.crop_size <= the eval image size "
-                     f"{height}x{width} (make pp_eval resize larger than the crop), got {crop_size}.")
+    raise ValueError(
+      f"config.eval.tta={mode!r} needs 0 < config.eval.crop_size <= the eval image size "
+      f"{height}x{width} (make pp_eval resize larger than the crop), got {crop_size}."
+    )
   dy, dx = height - crop_size, width - crop_size
   corners = [(0, 0), (0, dx), (dy, 0), (dy, dx), (dy // 2, dx // 2)]
-  crops = [images[:, y:y + crop_size, x:x + crop_size] for y, x in corners]
+  crops = [images[:, y : y + crop_size, x : x + crop_size] for y, x in corners]
   return crops + [crop[:, :, ::-1] for crop in crops] if mode == "ten_crop" else crops
 
 
@@ -51,19 +54,23 @@ def check_options(options: ml_collections.ConfigDict) -> None:
 
 def make_logits_fn(model, *, tta: str = "none", crop_size: int = 0) -> Callable[[Any, jax.Array], jax.Array]:
   """`logits(variables, images)`: the model in eval mode, averaged over the test-time views."""
+
   def logits_fn(variables: Any, images: jax.Array) -> jax.Array:
     views = tta_views(images, mode=tta, crop_size=crop_size)
     return jnp.mean(jnp.stack([model.apply(variables, v, train=False).astype(jnp.float32) for v in views]), axis=0)
+
   return logits_fn
 
 
-def collect_logits(logits_fn: Callable, variables: Any, batches: Iterable[dict[str, np.ndarray]],
-                   mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
+def collect_logits(
+  logits_fn: Callable, variables: Any, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh
+) -> tuple[np.ndarray, np.ndarray]:
   """(logits, float targets) of every real (`mask` 1) example of `batches`, gathered on every process."""
   replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   variables = jax.device_put(variables, replicated)
-  step = jax.jit(lambda v, batch: (logits_fn(v, batch["image"]), batch["labels"], batch["mask"]),
-                 out_shardings=replicated)
+  step = jax.jit(
+    lambda v, batch: (logits_fn(v, batch["image"]), batch["labels"], batch["mask"]), out_shardings=replicated
+  )
   logits, targets = [], []
   for batch in batches:
     placed = sharding.to_global({k: batch[k] for k in ("image", "labels", "mask")}, batch_sharding)
@@ -73,8 +80,15 @@ def collect_logits(logits_fn: Callable, variables: Any, batches: Iterable[dict[s
   return np.concatenate(logits), np.concatenate(targets)
 
 
-def compute_metrics(logits: np.ndarray, targets: np.ndarray, *, multilabel: bool, loss_fn: Callable,
-                    threshold: float = 0.5, num_bins: int = 15) -> dict[str, Any]:
+def compute_metrics(
+  logits: np.ndarray,
+  targets: np.ndarray,
+  *,
+  multilabel: bool,
+  loss_fn: Callable,
+  threshold: float = 0.5,
+  num_bins: int = 15,
+) -> dict[str, Any]:
   """Every metric of the report from logits and float targets (one-hot, or multi-hot when `multilabel`).
 
   For multi-label data `accuracy` is precision@1: how often the top-scored label is one of the true ones.
@@ -98,29 +112,50 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   builder = train.prepare_dataset(config)
   class_names = data.class_names(builder)
   model = models.build(config.model.name, num_classes=len(class_names), **train.model_overrides(config))
-  eval_ds = data.eval_dataset(builder, config.data, batch_size=config.eval_batch_size // jax.process_count(),
-                              process_index=jax.process_index(), process_count=jax.process_count())
+  eval_ds = data.eval_dataset(
+    builder,
+    config.data,
+    batch_size=config.eval_batch_size // jax.process_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   logits_fn = make_logits_fn(model, tta=options.tta, crop_size=options.crop_size)
-  image_shape = jax.eval_shape(lambda x: tta_views(x, mode=options.tta, crop_size=options.crop_size)[0],
-                               jax.ShapeDtypeStruct((1, *eval_ds.element_spec["image"].shape[1:]), jnp.float32)).shape
+  image_shape = jax.eval_shape(
+    lambda x: tta_views(x, mode=options.tta, crop_size=options.crop_size)[0],
+    jax.ShapeDtypeStruct((1, *eval_ds.element_spec["image"].shape[1:]), jnp.float32),
+  ).shape
   abstract = jax.eval_shape(lambda: train.init_variables(model, jax.random.key(0), image_shape=image_shape[1:]))
   mesh = sharding.make_mesh()
 
   members, total = [], None
   for path in options.checkpoints or (workdir,):
-    variables, meta = pretrained.load_variables(path, abstract, params_key="ema_params" if options.use_ema
-                                                else "params")
+    variables, meta = pretrained.load_variables(
+      path, abstract, params_key="ema_params" if options.use_ema else "params"
+    )
     logging.info("Evaluating %s (step %s).", path, meta.get("step"))
     logits, targets = collect_logits(logits_fn, variables, data.as_numpy(eval_ds), mesh)
     total = logits if total is None else total + logits
     members.append({"checkpoint": path, "step": meta.get("step"), "train_seconds": meta.get("train_seconds", 0.0)})
   logits = total / len(members)
 
-  results = {"config": config.get("name"), "model": config.model.name, "dataset": config.data.dataset,
-             "split": config.data.eval_split, "step": members[0]["step"],
-             "train_seconds": sum(m["train_seconds"] for m in members), "members": members, "tta": options.tta,
-             **compute_metrics(logits, targets, multilabel=builder.multilabel, loss_fn=train.loss_function(config),
-                               threshold=options.multilabel_threshold, num_bins=options.calibration_bins)}
+  results = {
+    "config": config.get("name"),
+    "model": config.model.name,
+    "dataset": config.data.dataset,
+    "split": config.data.eval_split,
+    "step": members[0]["step"],
+    "train_seconds": sum(m["train_seconds"] for m in members),
+    "members": members,
+    "tta": options.tta,
+    **compute_metrics(
+      logits,
+      targets,
+      multilabel=builder.multilabel,
+      loss_fn=train.loss_function(config),
+      threshold=options.multilabel_threshold,
+      num_bins=options.calibration_bins,
+    ),
+  }
   if jax.process_index() == 0:
     write_report(results, workdir, class_names=class_names)
   return results
@@ -133,8 +168,9 @@ def write_report(results: dict[str, Any], workdir: str, *, class_names: list[str
   title = f"{results['model']} on {results['dataset']}:{results['split']}"
   report = dict(results)
   per_class = ("precision", "recall", "f1", "support", "average_precision")
-  report["per_class"] = {name: {k: _plain(report[k][i]) for k in per_class if k in report}
-                         for i, name in enumerate(class_names)}
+  report["per_class"] = {
+    name: {k: _plain(report[k][i]) for k in per_class if k in report} for i, name in enumerate(class_names)
+  }
   for key in per_class:
     report.pop(key, None)
   if "confusion_matrix" in report:
@@ -142,10 +178,11 @@ def write_report(results: dict[str, Any], workdir: str, *, class_names: list[str
     bins = report.pop("calibration")
     report["calibration"] = bins
     with open(os.path.join(workdir, f"confusion_{split}.json"), "w") as f:
-      json.dump({"class_names": class_names, "rows": "true class", "columns": "predicted class",
-                 "matrix": confusion.tolist()}, f)
-    metrics.plot_confusion_matrix(confusion, class_names, os.path.join(workdir, f"confusion_{split}.png"),
-                                  title=title)
+      json.dump(
+        {"class_names": class_names, "rows": "true class", "columns": "predicted class", "matrix": confusion.tolist()},
+        f,
+      )
+    metrics.plot_confusion_matrix(confusion, class_names, os.path.join(workdir, f"confusion_{split}.png"), title=title)
     metrics.plot_reliability_diagram(bins, os.path.join(workdir, f"reliability_{split}.png"), title=title)
   with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
     json.dump(_plain(report), f, indent=2)

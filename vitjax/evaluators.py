@@ -6,7 +6,8 @@ accuracy of the argmax on the test features. k-NN votes among the k nearest trai
 """
 
 import functools
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,8 +26,9 @@ def _pre_logits(apply_fn: Callable, variables: Any, images: jax.Array) -> jax.Ar
   return state["intermediates"]["pre_logits"][0]
 
 
-def extract_features(apply_fn: Callable, variables: Any, batches: Iterable[Batch], *,
-                     place_batch: Optional[Callable[[Batch], Any]] = None) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+  apply_fn: Callable, variables: Any, batches: Iterable[Batch], *, place_batch: Callable[[Batch], Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """(features (N, D), integer labels (N,)) on the host for every real (`mask` 1) example of `batches`.
 
   `batches` are host batches with `image`, one-hot `labels` and `mask` (as `data.eval_dataset` gives);
@@ -69,8 +71,16 @@ def fit_ridge(x: np.ndarray, targets: np.ndarray, l2_reg: float) -> np.ndarray:
   return x.T @ np.linalg.solve(x @ x.T + l2_reg * np.eye(n), targets)
 
 
-def fewshot_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
-                     shots: int, l2_reg: float = 2.0**10, seed: int = 0) -> float:
+def fewshot_accuracy(
+  train_x: np.ndarray,
+  train_y: np.ndarray,
+  test_x: np.ndarray,
+  test_y: np.ndarray,
+  *,
+  shots: int,
+  l2_reg: float = 2.0**10,
+  seed: int = 0,
+) -> float:
   """Test accuracy of a ridge-regression probe fitted on `shots` training examples per class."""
   chosen = select_shots(train_y, shots, seed=seed)
   x, y = train_x[chosen].astype(np.float64), train_y[chosen]
@@ -82,8 +92,9 @@ def fewshot_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarra
   return float(np.mean(predictions == test_y))
 
 
-def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *, k: int = 20,
-                 chunk: int = 1024) -> float:
+def knn_accuracy(
+  train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *, k: int = 20, chunk: int = 1024
+) -> float:
   """Test accuracy of a majority vote among the `k` most cosine-similar training examples (ties: lower class)."""
   normalize = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
   train_x, test_x = normalize(train_x.astype(np.float32)), normalize(test_x.astype(np.float32))
@@ -91,17 +102,25 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
   k = min(k, len(train_x))
   correct = 0
   for start in range(0, len(test_x), chunk):
-    similarity = test_x[start:start + chunk] @ train_x.T
+    similarity = test_x[start : start + chunk] @ train_x.T
     neighbours = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     votes = np.apply_along_axis(np.bincount, 1, train_y[neighbours], minlength=num_classes)
-    correct += int(np.sum(np.argmax(votes, axis=1) == test_y[start:start + chunk]))
+    correct += int(np.sum(np.argmax(votes, axis=1) == test_y[start : start + chunk]))
   return correct / len(test_x)
 
 
-def feature_metrics(apply_fn: Callable, variables: Any, train_batches: Iterable[Batch],
-                    test_batches: Iterable[Batch], *, shots: Sequence[int] = (1, 5, 10, 25), knn_k: int = 20,
-                    l2_reg: float = 2.0**10, seed: int = 0,
-                    place_batch: Optional[Callable[[Batch], Any]] = None) -> dict[str, float]:
+def feature_metrics(
+  apply_fn: Callable,
+  variables: Any,
+  train_batches: Iterable[Batch],
+  test_batches: Iterable[Batch],
+  *,
+  shots: Sequence[int] = (1, 5, 10, 25),
+  knn_k: int = 20,
+  l2_reg: float = 2.0**10,
+  seed: int = 0,
+  place_batch: Callable[[Batch], Any] | None = None,
+) -> dict[str, float]:
   """`fewshot_{k}shot` accuracies and `knn_{knn_k}` accuracy of the model's pre-logits features.
 
   `train_batches` feed the probes and the neighbour set, `test_batches` score them (both with eval
@@ -112,8 +131,9 @@ def feature_metrics(apply_fn: Callable, variables: Any, train_batches: Iterable[
   results = {}
   for k in shots:
     try:
-      results[f"fewshot_{k}shot"] = fewshot_accuracy(train_x, train_y, test_x, test_y, shots=k, l2_reg=l2_reg,
-                                                     seed=seed)
+      results[f"fewshot_{k}shot"] = fewshot_accuracy(
+        train_x, train_y, test_x, test_y, shots=k, l2_reg=l2_reg, seed=seed
+      )
     except ValueError as e:
       logging.warning("Skipping the %d-shot probe: %s", k, e)
   if knn_k:

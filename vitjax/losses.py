@@ -22,12 +22,14 @@ def sigmoid_cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothi
   return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), labels.astype(jnp.float32)).sum(-1)
 
 
-def focal_loss(logits: jax.Array, labels: jax.Array, *, alpha: float = 0.25, gamma: float = 2.0,
-               label_smoothing: float = 0.0) -> jax.Array:
+def focal_loss(
+  logits: jax.Array, labels: jax.Array, *, alpha: float = 0.25, gamma: float = 2.0, label_smoothing: float = 0.0
+) -> jax.Array:
   """Per-example sigmoid focal loss (Lin et al. 2017), summed over classes."""
   labels = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else labels
-  return optax.sigmoid_focal_loss(logits.astype(jnp.float32), labels.astype(jnp.float32),
-                                  alpha=alpha, gamma=gamma).sum(-1)
+  return optax.sigmoid_focal_loss(logits.astype(jnp.float32), labels.astype(jnp.float32), alpha=alpha, gamma=gamma).sum(
+    -1
+  )
 
 
 LOSSES = {"softmax_xent": softmax_cross_entropy, "sigmoid_xent": sigmoid_cross_entropy, "focal": focal_loss}

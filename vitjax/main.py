@@ -10,8 +10,9 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, optionally with an argument: configs/vit_b16.py:cifar10.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+  "config", None, "Config file, optionally with an argument: configs/vit_b16.py:cifar10.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and results; re-running resumes.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the latest checkpoint.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs outside TPU/SLURM.")
@@ -30,9 +31,11 @@ def _launched_as_one_of_many() -> bool:
 def initialize_distributed() -> None:
   """Joins a multi-process run: from flags when given, else from the SLURM or TPU VM environment."""
   import jax
+
   if FLAGS.coordinator_address or FLAGS.num_processes:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+    )
   elif _launched_as_one_of_many():
     jax.distributed.initialize()
 
@@ -50,12 +53,21 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
   import tensorflow as tf
+
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerator memory to JAX.
   initialize_distributed()
   import jax
+
   from vitjax import evaluation, train
-  logging.info("JAX process %d of %d, %d local / %d global devices (%s).", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+
+  logging.info(
+    "JAX process %d of %d, %d local / %d global devices (%s).",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
   try:
     if FLAGS.mode == "train":
       results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -64,8 +76,11 @@ def main(argv):
   except (ValueError, train.data.DatasetUnavailableError) as e:
     sys.exit(f"error: {e}")
   if jax.process_index() == 0:
-    print(f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "
-          f"examples at step {results['step']} ({results['train_seconds']:.0f}s of training).", flush=True)
+    print(
+      f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "
+      f"examples at step {results['step']} ({results['train_seconds']:.0f}s of training).",
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

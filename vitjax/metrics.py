@@ -4,7 +4,8 @@ Functions take numpy arrays: `logits` or `probs` (N, C), integer `labels` (N,), 
 The per-class and averaged definitions are scikit-learn's (zero where a ratio is 0/0), so reports agree with it.
 """
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax
 import jax
@@ -107,8 +108,13 @@ def calibration(probs: np.ndarray, labels: np.ndarray, *, num_bins: int = 15) ->
   accuracy = _ratio(np.bincount(bins, weights=correct, minlength=num_bins), counts)
   mean_confidence = _ratio(np.bincount(bins, weights=confidence, minlength=num_bins), counts)
   ece = float(np.sum(np.abs(accuracy - mean_confidence) * counts) / max(len(labels), 1))
-  return {"ece": ece, "bin_edges": edges, "bin_counts": counts, "bin_accuracy": accuracy,
-          "bin_confidence": mean_confidence}
+  return {
+    "ece": ece,
+    "bin_edges": edges,
+    "bin_counts": counts,
+    "bin_accuracy": accuracy,
+    "bin_confidence": mean_confidence,
+  }
 
 
 def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -133,8 +139,13 @@ def multilabel_metrics(probs: np.ndarray, targets: np.ndarray, *, threshold: flo
   predicted = probs >= threshold
   true_positives = np.sum(predicted & targets, axis=0)
   f1 = _ratio(2.0 * true_positives, predicted.sum(axis=0) + targets.sum(axis=0))
-  return {"mAP": float(np.nanmean(aps)) if not np.all(np.isnan(aps)) else float("nan"),
-          "average_precision": aps, "f1": f1, "macro_f1": float(np.mean(f1)), "threshold": threshold}
+  return {
+    "mAP": float(np.nanmean(aps)) if not np.all(np.isnan(aps)) else float("nan"),
+    "average_precision": aps,
+    "f1": f1,
+    "macro_f1": float(np.mean(f1)),
+    "threshold": threshold,
+  }
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_bins: int = 15) -> dict[str, Any]:
@@ -146,8 +157,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_bins: 
   probs = softmax(logits.astype(np.float64))
   confusion = confusion_matrix(labels, logits.argmax(axis=1), num_classes)
   scores = precision_recall_f1(confusion)
-  out = {"accuracy": top_k_accuracy(logits, labels, 1), "confusion_matrix": confusion, **scores,
-         "calibration": calibration(probs, labels, num_bins=num_bins)}
+  out = {
+    "accuracy": top_k_accuracy(logits, labels, 1),
+    "confusion_matrix": confusion,
+    **scores,
+    "calibration": calibration(probs, labels, num_bins=num_bins),
+  }
   if num_classes > 5:
     out["top5_accuracy"] = top_k_accuracy(logits, labels, 5)
   out["ece"] = out["calibration"]["ece"]
@@ -173,8 +188,7 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], pat
   ax.set_ylabel("true")
   if num_classes <= 30:
     for (i, j), count in np.ndenumerate(confusion):
-      ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
-              color="white" if rates[i, j] > 0.5 else "black")
+      ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
   ax.set_title(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -189,8 +203,16 @@ def plot_reliability_diagram(bins: dict[str, Any], path: str, *, title: str = ""
   fig, ax = plt.subplots(figsize=(5, 5))
   accuracy, confidence = bins["bin_accuracy"][filled], bins["bin_confidence"][filled]
   ax.bar(centers[filled], accuracy, width=width, edgecolor="black", label="accuracy")
-  ax.bar(centers[filled], np.abs(confidence - accuracy), bottom=np.minimum(accuracy, confidence), width=width,
-         facecolor="none", edgecolor="red", hatch="//", label="gap to mean confidence")
+  ax.bar(
+    centers[filled],
+    np.abs(confidence - accuracy),
+    bottom=np.minimum(accuracy, confidence),
+    width=width,
+    facecolor="none",
+    edgecolor="red",
+    hatch="//",
+    label="gap to mean confidence",
+  )
   ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
@@ -208,7 +230,8 @@ class Top5Accuracy(clu_metrics.Average):
   """clu metric for the train loop's eval step: top-5 accuracy from `logits`, integer `labels` and `mask`."""
 
   @classmethod
-  def from_model_output(cls, *, logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
-                        **_) -> "Top5Accuracy":
+  def from_model_output(
+    cls, *, logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None, **_
+  ) -> "Top5Accuracy":
     hit = (_label_rank(logits, labels) < 5).astype(jnp.float32)
     return super().from_model_output(values=hit, mask=mask)

@@ -16,8 +16,9 @@ WEIGHT_DECAY_MODES = ("decoupled", "l2")
 NO_DECAY_PATTERN = r"(^|/)(bias|scale|gamma|beta|pos_embedding|cls|probe)$"
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict, *, base_learning_rate: float,
-                            total_steps: int) -> optax.Schedule:
+def create_learning_rate_fn(
+  config: ml_collections.ConfigDict, *, base_learning_rate: float, total_steps: int
+) -> optax.Schedule:
   """Linear warmup from 0 to ``base_learning_rate`` over ``warmup_steps``, then the configured decay."""
   warmup = config.get("warmup_steps", 0)
   decay_steps = max(total_steps - warmup, 1)
@@ -34,8 +35,9 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, *, base_learning_
     timescale = config.get("timescale", 10_000)
     decay = lambda count: base_learning_rate * jax.lax.rsqrt(1.0 + count / timescale)  # noqa: E731
   elif name == "step":
-    boundaries = {int(b * total_steps) - warmup: config.get("decay_factor", 0.1)
-                  for b in config.get("boundaries", (0.3, 0.6, 0.9))}
+    boundaries = {
+      int(b * total_steps) - warmup: config.get("decay_factor", 0.1) for b in config.get("boundaries", (0.3, 0.6, 0.9))
+    }
     decay = optax.piecewise_constant_schedule(base_learning_rate, boundaries)
   else:
     raise ValueError(f"Unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}.")
@@ -68,8 +70,11 @@ def layer_index(name: str, num_layers: int) -> int:
     return int(match.group(1)) + 1
   if match := re.search(r"(?:^|/)(?:block|stage)(\d+)/", name):
     return int(match.group(1))
-  if re.search(r"(^|/)(embedding|cls|pos_embedding|posembed_input|conv_root|gn_root|root_block|conv_init|"
-               r"bn_init|stem)(/|$)", name):
+  if re.search(
+    r"(^|/)(embedding|cls|pos_embedding|posembed_input|conv_root|gn_root|root_block|conv_init|"
+    r"bn_init|stem)(/|$)",
+    name,
+  ):
     return 0
   return num_layers + 1
 
@@ -78,16 +83,17 @@ def layerwise_scales(params: Any, decay: float) -> Any:
   """Learning-rate multipliers ``decay ** (top - depth)``: the head learns at full rate, the stem slowest."""
   names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   depths = [layer_index(n, 0) for n in names]
-  num_layers = max([d for d, n in zip(depths, names) if re.search(r"encoderblock_|block\d|stage\d", n)],
-                   default=0)
+  num_layers = max([d for d, n in zip(depths, names) if re.search(r"encoderblock_|block\d|stage\d", n)], default=0)
   return map_names(lambda name, _: decay ** (num_layers + 1 - layer_index(name, num_layers)), params)
 
 
 def scale_by_tree(scales: Any) -> optax.GradientTransformation:
   """Multiplies every update by a fixed per-parameter factor (layer-wise learning rates)."""
+
   def update(updates, state, params=None):
     del params
     return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
@@ -102,13 +108,15 @@ def _core(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
     momentum = opt.get("momentum", 0.9)
     return optax.trace(decay=momentum, nesterov=opt.get("nesterov", False)) if momentum else optax.identity()
   if opt.name in ("adam", "adamw", "lamb"):
-    return optax.scale_by_adam(b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999),
-                               eps=opt.get("eps", 1e-6 if opt.name == "lamb" else 1e-8))
+    return optax.scale_by_adam(
+      b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-6 if opt.name == "lamb" else 1e-8)
+    )
   raise ValueError(f"Unknown optimizer {opt.name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
 
 
-def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int, params: Any | None = None
-                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(
+  config: ml_collections.ConfigDict, *, total_steps: int, params: Any | None = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer of ``config.optimizer`` with ``config.schedule``; returns it with its schedule.
 
   Order: clip the global gradient norm, precondition (momentum / Adam moments), weight decay (as L2 on the
@@ -116,19 +124,20 @@ def create_optimizer(config: ml_collections.ConfigDict, *, total_steps: int, par
   ``params`` (shapes suffice) is needed for layer-wise learning rates.
   """
   opt = config.optimizer
-  schedule = create_learning_rate_fn(config.schedule, base_learning_rate=opt.learning_rate,
-                                     total_steps=total_steps)
+  schedule = create_learning_rate_fn(config.schedule, base_learning_rate=opt.learning_rate, total_steps=total_steps)
   weight_decay = opt.get("weight_decay", 0.0)
   mode = opt.get("weight_decay_mode", "decoupled")
   if mode not in WEIGHT_DECAY_MODES:
     raise ValueError(f"Unknown weight_decay_mode {mode!r}; choose one of: {', '.join(WEIGHT_DECAY_MODES)}.")
   decay = optax.add_decayed_weights(weight_decay, mask=weight_decay_mask) if weight_decay else optax.identity()
-  parts = [optax.clip_by_global_norm(opt.grad_clip_norm) if opt.get("grad_clip_norm") else optax.identity(),
-           decay if mode == "l2" else optax.identity(),
-           _core(opt),
-           decay if mode == "decoupled" else optax.identity(),
-           optax.scale_by_trust_ratio() if opt.name == "lamb" else optax.identity(),
-           optax.scale_by_learning_rate(schedule)]
+  parts = [
+    optax.clip_by_global_norm(opt.grad_clip_norm) if opt.get("grad_clip_norm") else optax.identity(),
+    decay if mode == "l2" else optax.identity(),
+    _core(opt),
+    decay if mode == "decoupled" else optax.identity(),
+    optax.scale_by_trust_ratio() if opt.name == "lamb" else optax.identity(),
+    optax.scale_by_learning_rate(schedule),
+  ]
   layerwise_decay = opt.get("layerwise_decay", 1.0)
   if layerwise_decay != 1.0:
     if params is None:

@@ -10,7 +10,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import flax
 import jax
@@ -23,9 +24,12 @@ Flat = dict[str, Any]
 
 _POSEMB = "Transformer/posembed_input/pos_embedding"
 # Older public ViT files number encoder-block submodules globally; Flax linen numbers them per class.
-_OLD_BLOCK_NAMES = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0", "LayerNorm_2": "LayerNorm_1",
-                    "MlpBlock_3": "MlpBlock_0"}
-_OLD_BLOCK_PATTERN = re.compile(r"(encoderblock(?:_\d+)?)/(%s)/" % "|".join(_OLD_BLOCK_NAMES))
+_OLD_BLOCK_NAMES = {
+  "MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+  "LayerNorm_2": "LayerNorm_1",
+  "MlpBlock_3": "MlpBlock_0",
+}
+_OLD_BLOCK_PATTERN = re.compile(rf"(encoderblock(?:_\d+)?)/({'|'.join(_OLD_BLOCK_NAMES)})/")
 _STACKED_BLOCKS = "Transformer/encoderblock/"
 _NORM_PARAM = re.compile(r"(^|/)(gn\w*|group_norm|LayerNorm\w*|encoder_norm)/(scale|bias)$")
 
@@ -33,6 +37,7 @@ _NORM_PARAM = re.compile(r"(^|/)(gn\w*|group_norm|LayerNorm\w*|encoder_norm)/(sc
 @dataclasses.dataclass
 class LoadReport:
   """What happened to each key: loaded as is, resized, reshaped, re-initialised, or dropped from the checkpoint."""
+
   loaded: list[str] = dataclasses.field(default_factory=list)
   resized: dict[str, str] = dataclasses.field(default_factory=dict)
   reshaped: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -41,15 +46,24 @@ class LoadReport:
 
   def log(self, path: str) -> None:
     logging.info("Loaded %d parameters from %s.", len(self.loaded), path)
-    for title, entries in (("Resized", self.resized), ("Reshaped", self.reshaped),
-                           ("Not loaded (model's own value kept)", self.reinitialized),
-                           ("In the checkpoint, not used", self.dropped)):
+    for title, entries in (
+      ("Resized", self.resized),
+      ("Reshaped", self.reshaped),
+      ("Not loaded (model's own value kept)", self.reinitialized),
+      ("In the checkpoint, not used", self.dropped),
+    ):
       for key, why in entries.items():
         logging.info("%s: %s (%s)", title, key, why)
 
 
-def load_pretrained(path: str, params: Any, *, dont_load: Iterable[str] = (r"head/.*",), head_bias_init: float = 0.0,
-                    keep_pre_logits: bool = False) -> Any:
+def load_pretrained(
+  path: str,
+  params: Any,
+  *,
+  dont_load: Iterable[str] = (r"head/.*",),
+  head_bias_init: float = 0.0,
+  keep_pre_logits: bool = False,
+) -> Any:
   """`params` (the freshly initialised tree of the target model) filled from the checkpoint at `path`.
 
   `path` is a public `.npz` file, or an Orbax checkpoint of this project (a workdir, its `checkpoints` folder, one
@@ -59,8 +73,13 @@ def load_pretrained(path: str, params: Any, *, dont_load: Iterable[str] = (r"hea
   structure of `params`; leaves of `params` may be `jax.ShapeDtypeStruct`s for keys that are loaded.
   """
   source, _, _ = read_checkpoint(path)
-  flat, report = match_params(source, flax.traverse_util.flatten_dict(params, sep="/"), dont_load=dont_load,
-                              head_bias_init=head_bias_init, keep_pre_logits=keep_pre_logits)
+  flat, report = match_params(
+    source,
+    flax.traverse_util.flatten_dict(params, sep="/"),
+    dont_load=dont_load,
+    head_bias_init=head_bias_init,
+    keep_pre_logits=keep_pre_logits,
+  )
   report.log(path)
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
@@ -73,8 +92,9 @@ def load_variables(path: str, variables: Any, *, params_key: str = "params") -> 
   `params_key` "ema_params" takes a run's moving average of the parameters instead.
   """
   source, collections, meta = read_checkpoint(path, params_key=params_key)
-  params, _ = match_params(source, flax.traverse_util.flatten_dict(variables["params"], sep="/"),
-                           dont_load=(), keep_pre_logits=True)
+  params, _ = match_params(
+    source, flax.traverse_util.flatten_dict(variables["params"], sep="/"), dont_load=(), keep_pre_logits=True
+  )
   restored = {"params": flax.traverse_util.unflatten_dict(params, sep="/")}
   for name in variables.keys() - {"params"}:
     if name not in collections:
@@ -122,23 +142,24 @@ def canonical_names(flat: Flat) -> Flat:
     ignored = sorted(k for k in flat if not k.startswith("params/"))
     if ignored:
       logging.info("Ignoring %d non-parameter entries of the checkpoint (%s, ...).", len(ignored), ignored[0])
-    flat = {k[len("params/"):]: v for k, v in flat.items() if k.startswith("params/")}
+    flat = {k[len("params/") :]: v for k, v in flat.items() if k.startswith("params/")}
   out = {}
   for key, value in flat.items():
-    key = key[len("resnet/"):] if key.startswith("resnet/") else key
+    key = key[len("resnet/") :] if key.startswith("resnet/") else key
     key = re.sub(r"/gamma$", "/scale", re.sub(r"/beta$", "/bias", key))
     key = _OLD_BLOCK_PATTERN.sub(lambda m: f"{m[1]}/{_OLD_BLOCK_NAMES[m[2]]}/", key)
     key = _POSEMB if key == "pos_embedding" else key
     if key.startswith(_STACKED_BLOCKS):
-      rest = key[len(_STACKED_BLOCKS):]
+      rest = key[len(_STACKED_BLOCKS) :]
       out.update({f"Transformer/encoderblock_{i}/{rest}": layer for i, layer in enumerate(value)})
     else:
       out[key] = value
   return out
 
 
-def match_params(source: Flat, target: Flat, *, dont_load: Iterable[str], head_bias_init: float = 0.0,
-                 keep_pre_logits: bool) -> tuple[Flat, LoadReport]:
+def match_params(
+  source: Flat, target: Flat, *, dont_load: Iterable[str], head_bias_init: float = 0.0, keep_pre_logits: bool
+) -> tuple[Flat, LoadReport]:
   """The `target` keys filled from `source` (both flat, canonical names), and a report of every decision.
 
   Raises ValueError naming the first key (in the order of `target`) that is missing from the checkpoint or has a
@@ -156,8 +177,9 @@ def match_params(source: Flat, target: Flat, *, dont_load: Iterable[str], head_b
     else:
       value, why = _fit(key, np.asarray(source[key]), tuple(model_value.shape))
       if value is None:
-        problems.append(f"{key} has shape {tuple(source[key].shape)} in the checkpoint but "
-                        f"{tuple(model_value.shape)} in the model")
+        problems.append(
+          f"{key} has shape {tuple(source[key].shape)} in the checkpoint but {tuple(model_value.shape)} in the model"
+        )
         continue
       out[key] = value.astype(model_value.dtype)
       report.loaded.append(key)
@@ -175,9 +197,11 @@ def match_params(source: Flat, target: Flat, *, dont_load: Iterable[str], head_b
   if problems:
     for problem in problems:
       logging.warning("Checkpoint mismatch: %s.", problem)
-    raise ValueError(f"Checkpoint does not fit the model: {problems[0]}" +
-                     (f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else "") +
-                     ". Is it for another architecture? Keys that should keep the model's value go in dont_load.")
+    raise ValueError(
+      f"Checkpoint does not fit the model: {problems[0]}"
+      + (f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else "")
+      + ". Is it for another architecture? Keys that should keep the model's value go in dont_load."
+    )
   return out, report
 
 
@@ -187,12 +211,13 @@ def _fresh_value(key: str, model_value: Any, *, head_bias_init: float) -> Any:
     fill = head_bias_init if key.endswith("bias") else 0.0
     return np.full(model_value.shape, fill, model_value.dtype)
   if isinstance(model_value, jax.ShapeDtypeStruct):
-    raise ValueError(f"{key} is not loaded (dont_load or keep_pre_logits), so it needs an initialised value, "
-                     f"not a shape.")
+    raise ValueError(
+      f"{key} is not loaded (dont_load or keep_pre_logits), so it needs an initialised value, not a shape."
+    )
   return model_value
 
 
-def _fit(key: str, value: np.ndarray, shape: tuple[int, ...]) -> tuple[Optional[np.ndarray], str]:
+def _fit(key: str, value: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
   """`value` brought to `shape` by a known transformation and a note of it, or (None, '') if there is none."""
   if value.shape == shape:
     return value, ""
@@ -201,8 +226,11 @@ def _fit(key: str, value: np.ndarray, shape: tuple[int, ...]) -> tuple[Optional[
       return resize_posemb(value, shape[1]), f"{value.shape} -> {shape}"
     except ValueError:
       return None, ""
-  if _NORM_PARAM.search(key) and value.size == math.prod(shape) and value.squeeze().shape == tuple(
-      d for d in shape if d != 1):
+  if (
+    _NORM_PARAM.search(key)
+    and value.size == math.prod(shape)
+    and value.squeeze().shape == tuple(d for d in shape if d != 1)
+  ):
     return value.reshape(shape), f"{value.shape} -> {shape}"
   return None, ""
 
@@ -272,8 +300,10 @@ def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
     path = os.path.join(path, str(max(steps)))
   if not os.path.isdir(os.path.join(path, "state")):
     if not os.path.exists(os.path.join(path, "_METADATA")):
-      raise ValueError(f"No checkpoint in {path!r}: expected a workdir with checkpoints, one step folder of "
-                              f"it, or a saved pytree (train first with --mode=train).")
+      raise ValueError(
+        f"No checkpoint in {path!r}: expected a workdir with checkpoints, one step folder of "
+        f"it, or a saved pytree (train first with --mode=train)."
+      )
     return path, {}
   meta = {}
   meta_file = os.path.join(path, "meta", "metadata")

@@ -9,12 +9,14 @@ so a run can switch between them.
 
 import queue
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import flax.jax_utils
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS, FSDP_AXIS = "data", "fsdp"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
@@ -60,8 +62,10 @@ def check_batch_size(batch_size: int, *, name: str = "batch_size") -> None:
   """Fails early, naming the fix, when a global batch cannot be split evenly over devices and processes."""
   devices, processes = jax.device_count(), jax.process_count()
   if batch_size <= 0 or batch_size % devices:
-    raise ValueError(f"config.{name}={batch_size} must be a positive multiple of the device count {devices}; "
-                     f"use e.g. {max(1, round(batch_size / devices)) * devices}.")
+    raise ValueError(
+      f"config.{name}={batch_size} must be a positive multiple of the device count {devices}; "
+      f"use e.g. {max(1, round(batch_size / devices)) * devices}."
+    )
   if batch_size % processes:
     raise ValueError(f"config.{name}={batch_size} must divide by the process count {processes}.")
 
@@ -117,8 +121,12 @@ class Jit:
     return jax.jit(init_fn, out_shardings=self.state_sharding)(rng)
 
   def train_step(self, step_fn: Callable) -> Callable:
-    return jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch, self.replicated),
-                   out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+    return jax.jit(
+      step_fn,
+      in_shardings=(self.state_sharding, self.batch, self.replicated),
+      out_shardings=(self.state_sharding, self.replicated),
+      donate_argnums=0,
+    )
 
   def eval_step(self, step_fn: Callable) -> Callable:
     return jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch), out_shardings=self.replicated)
@@ -127,8 +135,9 @@ class Jit:
     return to_global(local_batch, self.batch)
 
   def restore_target(self, abstract_state: Any) -> Any:
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        abstract_state, self.state_sharding)
+    return jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, self.state_sharding
+    )
 
   def to_checkpoint(self, state: Any) -> Any:
     return state
@@ -163,12 +172,12 @@ class Pmap(Jit):
 
   def to_checkpoint(self, state: Any) -> Any:
     """One replica, as global arrays replicated over the mesh (the jit layout)."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, _first_replica(x)),
-                        state)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.replicated, _first_replica(x)), state)
 
   def from_checkpoint(self, state: Any) -> Any:
-    return flax.jax_utils.replicate(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state),
-                                    self.local_devices)
+    return flax.jax_utils.replicate(
+      jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state), self.local_devices
+    )
 
   def host_metrics(self, metrics: Any) -> Any:
     return jax.tree.map(_first_replica, metrics)

@@ -19,7 +19,6 @@ from jax.experimental import multihost_utils
 
 from vitjax import checkpoints, data, distill, evaluators, history, losses, models, optim, sharding, steps
 
-
 # Steps dispatched ahead of the host: enough to hide dispatch latency. Unbounded run-ahead also starves XLA's CPU
 # collectives on simulated multi-device hosts (all-reduce rendezvous timeouts).
 MAX_STEPS_IN_FLIGHT = 2
@@ -31,8 +30,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   sharding.check_batch_size(config.batch_size)
   sharding.check_batch_size(config.eval_batch_size, name="eval_batch_size")
   if config.batch_size % (jax.device_count() * config.accum_steps):
-    raise ValueError(f"config.batch_size={config.batch_size} must split into config.accum_steps="
-                     f"{config.accum_steps} microbatches that each divide over {jax.device_count()} devices.")
+    raise ValueError(
+      f"config.batch_size={config.batch_size} must split into config.accum_steps="
+      f"{config.accum_steps} microbatches that each divide over {jax.device_count()} devices."
+    )
   sharding.make_mesh(fsdp=config.mesh.fsdp)
   if config.parallelism not in sharding.PARALLELISM:
     raise ValueError(f"Unknown parallelism {config.parallelism!r}; choose one of: {', '.join(sharding.PARALLELISM)}.")
@@ -78,21 +79,31 @@ def init_variables(model, rng: jax.Array, *, image_shape: tuple[int, ...]) -> di
   return model.init({"params": rng, "dropout": rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
 
 
-def create_train_state(model, tx, rng: jax.Array, *, image_shape: tuple[int, ...], ema: bool = False
-                       ) -> steps.TrainState:
+def create_train_state(
+  model, tx, rng: jax.Array, *, image_shape: tuple[int, ...], ema: bool = False
+) -> steps.TrainState:
   variables = init_variables(model, rng, image_shape=image_shape)
-  return steps.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                 batch_stats=variables.get("batch_stats", {}),
-                                 ema_params=variables["params"] if ema else None)
+  return steps.TrainState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=tx,
+    batch_stats=variables.get("batch_stats", {}),
+    ema_params=variables["params"] if ema else None,
+  )
 
 
 def load_pretrained(config: ml_collections.ConfigDict, state: steps.TrainState) -> steps.TrainState:
   """Replaces the initial parameters (and their average) with those of ``config.pretrained.path``."""
   from vitjax import pretrained  # Imported on use: only fine-tuning runs need the public-checkpoint importer.
+
   shardings = jax.tree.map(lambda x: x.sharding, state.params)
   params = pretrained.load_pretrained(
-      config.pretrained.path, jax.device_get(state.params), dont_load=tuple(config.pretrained.dont_load),
-      head_bias_init=config.pretrained.head_bias_init, keep_pre_logits=config.pretrained.keep_pre_logits)
+    config.pretrained.path,
+    jax.device_get(state.params),
+    dont_load=tuple(config.pretrained.dont_load),
+    head_bias_init=config.pretrained.head_bias_init,
+    keep_pre_logits=config.pretrained.keep_pre_logits,
+  )
   params = jax.device_put(params, shardings)
   return state.replace(params=params, ema_params=params if state.ema_params is not None else None)
 
@@ -138,8 +149,10 @@ class _EarlyStopping:
   def update(self, metrics: dict[str, float]) -> bool:
     """Records an evaluation; True when training should stop."""
     if self.metric not in metrics:
-      raise ValueError(f"config.early_stopping.metric={self.metric!r} is not an eval metric; "
-                       f"choose one of: {', '.join(sorted(metrics))}.")
+      raise ValueError(
+        f"config.early_stopping.metric={self.metric!r} is not an eval metric; "
+        f"choose one of: {', '.join(sorted(metrics))}."
+      )
     value = metrics[self.metric]
     if self.best is None or self.sign * (value - self.best) > 0:
       self.best, self.waited = value, 0
@@ -151,16 +164,19 @@ class _EarlyStopping:
 def _progress_line(step: int, total: int, *, steps_per_sec: float, images_per_sec: float, started: float) -> str:
   eta = datetime.timedelta(seconds=round((total - step) / max(steps_per_sec, 1e-9)))
   elapsed = datetime.timedelta(seconds=round(time.time() - started))
-  return (f"step {step}/{total} ({100 * step / total:.0f}%) | {steps_per_sec:.1f} steps/s | "
-          f"{images_per_sec:.0f} img/s | elapsed {elapsed} | ETA {eta}")
+  return (
+    f"step {step}/{total} ({100 * step / total:.0f}%) | {steps_per_sec:.1f} steps/s | "
+    f"{images_per_sec:.0f} img/s | elapsed {elapsed} | ETA {eta}"
+  )
 
 
 def _check_finite(host_metrics: list[tuple[int, dict[str, np.ndarray]]], last_good: int | None) -> None:
   for step, m in host_metrics:
     if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
       raise FloatingPointError(
-          f"Non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at step {step}; the last good "
-          f"checkpoint is step {last_good}. Lower the learning rate or clip gradients (optimizer.grad_clip_norm).")
+        f"Non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at step {step}; the last good "
+        f"checkpoint is step {last_good}. Lower the learning rate or clip gradients (optimizer.grad_clip_norm)."
+      )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -182,22 +198,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_steps = total_steps(config, data.num_examples(builder, config.data.train_split))
   local_batch = config.batch_size // jax.process_count()
   model = models.build(config.model.name, num_classes=num_classes, **model_overrides(config))
-  eval_ds = data.eval_dataset(builder, config.data, batch_size=config.eval_batch_size // jax.process_count(),
-                              process_index=jax.process_index(), process_count=jax.process_count())
+  eval_ds = data.eval_dataset(
+    builder,
+    config.data,
+    batch_size=config.eval_batch_size // jax.process_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   image_shape = tuple(eval_ds.element_spec["image"].shape[1:])
 
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  abstract_params = jax.eval_shape(functools.partial(init_variables, model, image_shape=image_shape),
-                                   init_rng)["params"]
+  abstract_params = jax.eval_shape(functools.partial(init_variables, model, image_shape=image_shape), init_rng)[
+    "params"
+  ]
   tx, learning_rate_fn = optim.create_optimizer(config, total_steps=num_steps, params=abstract_params)
   init = functools.partial(create_train_state, model, tx, image_shape=image_shape, ema=config.ema_decay > 0)
   abstract_state = jax.eval_shape(init, init_rng)
   parallel = sharding.create(config.parallelism, sharding.make_mesh(fsdp=config.mesh.fsdp), abstract_state)
   if is_main:
-    logging.info("Model %s, %d classes, %.3f forward GFLOPs/image; %d steps of %d images on %d devices.\n%s",
-                 config.model.name, num_classes, models.forward_gflops(model, image_size=image_shape[0]),
-                 num_steps, config.batch_size, jax.device_count(),
-                 models.parameter_overview(abstract_params))
+    logging.info(
+      "Model %s, %d classes, %.3f forward GFLOPs/image; %d steps of %d images on %d devices.\n%s",
+      config.model.name,
+      num_classes,
+      models.forward_gflops(model, image_size=image_shape[0]),
+      num_steps,
+      config.batch_size,
+      jax.device_count(),
+      models.parameter_overview(abstract_params),
+    )
 
   manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   restored = checkpoints.restore_latest(manager, parallel.restore_target(abstract_state))
@@ -218,18 +246,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   axis = sharding.PMAP_AXIS if config.parallelism == "pmap" else None
   train_loss_fn, teacher_fn = loss_fn, None
   if config.distill.checkpoint:
-    teacher_fn = distill.teacher_from_config(config.distill, num_classes=num_classes, image_shape=image_shape,
-                                             sharding=parallel.replicated)
+    teacher_fn = distill.teacher_from_config(
+      config.distill, num_classes=num_classes, image_shape=image_shape, sharding=parallel.replicated
+    )
     train_loss_fn = distill.make_loss_fn(config.distill, loss_fn)
-  train_step = parallel.train_step(steps.make_train_step(
-      loss_fn=train_loss_fn, learning_rate_fn=learning_rate_fn, accum_steps=config.accum_steps,
-      ema_decay=config.ema_decay, axis_name=axis, teacher_fn=teacher_fn))
+  train_step = parallel.train_step(
+    steps.make_train_step(
+      loss_fn=train_loss_fn,
+      learning_rate_fn=learning_rate_fn,
+      accum_steps=config.accum_steps,
+      ema_decay=config.ema_decay,
+      axis_name=axis,
+      teacher_fn=teacher_fn,
+    )
+  )
   eval_steps = {"": parallel.eval_step(steps.make_eval_step(loss_fn=loss_fn, axis_name=axis))}
   if config.ema_decay:
     eval_steps["ema_"] = parallel.eval_step(steps.make_eval_step(loss_fn=loss_fn, use_ema=True, axis_name=axis))
-  train_ds = data.train_dataset(builder, config.data, batch_size=local_batch, seed=config.seed,
-                                start_batch=start_step, process_index=jax.process_index(),
-                                process_count=jax.process_count())
+  train_ds = data.train_dataset(
+    builder,
+    config.data,
+    batch_size=local_batch,
+    seed=config.seed,
+    start_batch=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   batches = sharding.prefetch_to_device(data.as_numpy(train_ds), parallel.place_batch, size=config.data.prefetch)
 
   def run_eval() -> dict[str, float]:
@@ -242,18 +284,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def run_feature_evaluators() -> dict[str, float]:
     """Few-shot ridge probes and k-NN on the pre-logits features of the current parameters."""
     ev = config.evaluators
-    probe_ds = data.eval_dataset(builder, config.data, split=ev.train_split or config.data.train_split,
-                                 batch_size=config.eval_batch_size // jax.process_count(),
-                                 process_index=jax.process_index(), process_count=jax.process_count())
+    probe_ds = data.eval_dataset(
+      builder,
+      config.data,
+      split=ev.train_split or config.data.train_split,
+      batch_size=config.eval_batch_size // jax.process_count(),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
     current = parallel.to_checkpoint(state)
     return evaluators.feature_metrics(
-        model.apply, steps.variables(current.params, current.batch_stats), data.as_numpy(probe_ds),
-        data.as_numpy(eval_ds), shots=tuple(ev.shots), knn_k=ev.knn_k, l2_reg=ev.l2_reg, seed=config.seed,
-        place_batch=functools.partial(sharding.to_global, sharding=parallel.batch))
+      model.apply,
+      steps.variables(current.params, current.batch_stats),
+      data.as_numpy(probe_ds),
+      data.as_numpy(eval_ds),
+      shots=tuple(ev.shots),
+      knn_k=ev.knn_k,
+      l2_reg=ev.l2_reg,
+      seed=config.seed,
+      place_batch=functools.partial(sharding.to_global, sharding=parallel.batch),
+    )
 
   preemption = _Preemption()
-  early_stopping = _EarlyStopping(config.early_stopping, best=meta.get("best_metric"),
-                                  waited=meta.get("evals_without_improvement", 0))
+  early_stopping = _EarlyStopping(
+    config.early_stopping, best=meta.get("best_metric"), waited=meta.get("evals_without_improvement", 0)
+  )
   train_seconds = meta["train_seconds"]
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   interval_start, interval_wait, run_start = time.perf_counter(), 0.0, time.time()
@@ -283,14 +338,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_seconds += elapsed
       summary = {k: float(np.mean([m[k] for _, m in host_metrics])) for k in host_metrics[0][1]}
       steps_per_sec = len(host_metrics) / elapsed
-      summary.update(steps_per_sec=steps_per_sec,
-                     images_per_sec_per_device=steps_per_sec * config.batch_size / jax.device_count(),
-                     input_wait_fraction=interval_wait / elapsed)
+      summary.update(
+        steps_per_sec=steps_per_sec,
+        images_per_sec_per_device=steps_per_sec * config.batch_size / jax.device_count(),
+        input_wait_fraction=interval_wait / elapsed,
+      )
       writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
       if is_main:
         history.append(history_path, {"step": step, "split": "train", **summary})
-        logging.info(_progress_line(step, num_steps, steps_per_sec=steps_per_sec,
-                                    images_per_sec=steps_per_sec * config.batch_size, started=run_start))
+        logging.info(
+          _progress_line(
+            step,
+            num_steps,
+            steps_per_sec=steps_per_sec,
+            images_per_sec=steps_per_sec * config.batch_size,
+            started=run_start,
+          )
+        )
       if eval_due:
         eval_metrics = run_eval()
         if config.evaluators.every and (step % config.evaluators.every == 0 or is_last):
@@ -301,9 +365,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if early_stopping.update(eval_metrics):
           stop_reason, checkpoint_due = f"no eval/{early_stopping.metric} gain in {early_stopping.patience} evals", True
       if checkpoint_due:
-        checkpoints.save(manager, parallel.to_checkpoint(state), step=step, meta={
-            "step": step, "input_batches": step, "train_seconds": train_seconds, "config": config.get("name"),
-            "best_metric": early_stopping.best, "evals_without_improvement": early_stopping.waited})
+        checkpoints.save(
+          manager,
+          parallel.to_checkpoint(state),
+          step=step,
+          meta={
+            "step": step,
+            "input_batches": step,
+            "train_seconds": train_seconds,
+            "config": config.get("name"),
+            "best_metric": early_stopping.best,
+            "evals_without_improvement": early_stopping.waited,
+          },
+        )
       writer.flush()
       interval_start, interval_wait = time.perf_counter(), 0.0
   finally:
@@ -314,13 +388,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   if eval_metrics is None:  # Nothing left to train: report the restored state.
     eval_metrics = run_eval()
-  results = {"config": config.get("name"), "model": config.model.name, "dataset": config.data.dataset,
-             "split": config.data.eval_split, "step": step, "train_seconds": round(train_seconds, 2),
-             "finished": step >= num_steps, "stop_reason": stop_reason, **eval_metrics}
+  results = {
+    "config": config.get("name"),
+    "model": config.model.name,
+    "dataset": config.data.dataset,
+    "split": config.data.eval_split,
+    "step": step,
+    "train_seconds": round(train_seconds, 2),
+    "finished": step >= num_steps,
+    "stop_reason": stop_reason,
+    **eval_metrics,
+  }
   if is_main:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
-    history.plot(history.read(history_path), os.path.join(workdir, "curves.png"),
-                 title=f"{config.get('name')}: {config.model.name} on {config.data.dataset}")
+    history.plot(
+      history.read(history_path),
+      os.path.join(workdir, "curves.png"),
+      title=f"{config.get('name')}: {config.model.name} on {config.data.dataset}",
+    )
   writer.close()
   return results

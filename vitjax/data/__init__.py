@@ -3,6 +3,38 @@
 Knows nothing about models.
 """
 
-from vitjax.data.pipeline import (DatasetUnavailableError, EMBEDDED, FOLDERS, Source, UnreadableImageError,
-                                  as_numpy, builder_by_name, class_names, eval_batches, eval_dataset, get_builder,
-                                  num_classes, num_examples, prepare, train_dataset)
+from vitjax.data.pipeline import (
+  EMBEDDED,
+  FOLDERS,
+  DatasetUnavailableError,
+  Source,
+  UnreadableImageError,
+  as_numpy,
+  builder_by_name,
+  class_names,
+  eval_batches,
+  eval_dataset,
+  get_builder,
+  num_classes,
+  num_examples,
+  prepare,
+  train_dataset,
+)
+
+__all__ = [
+  "EMBEDDED",
+  "FOLDERS",
+  "DatasetUnavailableError",
+  "Source",
+  "UnreadableImageError",
+  "as_numpy",
+  "builder_by_name",
+  "class_names",
+  "eval_batches",
+  "eval_dataset",
+  "get_builder",
+  "num_classes",
+  "num_examples",
+  "prepare",
+  "train_dataset",
+]

@@ -11,7 +11,7 @@ augmentation depends only on its seed: the same eagerly and inside ``tf.data``.
 """
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -47,6 +47,7 @@ def autocontrast(image: tf.Tensor) -> tf.Tensor:
 
 def equalize(image: tf.Tensor) -> tf.Tensor:
   """Histogram equalisation of each channel, as PIL's ImageOps.equalize."""
+
   def channel(values):
     values = tf.cast(values, tf.int32)
     histogram = tf.histogram_fixed_width(values, [0, 255], nbins=256)
@@ -57,7 +58,9 @@ def equalize(image: tf.Tensor) -> tf.Tensor:
       lut = (tf.cumsum(histogram) + step // 2) // tf.maximum(step, 1)
       lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
       return tf.gather(lut, values)
+
     return tf.cast(tf.cond(step > 0, equalized, lambda: values), tf.uint8)
+
   return tf.stack([channel(image[..., c]) for c in range(3)], axis=-1)
 
 
@@ -115,8 +118,13 @@ def transform(image: tf.Tensor, matrix, *, fill: float = FILL, interpolation: st
   dtype = image.dtype
   images = tf.cast(image, tf.float32)[None] if interpolation == "BILINEAR" else image[None]
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=images, transforms=matrix, output_shape=tf.shape(image)[:2], fill_value=tf.cast(fill, tf.float32),
-      interpolation=interpolation, fill_mode="CONSTANT")[0]
+    images=images,
+    transforms=matrix,
+    output_shape=tf.shape(image)[:2],
+    fill_value=tf.cast(fill, tf.float32),
+    interpolation=interpolation,
+    fill_mode="CONSTANT",
+  )[0]
   if out.dtype != dtype:
     out = tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), dtype) if dtype == tf.uint8 else tf.cast(out, dtype)
   return tf.ensure_shape(out, image.shape)
@@ -129,8 +137,7 @@ def rotate(image: tf.Tensor, degrees, *, fill: float = FILL, interpolation: str 
   cos, sin = tf.cos(radians), tf.sin(radians)
   x_offset = (width - (cos * width - sin * height)) / 2.0
   y_offset = (height - (sin * width + cos * height)) / 2.0
-  return transform(image, [cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0], fill=fill,
-                   interpolation=interpolation)
+  return transform(image, [cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0], fill=fill, interpolation=interpolation)
 
 
 def shear_x(image: tf.Tensor, level) -> tf.Tensor:
@@ -178,67 +185,72 @@ def _pixels(image: tf.Tensor, axis: int, level: tf.Tensor, at_224: float) -> tf.
 # name -> fn(image, level, seed), ``level`` a float32 scalar tensor. Magnitude mappings as in the TPU
 # implementation of RandAugment.
 RANDAUGMENT_OPS: dict[str, Augmentation] = {
-    "AutoContrast": lambda image, level, seed: autocontrast(image),
-    "Equalize": lambda image, level, seed: equalize(image),
-    "Invert": lambda image, level, seed: invert(image),
-    "Rotate": lambda image, level, seed: rotate(image, _randomly_negate(_scaled(level, 30.0), seed)),
-    "Posterize": lambda image, level, seed: posterize(image, _whole(_scaled(level, 4.0))),
-    "Solarize": lambda image, level, seed: solarize(image, _whole(_scaled(level, 256.0))),
-    "Color": lambda image, level, seed: color(image, _enhance(level)),
-    "Contrast": lambda image, level, seed: contrast(image, _enhance(level)),
-    "Brightness": lambda image, level, seed: brightness(image, _enhance(level)),
-    "Sharpness": lambda image, level, seed: sharpness(image, _enhance(level)),
-    "ShearX": lambda image, level, seed: shear_x(image, _randomly_negate(_scaled(level, 0.3), seed)),
-    "ShearY": lambda image, level, seed: shear_y(image, _randomly_negate(_scaled(level, 0.3), seed)),
-    "TranslateX": lambda image, level, seed: translate(
-        image, _randomly_negate(_pixels(image, 1, level, 100.0), seed), 0.0),
-    "TranslateY": lambda image, level, seed: translate(
-        image, 0.0, _randomly_negate(_pixels(image, 0, level, 100.0), seed)),
-    "Cutout": lambda image, level, seed: cutout(
-        image, seed, _whole(tf.minimum(_pixels(image, 0, level, 40.0), _pixels(image, 1, level, 40.0)) + 0.5)),
-    "SolarizeAdd": lambda image, level, seed: solarize_add(image, _whole(_scaled(level, 110.0))),
+  "AutoContrast": lambda image, level, seed: autocontrast(image),
+  "Equalize": lambda image, level, seed: equalize(image),
+  "Invert": lambda image, level, seed: invert(image),
+  "Rotate": lambda image, level, seed: rotate(image, _randomly_negate(_scaled(level, 30.0), seed)),
+  "Posterize": lambda image, level, seed: posterize(image, _whole(_scaled(level, 4.0))),
+  "Solarize": lambda image, level, seed: solarize(image, _whole(_scaled(level, 256.0))),
+  "Color": lambda image, level, seed: color(image, _enhance(level)),
+  "Contrast": lambda image, level, seed: contrast(image, _enhance(level)),
+  "Brightness": lambda image, level, seed: brightness(image, _enhance(level)),
+  "Sharpness": lambda image, level, seed: sharpness(image, _enhance(level)),
+  "ShearX": lambda image, level, seed: shear_x(image, _randomly_negate(_scaled(level, 0.3), seed)),
+  "ShearY": lambda image, level, seed: shear_y(image, _randomly_negate(_scaled(level, 0.3), seed)),
+  "TranslateX": lambda image, level, seed: translate(
+    image, _randomly_negate(_pixels(image, 1, level, 100.0), seed), 0.0
+  ),
+  "TranslateY": lambda image, level, seed: translate(
+    image, 0.0, _randomly_negate(_pixels(image, 0, level, 100.0), seed)
+  ),
+  "Cutout": lambda image, level, seed: cutout(
+    image, seed, _whole(tf.minimum(_pixels(image, 0, level, 40.0), _pixels(image, 1, level, 40.0)) + 0.5)
+  ),
+  "SolarizeAdd": lambda image, level, seed: solarize_add(image, _whole(_scaled(level, 110.0))),
 }
 
 # The AutoAugment paper's ImageNet policy: 25 sub-policies of two (op, probability, level) steps.
 IMAGENET_POLICY = (
-    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
-    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
-    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
-    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
-    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
-    (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
-    (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)),
-    (("Posterize", 0.8, 5), ("Equalize", 1.0, 2)),
-    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
-    (("Equalize", 0.6, 8), ("Posterize", 0.4, 6)),
-    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
-    (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
-    (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)),
-    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
-    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
-    (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
-    (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)),
-    (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
-    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
-    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
-    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+  (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
+  (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+  (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+  (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
+  (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
+  (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
+  (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)),
+  (("Posterize", 0.8, 5), ("Equalize", 1.0, 2)),
+  (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
+  (("Equalize", 0.6, 8), ("Posterize", 0.4, 6)),
+  (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
+  (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
+  (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)),
+  (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
+  (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+  (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
+  (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
+  (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
+  (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)),
+  (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
+  (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
+  (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
+  (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
+  (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
+  (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
 )
 
 # In the AutoAugment paper posterize keeps 4..8 bits (level 0..10), not RandAugment's 0..4.
 AUTOAUGMENT_OPS: dict[str, Augmentation] = {
-    **RANDAUGMENT_OPS,
-    "Posterize": lambda image, level, seed: posterize(image, _whole(_scaled(level, 4.0)) + 4),
+  **RANDAUGMENT_OPS,
+  "Posterize": lambda image, level, seed: posterize(image, _whole(_scaled(level, 4.0)) + 4),
 }
 
 
 def _check_uint8_rgb(image: tf.Tensor, name: str) -> None:
   if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
-    raise ValueError(f"{name} works on uint8 RGB images of shape [h, w, 3], got {image.dtype.name} "
-                     f"{image.shape}; place it before value_range/normalize and after to_rgb.")
+    raise ValueError(
+      f"{name} works on uint8 RGB images of shape [h, w, 3], got {image.dtype.name} "
+      f"{image.shape}; place it before value_range/normalize and after to_rgb."
+    )
 
 
 def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int = 2, magnitude: float = 10.0) -> tf.Tensor:
@@ -248,8 +260,9 @@ def randaugment(image: tf.Tensor, seed: tf.Tensor, num_layers: int = 2, magnitud
   level = tf.constant(magnitude, tf.float32)
 
   def layer(index, current):
-    choice_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(seed, index), 2))
+    choice_seed, op_seed = tf.unstack(
+      tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, index), 2)
+    )
     choice = tf.random.stateless_uniform([], choice_seed, 0, len(ops), tf.int32)
     branches = [lambda op=op: op(current, level, op_seed) for op in ops]
     return index + 1, tf.ensure_shape(tf.switch_case(choice, branches), image.shape)
@@ -278,7 +291,7 @@ def autoaugment(image: tf.Tensor, seed: tf.Tensor, policy=IMAGENET_POLICY) -> tf
     applied = _uniform(apply_seed) < prob_table[choice, step]
     index = tf.where(applied, op_table[choice, step], len(ops))  # The last branch leaves the image alone.
     level = level_table[choice, step]
-    branches = [lambda op=op, current=image: op(current, level, op_seed) for op in ops]
+    branches = [lambda op=op, current=image, level=level, op_seed=op_seed: op(current, level, op_seed) for op in ops]
     branches.append(lambda current=image: current)
     image = tf.ensure_shape(tf.switch_case(index, branches), image.shape)
   return image

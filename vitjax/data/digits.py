@@ -14,9 +14,11 @@ SPLIT_SEED = 0
 def split_indices() -> dict[str, np.ndarray]:
   """A fixed, stratified, seeded train/test split of the 1,797 digits: 1,437 train and 360 test."""
   from sklearn import datasets, model_selection
+
   labels = datasets.load_digits().target
   train, test = model_selection.train_test_split(
-      np.arange(len(labels)), test_size=NUM_TEST, stratify=labels, random_state=SPLIT_SEED)
+    np.arange(len(labels)), test_size=NUM_TEST, stratify=labels, random_state=SPLIT_SEED
+  )
   return {"train": np.sort(train), "test": np.sort(test)}
 
 
@@ -28,13 +30,15 @@ class VitjaxDigits(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=self.__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
-            "label": tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://archive.ics.uci.edu/dataset/80",
+      description=self.__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(8, 8, 1)),
+          "label": tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://archive.ics.uci.edu/dataset/80",
     )
 
   def _split_generators(self, dl_manager):
@@ -43,6 +47,7 @@ class VitjaxDigits(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, indices):
     from sklearn import datasets
+
     digits = datasets.load_digits()
     # Pixel values are 0..16; stretch them to the usual 0..255 of an 8-bit image.
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]

@@ -19,6 +19,7 @@ Batch = dict[str, tf.Tensor]
 class Mixing:
   """``mixup_alpha``/``cutmix_alpha``: Beta(alpha, alpha) parameters, 0 disables that kind. ``switch_prob``: the
   chance of CutMix rather than Mixup when both are enabled. ``prob``: the chance that a batch is mixed at all."""
+
   mixup_alpha: float = 0.0
   cutmix_alpha: float = 0.0
   switch_prob: float = 0.5
@@ -95,5 +96,8 @@ def mix_batch(batch: Batch, seed: tf.Tensor, mixing: Mixing) -> Batch:
 
   mixed, weight = tf.cond(use_cutmix, cutmix, mixup)
   mixed, weight = tf.cond(apply, lambda: (mixed, weight), lambda: (images, tf.constant(1.0)))
-  return {**batch, "image": tf.ensure_shape(mixed, images.shape),
-          "labels": weight * labels + (1.0 - weight) * other_labels}
+  return {
+    **batch,
+    "image": tf.ensure_shape(mixed, images.shape),
+    "labels": weight * labels + (1.0 - weight) * other_labels,
+  }

@@ -18,7 +18,7 @@ Everything here is driven by the data config (``config.data``):
 
 import math
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
@@ -42,15 +42,30 @@ def get_builder(config: ml_collections.ConfigDict) -> Source:
   classes = tuple(config.get("classes") or ())
   if config.dataset in FOLDERS:
     eval_split = config.get("eval_split")
-    return FOLDERS[config.dataset](config.get("folder"), train_split=config.get("train_split", "train"),
-                                   splits=[eval_split] if eval_split else [], classes=classes,
-                                   strict=config.get("strict", False))
-  return builder_by_name(config.dataset, data_dir=config.get("data_dir"), image_key=config.get("image_key", "image"),
-                         label_key=config.get("label_key", "label"), classes=classes)
+    return FOLDERS[config.dataset](
+      config.get("folder"),
+      train_split=config.get("train_split", "train"),
+      splits=[eval_split] if eval_split else [],
+      classes=classes,
+      strict=config.get("strict", False),
+    )
+  return builder_by_name(
+    config.dataset,
+    data_dir=config.get("data_dir"),
+    image_key=config.get("image_key", "image"),
+    label_key=config.get("label_key", "label"),
+    classes=classes,
+  )
 
 
-def builder_by_name(name: str, *, data_dir: str | None = None, image_key: str = "image", label_key: str = "label",
-                    classes: tuple[int | str, ...] = ()) -> Source:
+def builder_by_name(
+  name: str,
+  *,
+  data_dir: str | None = None,
+  image_key: str = "image",
+  label_key: str = "label",
+  classes: tuple[int | str, ...] = (),
+) -> Source:
   """An embedded or TFDS dataset by name; unknown names fail with the valid choices."""
   if name in EMBEDDED:
     builder = EMBEDDED[name](data_dir=data_dir)
@@ -59,9 +74,10 @@ def builder_by_name(name: str, *, data_dir: str | None = None, image_key: str = 
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
       raise ValueError(
-          f"Unknown dataset {name!r}; choose an embedded one ({', '.join(EMBEDDED)}), a folder of images "
-          f"({', '.join(FOLDERS)}, with config.data.folder) or any TFDS name (see tfds.list_builders(), e.g. "
-          f"cifar10, imagenet2012).") from None
+        f"Unknown dataset {name!r}; choose an embedded one ({', '.join(EMBEDDED)}), a folder of images "
+        f"({', '.join(FOLDERS)}, with config.data.folder) or any TFDS name (see tfds.list_builders(), e.g. "
+        f"cifar10, imagenet2012)."
+      ) from None
   return sources.TfdsSource(builder, image_key=image_key, label_key=label_key, classes=classes)
 
 
@@ -111,23 +127,37 @@ def _finalize(features, *, num_classes: int):
   return out
 
 
-def train_dataset(builder: Source, config: ml_collections.ConfigDict, *, batch_size: int, seed: int,
-                  start_batch: int = 0, process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+def train_dataset(
+  builder: Source,
+  config: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  seed: int,
+  start_batch: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> tf.data.Dataset:
   """An endless stream of this process's training batches of ``batch_size``, starting at batch ``start_batch``."""
   source = _source(builder)
-  share = source.share(config.train_split, index=process_index, count=process_count, drop_remainder=True,
-                       cache=config.get("cache", False))
+  share = source.share(
+    config.train_split, index=process_index, count=process_count, drop_remainder=True, cache=config.get("cache", False)
+  )
   if share.size == 0:
-    raise ValueError(f"Training split {config.train_split!r} of {source.name!r} has no examples for process "
-                     f"{process_index} of {process_count}.")
+    raise ValueError(
+      f"Training split {config.train_split!r} of {source.name!r} has no examples for process "
+      f"{process_index} of {process_count}."
+    )
   buffer = share.size if source.records_are_small else config.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)
   start = start_batch * batch_size
   start_epoch, offset = divmod(start, share.size)
   epoch_seed = lambda epoch: seed * 1_000_003 + epoch  # noqa: E731 - distinct, reproducible per-epoch seeds.
   stream = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(
-      lambda epoch: share.records.shuffle(buffer, seed=epoch_seed(epoch), reshuffle_each_iteration=False))
-  pairs = share.load(tf.data.Dataset.zip(tf.data.Dataset.range(start, _MAX_EPOCHS), stream.skip(offset)),
-                     not preprocess.decodes(config.pp_train))
+    lambda epoch: share.records.shuffle(buffer, seed=epoch_seed(epoch), reshuffle_each_iteration=False)
+  )
+  pairs = share.load(
+    tf.data.Dataset.zip(tf.data.Dataset.range(start, _MAX_EPOCHS), stream.skip(offset)),
+    not preprocess.decodes(config.pp_train),
+  )
   key = tf.constant([seed, process_index], tf.int64)
   augment = preprocess.parse(config.pp_train)
   classes = source.num_classes()
@@ -141,21 +171,30 @@ def train_dataset(builder: Source, config: ml_collections.ConfigDict, *, batch_s
   if mixer.enabled:
     mix_key = tf.random.experimental.stateless_split(key, 1)[0]
     ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, _MAX_EPOCHS), ds).map(
-        lambda index, batch: mixer(batch, tf.random.experimental.stateless_fold_in(mix_key, index)),
-        num_parallel_calls=tf.data.AUTOTUNE)
+      lambda index, batch: mixer(batch, tf.random.experimental.stateless_fold_in(mix_key, index)),
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
   return ds.with_options(_options(config)).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_batches(builder: Source, split: str, *, batch_size: int, process_count: int = 1) -> int:
   """Batches every process runs so that the largest share is covered: the same count on all processes."""
   source = _source(builder)
-  largest = max(source.share_size(split, index=i, count=process_count, drop_remainder=False)
-                for i in range(process_count))
+  largest = max(
+    source.share_size(split, index=i, count=process_count, drop_remainder=False) for i in range(process_count)
+  )
   return math.ceil(largest / batch_size)
 
 
-def eval_dataset(builder: Source, config: ml_collections.ConfigDict, *, batch_size: int, split: str | None = None,
-                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+def eval_dataset(
+  builder: Source,
+  config: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  split: str | None = None,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> tf.data.Dataset:
   """This process's share of ``split`` (default ``config.eval_split``) once, in order, padded to whole batches.
 
   ``mask`` is 1 on real examples and 0 on the padding and on slots whose image file could not be read.
@@ -165,8 +204,9 @@ def eval_dataset(builder: Source, config: ml_collections.ConfigDict, *, batch_si
   total = eval_batches(source, split, batch_size=batch_size, process_count=process_count) * batch_size
   if total == 0:
     raise ValueError(f"Evaluation split {split!r} of {source.name!r} has no examples.")
-  share = source.share(split, index=process_index, count=process_count, drop_remainder=False,
-                       cache=config.get("cache", False))
+  share = source.share(
+    split, index=process_index, count=process_count, drop_remainder=False, cache=config.get("cache", False)
+  )
   transform = preprocess.parse(config.pp_eval)
   classes = source.num_classes()
   no_seed = tf.zeros([2], tf.int64)  # Evaluation preprocessing is deterministic.
@@ -176,14 +216,18 @@ def eval_dataset(builder: Source, config: ml_collections.ConfigDict, *, batch_si
     mask = tf.cast(tf.equal(out["_skipped"], 0), tf.float32) if "_skipped" in out else tf.constant(1.0)
     return {**out, "mask": mask}
 
-  pairs = share.load(tf.data.Dataset.zip(tf.data.Dataset.range(_MAX_EPOCHS), share.records),
-                     not preprocess.decodes(config.pp_eval))
+  pairs = share.load(
+    tf.data.Dataset.zip(tf.data.Dataset.range(_MAX_EPOCHS), share.records), not preprocess.decodes(config.pp_eval)
+  )
   ds = pairs.map(process, num_parallel_calls=tf.data.AUTOTUNE)
   if not ds.element_spec["image"].shape.is_fully_defined():
-    raise ValueError(f"config.data.pp_eval={config.pp_eval!r} gives images of varying size "
-                     f"{ds.element_spec['image'].shape}; end it with a fixed-size op such as resize or center_crop.")
+    raise ValueError(
+      f"config.data.pp_eval={config.pp_eval!r} gives images of varying size "
+      f"{ds.element_spec['image'].shape}; end it with a fixed-size op such as resize or center_crop."
+    )
   padding = tf.data.Dataset.from_tensors(
-      tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)).repeat()
+    tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+  ).repeat()
   ds = ds.concatenate(padding).take(total).batch(batch_size, drop_remainder=True)
   return ds.with_options(_options(config)).prefetch(tf.data.AUTOTUNE)
 
@@ -214,8 +258,12 @@ def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
       if count:
         skipped, events = skipped + int(count), events + 1
         if events <= _LOG_FIRST_SKIPS or events % _LOG_SKIPS_EVERY == 0:
-          logging.warning("Skipped unreadable image file %s (%d skipped so far in this pass); "
-                          "config.data.strict=True stops at the first one instead.", path.decode(), skipped)
+          logging.warning(
+            "Skipped unreadable image file %s (%d skipped so far in this pass); "
+            "config.data.strict=True stops at the first one instead.",
+            path.decode(),
+            skipped,
+          )
     yield batch
   if skipped:
     logging.warning("%d unreadable image files were skipped in this pass over the data.", skipped)

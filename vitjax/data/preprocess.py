@@ -13,7 +13,8 @@ spec receives decoded images.
 
 import ast
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 
@@ -28,11 +29,13 @@ DECODING_OPS = ("decode", "decode_jpeg_and_inception_crop")
 
 def register(name: str):
   """Registers an op factory under ``name`` for use in spec strings."""
+
   def decorator(factory):
     if name in _REGISTRY:
       raise ValueError(f"Preprocessing op {name!r} is registered twice.")
     _REGISTRY[name] = factory
     return factory
+
   return decorator
 
 
@@ -96,9 +99,11 @@ def parse(spec: str) -> Op:
 
 def image_op(fn: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]) -> Op:
   """Lifts ``fn(image, seed) -> image`` to an op over the features dict."""
+
   def op(features: Features, seed: tf.Tensor) -> Features:
     features["image"] = fn(features["image"], seed)
     return features
+
   return op
 
 
@@ -145,6 +150,7 @@ def decode(channels: int = 3) -> Op:
       return _rgb(image)
     gray = tf.cond(tf.shape(image)[-1] == 1, lambda: image, lambda: tf.image.rgb_to_grayscale(image[..., :3]))
     return tf.ensure_shape(gray, image.shape[:-1].concatenate([1]))
+
   return image_op(fn)
 
 
@@ -158,10 +164,12 @@ def resize(size: int | tuple[int, int], method: str = "bilinear", antialias: boo
 @register("resize_small")
 def resize_small(size: int, method: str = "bilinear", antialias: bool = True) -> Op:
   """Resizes so that the shorter side is ``size``, keeping the aspect ratio."""
+
   def fn(image, seed):
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     new = tf.cast(tf.round(shape * (size / tf.reduce_min(shape))), tf.int32)
     return _resize(image, tf.maximum(new, size), method, antialias)
+
   return image_op(fn)
 
 
@@ -186,10 +194,12 @@ def flip_ud() -> Op:
 @register("pad_and_crop")
 def pad_and_crop(pad: int) -> Op:
   """CIFAR-style translation: zero-pads ``pad`` pixels on each side, then crops back at a random offset."""
+
   def fn(image, seed):
     shape = tf.shape(image)
     padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
     return tf.ensure_shape(tf.image.stateless_random_crop(padded, shape, seed), image.shape)
+
   return image_op(fn)
 
 
@@ -201,6 +211,7 @@ def random_crop(size: int | tuple[int, int]) -> Op:
   def fn(image, seed):
     crop = tf.image.stateless_random_crop(image, tf.stack([height, width, tf.shape(image)[-1]]), seed)
     return tf.ensure_shape(crop, [height, width, image.shape[-1]])
+
   return image_op(fn)
 
 
@@ -212,15 +223,23 @@ def center_crop(size: int | tuple[int, int]) -> Op:
   def fn(image, seed):
     top = (tf.shape(image)[0] - height) // 2
     left = (tf.shape(image)[1] - width) // 2
-    return tf.ensure_shape(image[top:top + height, left:left + width], [height, width, image.shape[-1]])
+    return tf.ensure_shape(image[top : top + height, left : left + width], [height, width, image.shape[-1]])
+
   return image_op(fn)
 
 
 def _inception_box(shape: tf.Tensor, seed: tf.Tensor, area: tuple[float, float], ratio: tuple[float, float]):
   """(begin, size) of a random crop covering ``area`` of the image with width/height in ``ratio``."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bounding_boxes=tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0, aspect_ratio_range=ratio,
-      area_range=area, max_attempts=10, use_image_if_no_bounding_boxes=True)
+    shape,
+    bounding_boxes=tf.zeros([1, 0, 4]),
+    seed=seed,
+    min_object_covered=0.0,
+    aspect_ratio_range=ratio,
+    area_range=area,
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
   return begin, size
 
 
@@ -231,9 +250,15 @@ def _inception_args(area_min, area_max, ratio_min, ratio_max):
 
 
 @register("inception_crop")
-def inception_crop(size: int | tuple[int, int] | None = None, area_min: float = 0.08, area_max: float = 1.0,
-                   ratio_min: float = 3 / 4, ratio_max: float = 4 / 3, method: str = "bilinear",
-                   antialias: bool = True) -> Op:
+def inception_crop(
+  size: int | tuple[int, int] | None = None,
+  area_min: float = 0.08,
+  area_max: float = 1.0,
+  ratio_min: float = 3 / 4,
+  ratio_max: float = 4 / 3,
+  method: str = "bilinear",
+  antialias: bool = True,
+) -> Op:
   """Inception-style random crop: a box covering a random fraction in [area_min, area_max] of the image with an
   aspect ratio (width / height) in [ratio_min, ratio_max], resized to ``size`` if given. After 10 failed draws
   the whole image is used."""
@@ -243,13 +268,20 @@ def inception_crop(size: int | tuple[int, int] | None = None, area_min: float = 
     begin, box = _inception_box(tf.shape(image), seed, area, ratio)
     crop = tf.ensure_shape(tf.slice(image, begin, box), [None, None, image.shape[-1]])
     return crop if size is None else _resize(crop, _pair(size), method, antialias)
+
   return image_op(fn)
 
 
 @register("decode_jpeg_and_inception_crop")
-def decode_jpeg_and_inception_crop(size: int | tuple[int, int] | None = None, area_min: float = 0.08,
-                                   area_max: float = 1.0, ratio_min: float = 3 / 4, ratio_max: float = 4 / 3,
-                                   method: str = "bilinear", antialias: bool = True) -> Op:
+def decode_jpeg_and_inception_crop(
+  size: int | tuple[int, int] | None = None,
+  area_min: float = 0.08,
+  area_max: float = 1.0,
+  ratio_min: float = 3 / 4,
+  ratio_max: float = 4 / 3,
+  method: str = "bilinear",
+  antialias: bool = True,
+) -> Op:
   """``decode|inception_crop`` in one step that decodes only the crop window of a JPEG (much less work on
   ImageNet-size images); other formats are decoded whole, and decoded images are cropped as they are."""
   area, ratio = _inception_args(area_min, area_max, ratio_min, ratio_max)
@@ -262,14 +294,17 @@ def decode_jpeg_and_inception_crop(size: int | tuple[int, int] | None = None, ar
     if image.dtype != tf.string:
       crop = crop_decoded(_rgb(image), seed)
     else:
+
       def jpeg():
         begin, box = _inception_box(tf.image.extract_jpeg_shape(image), seed, area, ratio)
         return tf.image.decode_and_crop_jpeg(image, tf.stack([begin[0], begin[1], box[0], box[1]]), channels=3)
 
       def other():
         return crop_decoded(tf.io.decode_image(image, channels=3, expand_animations=False), seed)
+
       crop = tf.ensure_shape(tf.cond(tf.io.is_jpeg(image), jpeg, other), [None, None, 3])
     return crop if size is None else _resize(crop, _pair(size), method, antialias)
+
   return image_op(fn)
 
 
@@ -283,6 +318,7 @@ def rotate(max_degrees: float = 10.0, fill: float = 0.0, method: str = "bilinear
   def fn(image, seed):
     degrees = tf.random.stateless_uniform([], seed, -max_degrees, max_degrees)
     return augment.rotate(image, degrees, fill=fill, interpolation=interpolation)
+
   return image_op(fn)
 
 
@@ -302,11 +338,13 @@ def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: flo
     if contrast:
       x = tf.image.stateless_random_contrast(x, 1.0 - contrast, 1.0 + contrast, seeds[1])
     if saturation:
-      x = tf.image.stateless_random_saturation(tf.clip_by_value(x, 0.0, 1.0), 1.0 - saturation, 1.0 + saturation,
-                                               seeds[2])
+      x = tf.image.stateless_random_saturation(
+        tf.clip_by_value(x, 0.0, 1.0), 1.0 - saturation, 1.0 + saturation, seeds[2]
+      )
     if hue:
       x = tf.image.stateless_random_hue(tf.clip_by_value(x, 0.0, 1.0), hue, seeds[3])
     return _to_dtype(tf.clip_by_value(x, 0.0, 1.0) * 255.0, image.dtype)
+
   return image_op(fn)
 
 
@@ -327,8 +365,14 @@ def autoaugment(policy: str = "imagenet") -> Op:
 
 
 @register("random_erasing")
-def random_erasing(prob: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3, ratio_min: float = 0.3,
-                   ratio_max: float = 10 / 3, value: float | str = "random") -> Op:
+def random_erasing(
+  prob: float = 0.25,
+  area_min: float = 0.02,
+  area_max: float = 1 / 3,
+  ratio_min: float = 0.3,
+  ratio_max: float = 10 / 3,
+  value: float | str = "random",
+) -> Op:
   """Random Erasing (Zhong et al. 2017): with probability ``prob`` replaces one rectangle covering a fraction in
   [area_min, area_max] of the image (aspect ratio in [ratio_min, ratio_max], clipped to the image) by ``value``,
   or by per-pixel noise for ``"random"``: standard normal on float images (use after ``normalize``), uniform
@@ -359,6 +403,7 @@ def random_erasing(prob: float = 0.25, area_min: float = 0.02, area_max: float =
     else:
       fill = tf.random.stateless_normal(shape, seeds[5], dtype=image.dtype)
     return tf.where(inside, fill, image)
+
   return image_op(fn)
 
 
@@ -370,22 +415,27 @@ def gaussian_noise(stddev: float = 0.1) -> Op:
   def fn(image, seed):
     noisy = tf.cast(image, tf.float32) + tf.random.stateless_normal(tf.shape(image), seed, stddev=stddev)
     return _to_dtype(noisy, image.dtype)
+
   return image_op(fn)
 
 
 @register("value_range")
 def value_range(low: float = -1.0, high: float = 1.0, in_low: float = 0.0, in_high: float = 255.0) -> Op:
   """Maps pixel values linearly from [in_low, in_high] to [low, high] as float32 (the ViT/BiT convention)."""
+
   def fn(image, seed):
     image = tf.cast(image, tf.float32)
     return low + (image - in_low) * ((high - low) / (in_high - in_low))
+
   return image_op(fn)
 
 
 @register("normalize")
 def normalize(mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225)) -> Op:
   """ImageNet-style standardisation of a [0, 255] image with per-channel mean and std given in [0, 1] units."""
+
   def fn(image, seed):
     image = tf.cast(image, tf.float32) / 255.0
     return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
   return image_op(fn)

@@ -24,7 +24,7 @@ import hashlib
 import os
 import re
 import types
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -52,6 +52,7 @@ class Share:
   ``decode=False`` leaves TFDS images encoded for a spec that decodes them itself, unless the share caches
   decoded examples (the decoding ops accept decoded images).
   """
+
   records: tf.data.Dataset
   size: int
   load: Callable[[tf.data.Dataset, bool], tf.data.Dataset]
@@ -70,8 +71,10 @@ def resolve_classes(classes: Sequence[int | str] | None, names: Sequence[str]) -
     elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(names):
       ids.append(int(c))
     else:
-      raise ValueError(f"config.data.classes entry {c!r} is neither a label id in 0..{len(names) - 1} nor one of "
-                       f"the class names {list(names)[:20]}{'...' if len(names) > 20 else ''}.")
+      raise ValueError(
+        f"config.data.classes entry {c!r} is neither a label id in 0..{len(names) - 1} nor one of "
+        f"the class names {list(names)[:20]}{'...' if len(names) > 20 else ''}."
+      )
   if len(set(ids)) != len(ids):
     raise ValueError(f"config.data.classes={tuple(classes)} names a class twice.")
   return ids
@@ -93,12 +96,11 @@ class Source(abc.ABC):
   # Records are small (file positions): the pipeline then shuffles a whole epoch instead of a buffer.
   records_are_small: bool = False
 
-  def prepare(self) -> None:
+  def prepare(self) -> None:  # noqa: B027 - most sources need no preparation.
     """Makes the data readable and fails with a clear message if it is not."""
 
   @abc.abstractmethod
-  def class_names(self) -> list[str]:
-    ...
+  def class_names(self) -> list[str]: ...
 
   def num_classes(self) -> int:
     return len(self.class_names())
@@ -107,35 +109,43 @@ class Source(abc.ABC):
     return self.share_size(split, index=0, count=1, drop_remainder=False)
 
   @abc.abstractmethod
-  def share_size(self, split: str, *, index: int, count: int, drop_remainder: bool) -> int:
-    ...
+  def share_size(self, split: str, *, index: int, count: int, drop_remainder: bool) -> int: ...
 
   @abc.abstractmethod
-  def share(self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False,
-            cache: bool = False) -> Share:
-    ...
+  def share(
+    self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False, cache: bool = False
+  ) -> Share: ...
 
 
 class TfdsSource(Source):
   """A TFDS dataset; ``label_key`` may name a ClassLabel or a Sequence of ClassLabels (multi-label)."""
 
-  def __init__(self, builder: tfds.core.DatasetBuilder, *, image_key: str = "image", label_key: str = "label",
-               classes: Sequence[int | str] | None = None):
+  def __init__(
+    self,
+    builder: tfds.core.DatasetBuilder,
+    *,
+    image_key: str = "image",
+    label_key: str = "label",
+    classes: Sequence[int | str] | None = None,
+  ):
     self.builder = builder
     self.name = builder.info.name
     features = builder.info.features
     for key, role in ((image_key, "image_key"), (label_key, "label_key")):
       if key not in features:
-        raise ValueError(f"config.data.{role}={key!r} is not a feature of {self.name!r}; its features are: "
-                         f"{', '.join(features)}.")
+        raise ValueError(
+          f"config.data.{role}={key!r} is not a feature of {self.name!r}; its features are: {', '.join(features)}."
+        )
     label = features[label_key]
     if isinstance(label, tfds.features.ClassLabel):
       all_names = label.names
     elif isinstance(label, tfds.features.Sequence) and isinstance(label.feature, tfds.features.ClassLabel):
       self.multilabel, all_names = True, label.feature.names
     else:
-      raise ValueError(f"config.data.label_key={label_key!r} of {self.name!r} is a {type(label).__name__}, not a "
-                       f"class label (ClassLabel, or a Sequence of them for multi-label data).")
+      raise ValueError(
+        f"config.data.label_key={label_key!r} of {self.name!r} is a {type(label).__name__}, not a "
+        f"class label (ClassLabel, or a Sequence of them for multi-label data)."
+      )
     self.image_key, self.label_key = image_key, label_key
     self._all_names = list(all_names)
     self._keep = resolve_classes(classes, all_names)
@@ -150,10 +160,11 @@ class TfdsSource(Source):
       self.builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001 - any download failure gets the same actionable message.
       raise DatasetUnavailableError(
-          f"Dataset {self.name!r} is not prepared in {self.builder.data_dir_root!r} and could not be downloaded "
-          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine with internet access "
-          f"run `tfds build {self.name} --data_dir=DIR` (manual datasets such as imagenet2012 need their archives "
-          f"in DIR/downloads/manual), then copy DIR here and pass --config.data.data_dir=DIR.") from None
+        f"Dataset {self.name!r} is not prepared in {self.builder.data_dir_root!r} and could not be downloaded "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine with internet access "
+        f"run `tfds build {self.name} --data_dir=DIR` (manual datasets such as imagenet2012 need their archives "
+        f"in DIR/downloads/manual), then copy DIR here and pass --config.data.data_dir=DIR."
+      ) from None
 
   def class_names(self) -> list[str]:
     return self._all_names if self._keep is None else [self._all_names[i] for i in self._keep]
@@ -168,10 +179,14 @@ class TfdsSource(Source):
     key = repr(share)
     if key not in self._sizes:  # Filtering by class: count the kept labels once, reading labels only.
       kept = tf.constant(np.isin(np.arange(len(self._all_names)), self._keep))
-      labels = self.builder.as_dataset(split=share, shuffle_files=False,
-                                       decoders=tfds.decode.PartialDecoding({self.label_key: True}))
-      self._sizes[key] = int(labels.map(lambda ex: tf.cast(tf.gather(kept, ex[self.label_key]), tf.int64))
-                             .reduce(tf.constant(0, tf.int64), lambda total, x: total + x))
+      labels = self.builder.as_dataset(
+        split=share, shuffle_files=False, decoders=tfds.decode.PartialDecoding({self.label_key: True})
+      )
+      self._sizes[key] = int(
+        labels.map(lambda ex: tf.cast(tf.gather(kept, ex[self.label_key]), tf.int64)).reduce(
+          tf.constant(0, tf.int64), lambda total, x: total + x
+        )
+      )
     return self._sizes[key]
 
   def _select(self, example):
@@ -191,12 +206,14 @@ class TfdsSource(Source):
   def _decode(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {**example, "image": self._image_feature.decode_example(example["image"])}
 
-  def share(self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False,
-            cache: bool = False) -> Share:
+  def share(
+    self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False, cache: bool = False
+  ) -> Share:
     share = self._split(split, index, count, drop_remainder)
     decoders = tfds.decode.PartialDecoding(
-        {self.image_key: True, self.label_key: True},
-        decoders={self.image_key: tfds.decode.SkipDecoding()} if self._encoded else None)
+      {self.image_key: True, self.label_key: True},
+      decoders={self.image_key: tfds.decode.SkipDecoding()} if self._encoded else None,
+    )
     ds = self.builder.as_dataset(split=share, shuffle_files=False, decoders=decoders)
     ds = ds.map(self._select, num_parallel_calls=tf.data.AUTOTUNE)
     if self._keep is not None and not self.multilabel:
@@ -218,6 +235,7 @@ class TfdsSource(Source):
 @dataclasses.dataclass
 class _Files:
   """The files of one split folder and their labels (an int per file, or a tuple of ints for multi-label)."""
+
   paths: list[str]
   labels: list
 
@@ -247,8 +265,15 @@ class _FolderSourceBase(Source):
 
   records_are_small = True
 
-  def __init__(self, root: str, *, train_split: str = "train", splits: Sequence[str] = (),
-               classes: Sequence[int | str] | None = None, strict: bool = False):
+  def __init__(
+    self,
+    root: str,
+    *,
+    train_split: str = "train",
+    splits: Sequence[str] = (),
+    classes: Sequence[int | str] | None = None,
+    strict: bool = False,
+  ):
     if not root:
       raise ValueError(f"config.data.folder must name the root folder of the {self.name!r} dataset.")
     self.root, self.train_split, self.strict = root, train_split, strict
@@ -269,8 +294,10 @@ class _FolderSourceBase(Source):
     used = set(label_names) if not self.multilabel else {n for names in label_names for n in names}
     unknown = sorted(used - set(self._all_names))
     if unknown:
-      raise ValueError(f"Split {name!r} of {self.root!r} has classes {unknown[:20]} that the training split "
-                       f"{self.train_split!r} lacks; the training split defines the classes.")
+      raise ValueError(
+        f"Split {name!r} of {self.root!r} has classes {unknown[:20]} that the training split "
+        f"{self.train_split!r} lacks; the training split defines the classes."
+      )
     ids = {n: i for i, n in enumerate(self._all_names)}
     if self._keep is not None:
       ids = {self._all_names[old]: new for new, old in enumerate(self._keep)}
@@ -314,26 +341,27 @@ class _FolderSourceBase(Source):
       ordered[name] = _Files([files.paths[i] for i in order], [files.labels[i] for i in order])
     try:
       instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
-          {name: types.SimpleNamespace(num_examples=len(files.paths)) for name, files in ordered.items()})
+        {name: types.SimpleNamespace(num_examples=len(files.paths)) for name, files in ordered.items()}
+      )
     except (ValueError, AssertionError) as e:
       raise ValueError(f"Bad split {split!r} for {self.root!r}: {e}") from None
     paths, labels = [], []
     for instruction in instructions:
       files = ordered[instruction.splitname]
-      paths += files.paths[instruction.from_:instruction.to]
-      labels += files.labels[instruction.from_:instruction.to]
+      paths += files.paths[instruction.from_ : instruction.to]
+      labels += files.labels[instruction.from_ : instruction.to]
     if not paths:
       raise ValueError(f"Split {split!r} of {self.root!r} selects no images.")
     self._resolved[split] = _Files(paths, labels)
     return self._resolved[split]
 
   def share_size(self, split: str, *, index: int, count: int, drop_remainder: bool) -> int:
-    start, end = even_bounds(len(self._resolve(split).paths), index=index, count=count,
-                             drop_remainder=drop_remainder)
+    start, end = even_bounds(len(self._resolve(split).paths), index=index, count=count, drop_remainder=drop_remainder)
     return end - start
 
-  def share(self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False,
-            cache: bool = False) -> Share:
+  def share(
+    self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False, cache: bool = False
+  ) -> Share:
     del cache  # Records are file positions; caching decoded images is left to the OS file cache.
     files = self._resolve(split)
     start, end = even_bounds(len(files.paths), index=index, count=count, drop_remainder=drop_remainder)
@@ -352,15 +380,21 @@ class _FolderSourceBase(Source):
     else:
       labels = tf.constant(np.asarray(files.labels, np.int64))
     attempts = 1 if self.strict else MAX_FALLBACKS
-    message = (f"{UNREADABLE} (config.data.strict=True):" if self.strict else
-               f"{UNREADABLE}: {MAX_FALLBACKS} files in a row could not be decoded, starting at")
+    message = (
+      f"{UNREADABLE} (config.data.strict=True):"
+      if self.strict
+      else f"{UNREADABLE}: {MAX_FALLBACKS} files in a row could not be decoded, starting at"
+    )
 
     def example(position, attempt):
       k = (position + attempt) % count
-      features = {"image": tf.io.decode_image(tf.io.read_file(paths[k]), channels=3, expand_animations=False),
-                  "_skipped": attempt, "_skipped_file": tf.where(attempt > 0, paths[position], "")}
+      features = {
+        "image": tf.io.decode_image(tf.io.read_file(paths[k]), channels=3, expand_animations=False),
+        "_skipped": attempt,
+        "_skipped_file": tf.where(attempt > 0, paths[position], ""),
+      }
       if self.multilabel:
-        ids = values[splits[k]:splits[k + 1]]
+        ids = values[splits[k] : splits[k + 1]]
         features["labels"] = tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_classes), axis=0), 1.0)
       else:
         features["label"] = labels[k]
@@ -373,8 +407,11 @@ class _FolderSourceBase(Source):
 
     def one(key, position):
       tries = tf.data.Dataset.range(attempts).map(lambda attempt: example(position, attempt)).ignore_errors()
-      return (tries.concatenate(tf.data.Dataset.from_tensors(position).map(unreadable)).take(1)
-              .map(lambda features: (key, features)))
+      return (
+        tries.concatenate(tf.data.Dataset.from_tensors(position).map(unreadable))
+        .take(1)
+        .map(lambda features: (key, features))
+      )
 
     def load(pairs: tf.data.Dataset, decode: bool) -> tf.data.Dataset:
       del decode  # Files are always decoded here: that is how unreadable ones are found.
@@ -397,8 +434,10 @@ class FolderSource(_FolderSourceBase):
     class_dirs = [e for e in entries if not e.startswith(".") and tf.io.gfile.isdir(os.path.join(split_dir, e))]
     loose = [e for e in entries if _is_image(e)]
     if loose:
-      raise ValueError(f"{split_dir!r} holds images directly ({loose[0]!r}, ...); put them in one subfolder per "
-                       f"class: {split_dir}/<class>/<image>.")
+      raise ValueError(
+        f"{split_dir!r} holds images directly ({loose[0]!r}, ...); put them in one subfolder per "
+        f"class: {split_dir}/<class>/<image>."
+      )
     if not class_dirs:
       raise ValueError(f"Split {name!r} has no images: {split_dir!r} has no class subfolders.")
     paths, labels = [], []
@@ -406,8 +445,10 @@ class FolderSource(_FolderSourceBase):
       class_dir = os.path.join(split_dir, class_name)
       images = sorted(e for e in tf.io.gfile.listdir(class_dir) if _is_image(e))
       if not images:
-        raise ValueError(f"Class folder {class_dir!r} has no images ({', '.join(IMAGE_EXTENSIONS)}; subfolders "
-                         f"are not searched). Remove it or add its images.")
+        raise ValueError(
+          f"Class folder {class_dir!r} has no images ({', '.join(IMAGE_EXTENSIONS)}; subfolders "
+          f"are not searched). Remove it or add its images."
+        )
       paths += [os.path.join(class_dir, image) for image in images]
       labels += [class_name] * len(images)
     return paths, labels

@@ -7,7 +7,7 @@
 
 import dataclasses
 import re
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 
@@ -16,58 +16,72 @@ from vitjax.models.analysis import forward_gflops, parameter_overview
 
 __all__ = ["build", "names", "forward_gflops", "parameter_overview"]
 
-_VIT_NAME = re.compile(r"vit_(%s)([1-9]\d*)" % "|".join(vit.VARIANTS))
+_VIT_NAME = re.compile(rf"vit_({'|'.join(vit.VARIANTS)})([1-9]\d*)")
 
 _CANONICAL_VITS = (
-    "vit_ti16", "vit_s16", "vit_s32", "vit_b16", "vit_b32", "vit_b8", "vit_l16", "vit_l32", "vit_h14", "vit_g14",
-    "vit_micro4", "vit_micro8",
+  "vit_ti16",
+  "vit_s16",
+  "vit_s32",
+  "vit_b16",
+  "vit_b32",
+  "vit_b8",
+  "vit_l16",
+  "vit_l32",
+  "vit_h14",
+  "vit_g14",
+  "vit_micro4",
+  "vit_micro8",
 )
 
 
 def _hybrid(variant: str, *, patch_size: int, resnet_stages: tuple[int, ...]) -> dict[str, Any]:
-    """Arguments of a hybrid as vit_jax's configs: the ResNet's strides times `patch_size` give the /16 or /32."""
-    return dict(vit.VARIANTS[variant], patch_size=patch_size, resnet_stages=resnet_stages)
+  """Arguments of a hybrid as vit_jax's configs: the ResNet's strides times `patch_size` give the /16 or /32."""
+  return dict(vit.VARIANTS[variant], patch_size=patch_size, resnet_stages=resnet_stages)
 
 
 # Module class and its architecture arguments for every name that is not a parsed ViT name.
 _FIXED: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    **{f"resnet{depth}": (resnet.ResNet, dict(stage_sizes=stages, bottleneck=depth >= 50))
-       for depth, stages in resnet.STAGE_SIZES.items()},
-    **{f"bit_r{depth}x{width}": (resnet.BiTResNet, dict(stage_sizes=resnet.STAGE_SIZES[depth], width_factor=width))
-       for depth, width in [(50, 1), (101, 1), (50, 3), (101, 3), (152, 2), (152, 4)]},
-    "r50_vit_b16": (hybrid.HybridVisionTransformer, _hybrid("b", patch_size=1, resnet_stages=(3, 4, 9))),
-    "r50_vit_l32": (hybrid.HybridVisionTransformer, _hybrid("l", patch_size=1, resnet_stages=(3, 4, 6, 3))),
-    "r26_vit_s32": (hybrid.HybridVisionTransformer, _hybrid("s", patch_size=1, resnet_stages=(2, 2, 2, 2))),
-    "r_vit_ti16": (hybrid.HybridVisionTransformer, _hybrid("ti", patch_size=8, resnet_stages=())),
+  **{
+    f"resnet{depth}": (resnet.ResNet, dict(stage_sizes=stages, bottleneck=depth >= 50))
+    for depth, stages in resnet.STAGE_SIZES.items()
+  },
+  **{
+    f"bit_r{depth}x{width}": (resnet.BiTResNet, dict(stage_sizes=resnet.STAGE_SIZES[depth], width_factor=width))
+    for depth, width in [(50, 1), (101, 1), (50, 3), (101, 3), (152, 2), (152, 4)]
+  },
+  "r50_vit_b16": (hybrid.HybridVisionTransformer, _hybrid("b", patch_size=1, resnet_stages=(3, 4, 9))),
+  "r50_vit_l32": (hybrid.HybridVisionTransformer, _hybrid("l", patch_size=1, resnet_stages=(3, 4, 6, 3))),
+  "r26_vit_s32": (hybrid.HybridVisionTransformer, _hybrid("s", patch_size=1, resnet_stages=(2, 2, 2, 2))),
+  "r_vit_ti16": (hybrid.HybridVisionTransformer, _hybrid("ti", patch_size=8, resnet_stages=())),
 }
 
 
 def names() -> list[str]:
-    """Canonical registered names (any other `vit_{variant}{patch}` builds too)."""
-    return [*_CANONICAL_VITS, *_FIXED]
+  """Canonical registered names (any other `vit_{variant}{patch}` builds too)."""
+  return [*_CANONICAL_VITS, *_FIXED]
 
 
-def build(name: str, *, num_classes: Optional[int], **overrides: Any) -> nn.Module:
-    """Returns the module registered as `name`; `overrides` replace its keyword arguments.
+def build(name: str, *, num_classes: int | None, **overrides: Any) -> nn.Module:
+  """Returns the module registered as `name`; `overrides` replace its keyword arguments.
 
-    `num_classes` 0 or None gives a model without head that returns pre-logits features.
-    Raises ValueError for an unknown name or an override the module does not take.
-    """
-    cls, kwargs = _resolve(name)
-    valid = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name",
-                                                                                          "num_classes"))
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ValueError(f"Unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; "
-                         f"valid: {', '.join(valid)}")
-    return cls(num_classes=num_classes, **{**kwargs, **overrides})
+  `num_classes` 0 or None gives a model without head that returns pre-logits features.
+  Raises ValueError for an unknown name or an override the module does not take.
+  """
+  cls, kwargs = _resolve(name)
+  valid = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name", "num_classes"))
+  unknown = sorted(set(overrides) - set(valid))
+  if unknown:
+    raise ValueError(
+      f"Unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; valid: {', '.join(valid)}"
+    )
+  return cls(num_classes=num_classes, **{**kwargs, **overrides})
 
 
 def _resolve(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
-    """Module class and architecture arguments for a registered or parsable name."""
-    match = _VIT_NAME.fullmatch(name)
-    if match:
-        return vit.VisionTransformer, dict(patch_size=int(match[2]), **vit.VARIANTS[match[1]])
-    if name in _FIXED:
-        return _FIXED[name]
-    raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(names())}")
+  """Module class and architecture arguments for a registered or parsable name."""
+  match = _VIT_NAME.fullmatch(name)
+  if match:
+    return vit.VisionTransformer, dict(patch_size=int(match[2]), **vit.VARIANTS[match[1]])
+  if name in _FIXED:
+    return _FIXED[name]
+  raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(names())}")

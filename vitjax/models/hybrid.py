@@ -6,7 +6,8 @@ the rest of the ViT tree.
 """
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,67 +24,66 @@ vit_standardize = functools.partial(standardize_kernel, eps=1e-5, eps_on_std=Tru
 
 
 def _group_norm(*, name: str, dtype: Dtype, zero_scale: bool = False) -> nn.GroupNorm:
-    """vit_jax's `nn.GroupNorm()`: 32 groups, Flax's default epsilon 1e-6."""
-    scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-    return nn.GroupNorm(num_groups=32, epsilon=1e-6, scale_init=scale_init, dtype=dtype, name=name)
+  """vit_jax's `nn.GroupNorm()`: 32 groups, Flax's default epsilon 1e-6."""
+  scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+  return nn.GroupNorm(num_groups=32, epsilon=1e-6, scale_init=scale_init, dtype=dtype, name=name)
 
 
 class ResidualUnit(nn.Module):
-    """Post-activation bottleneck (stride in the 3x3 conv); the last GroupNorm starts at zero scale."""
+  """Post-activation bottleneck (stride in the 3x3 conv); the last GroupNorm starts at zero scale."""
 
-    features: int
-    strides: int = 1
-    dtype: Dtype = jnp.float32
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        conv = functools.partial(Conv, standardize=vit_standardize, dtype=self.dtype)
-        s = (self.strides, self.strides)
-        out = 4 * self.features
-        residual = x
-        if x.shape[-1] != out or self.strides != 1:
-            residual = conv(out, (1, 1), s, name="conv_proj")(x)
-            residual = _group_norm(name="gn_proj", dtype=self.dtype)(residual)
-        y = conv(self.features, (1, 1), name="conv1")(x)
-        y = nn.relu(_group_norm(name="gn1", dtype=self.dtype)(y))
-        y = conv(self.features, (3, 3), s, name="conv2")(y)
-        y = nn.relu(_group_norm(name="gn2", dtype=self.dtype)(y))
-        y = conv(out, (1, 1), name="conv3")(y)
-        y = _group_norm(name="gn3", dtype=self.dtype, zero_scale=True)(y)
-        return nn.relu(residual + y)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    conv = functools.partial(Conv, standardize=vit_standardize, dtype=self.dtype)
+    s = (self.strides, self.strides)
+    out = 4 * self.features
+    residual = x
+    if x.shape[-1] != out or self.strides != 1:
+      residual = conv(out, (1, 1), s, name="conv_proj")(x)
+      residual = _group_norm(name="gn_proj", dtype=self.dtype)(residual)
+    y = conv(self.features, (1, 1), name="conv1")(x)
+    y = nn.relu(_group_norm(name="gn1", dtype=self.dtype)(y))
+    y = conv(self.features, (3, 3), s, name="conv2")(y)
+    y = nn.relu(_group_norm(name="gn2", dtype=self.dtype)(y))
+    y = conv(out, (1, 1), name="conv3")(y)
+    y = _group_norm(name="gn3", dtype=self.dtype, zero_scale=True)(y)
+    return nn.relu(residual + y)
 
 
 class ResNetStage(nn.Module):
-    """`num_units` residual units named `unit1`, `unit2`, ...; the first one strides."""
+  """`num_units` residual units named `unit1`, `unit2`, ...; the first one strides."""
 
-    num_units: int
-    features: int
-    strides: int
-    dtype: Dtype = jnp.float32
+  num_units: int
+  features: int
+  strides: int
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        for i in range(self.num_units):
-            x = ResidualUnit(self.features, self.strides if i == 0 else 1, dtype=self.dtype, name=f"unit{i + 1}")(x)
-        return x
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    for i in range(self.num_units):
+      x = ResidualUnit(self.features, self.strides if i == 0 else 1, dtype=self.dtype, name=f"unit{i + 1}")(x)
+    return x
 
 
 class HybridVisionTransformer(VisionTransformer):
-    """ViT whose patches come from a ResNet feature map: root (7x7/2 conv, GN, 3x3/2 max-pool) + stages.
+  """ViT whose patches come from a ResNet feature map: root (7x7/2 conv, GN, 3x3/2 max-pool) + stages.
 
-    `resnet_stages` () keeps only the root (R+ViT-Ti/16: /4 root, then 8x8 patches).
-    """
+  `resnet_stages` () keeps only the root (R+ViT-Ti/16: /4 root, then 8x8 patches).
+  """
 
-    resnet_stages: Sequence[int] = ()
-    resnet_width_factor: int = 1
+  resnet_stages: Sequence[int] = ()
+  resnet_width_factor: int = 1
 
-    def stem(self, images: Array, *, train: bool) -> Array:
-        del train  # GroupNorm only.
-        width = 64 * self.resnet_width_factor
-        x = Conv(width, (7, 7), (2, 2), standardize=vit_standardize, dtype=self.dtype, name="conv_root")(images)
-        x = nn.relu(_group_norm(name="gn_root", dtype=self.dtype)(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-        for i, num_units in enumerate(self.resnet_stages):
-            x = ResNetStage(num_units, width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype,
-                            name=f"block{i + 1}")(x)
-        return x
+  def stem(self, images: Array, *, train: bool) -> Array:
+    del train  # GroupNorm only.
+    width = 64 * self.resnet_width_factor
+    x = Conv(width, (7, 7), (2, 2), standardize=vit_standardize, dtype=self.dtype, name="conv_root")(images)
+    x = nn.relu(_group_norm(name="gn_root", dtype=self.dtype)(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    for i, num_units in enumerate(self.resnet_stages):
+      x = ResNetStage(num_units, width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype, name=f"block{i + 1}")(x)
+    return x

@@ -1,7 +1,8 @@
 """Layers shared by several architectures: drop-path, a CPU-friendly convolution and BatchNorm."""
 
 import functools
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -9,177 +10,177 @@ import jax.numpy as jnp
 
 Array = jax.Array
 Dtype = Any
-Padding = Union[str, Sequence[tuple[int, int]]]
+Padding = str | Sequence[tuple[int, int]]
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: zeroes a residual branch per example with probability `rate`.
+  """Stochastic depth: zeroes a residual branch per example with probability `rate`.
 
-    Survivors are scaled by 1 / (1 - rate) so the expected output equals the input.
-    """
+  Survivors are scaled by 1 / (1 - rate) so the expected output equals the input.
+  """
 
-    rate: float
+  rate: float
 
-    @nn.compact
-    def __call__(self, x: Array, *, deterministic: bool) -> Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 def standardize_kernel(kernel: Array, *, eps: float, eps_on_std: bool) -> Array:
-    """Weight standardisation: each output filter to zero mean, unit variance over (h, w, in).
+  """Weight standardisation: each output filter to zero mean, unit variance over (h, w, in).
 
-    The public releases differ in where epsilon goes: vit_jax's hybrid ResNet divides by
-    `std + eps`, the BiT paper code by `sqrt(var + eps)`; `eps_on_std` picks the first.
-    """
-    kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
-    var = jnp.mean(jnp.square(kernel), axis=(0, 1, 2), keepdims=True)
-    if eps_on_std:
-        return kernel / (jnp.sqrt(var) + eps)
-    return kernel / jnp.sqrt(var + eps)
+  The public releases differ in where epsilon goes: vit_jax's hybrid ResNet divides by
+  `std + eps`, the BiT paper code by `sqrt(var + eps)`; `eps_on_std` picks the first.
+  """
+  kernel = kernel - jnp.mean(kernel, axis=(0, 1, 2), keepdims=True)
+  var = jnp.mean(jnp.square(kernel), axis=(0, 1, 2), keepdims=True)
+  if eps_on_std:
+    return kernel / (jnp.sqrt(var) + eps)
+  return kernel / jnp.sqrt(var + eps)
 
 
 class Conv(nn.Module):
-    """2-D convolution with the parameters of `nn.Conv` (`kernel` (kh, kw, in, out), `bias`).
+  """2-D convolution with the parameters of `nn.Conv` (`kernel` (kh, kw, in, out), `bias`).
 
-    1x1 kernels run as an einsum (strided ones as a slice first): on CPU that is several
-    times faster than `lax.conv`, above all for the weight gradient. `standardize`, when
-    given, maps the stored kernel to the one used (weight-standardised convolutions).
-    """
+  1x1 kernels run as an einsum (strided ones as a slice first): on CPU that is several
+  times faster than `lax.conv`, above all for the weight gradient. `standardize`, when
+  given, maps the stored kernel to the one used (weight-standardised convolutions).
+  """
 
-    features: int
-    kernel_size: tuple[int, int]
-    strides: tuple[int, int] = (1, 1)
-    padding: Padding = "SAME"
-    use_bias: bool = False
-    dtype: Dtype = jnp.float32
-    kernel_init: Callable = nn.initializers.lecun_normal()
-    bias_init: Callable = nn.initializers.zeros
-    standardize: Optional[Callable[[Array], Array]] = None
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: Padding = "SAME"
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros
+  standardize: Callable[[Array], Array] | None = None
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        kh, kw = self.kernel_size
-        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
-        if self.standardize is not None:
-            kernel = self.standardize(kernel)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if (kh, kw) == (1, 1) and _is_zero_padding(self.padding):
-            sh, sw = self.strides
-            x = x[:, ::sh, ::sw]
-            y = _pointwise(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], self.features)
-        else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, window_strides=self.strides, padding=self.padding,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
-        return y
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kh, kw = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+    if self.standardize is not None:
+      kernel = self.standardize(kernel)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if (kh, kw) == (1, 1) and _is_zero_padding(self.padding):
+      sh, sw = self.strides
+      x = x[:, ::sh, ::sw]
+      y = _pointwise(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], self.features)
+    else:
+      y = jax.lax.conv_general_dilated(
+        x, kernel, window_strides=self.strides, padding=self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return y
 
 
 @jax.custom_vjp
 def _pointwise(x: Array, w: Array) -> Array:
-    """x (rows, in) @ w (in, out) whose weight gradient transposes the narrower operand explicitly.
+  """x (rows, in) @ w (in, out) whose weight gradient transposes the narrower operand explicitly.
 
-    Left to itself XLA computes the weight gradient (a contraction over the long row axis) by writing
-    the incoming gradient transposed, a strided pass that cost more than the matmuls of ResNet-50's
-    1x1 convolutions; transposing the narrower operand first gives a plain matmul instead.
-    """
-    return x @ w
+  Left to itself XLA computes the weight gradient (a contraction over the long row axis) by writing
+  the incoming gradient transposed, a strided pass that cost more than the matmuls of ResNet-50's
+  1x1 convolutions; transposing the narrower operand first gives a plain matmul instead.
+  """
+  return x @ w
 
 
 def _pointwise_fwd(x, w):
-    return x @ w, (x, w)
+  return x @ w, (x, w)
 
 
 def _pointwise_bwd(residuals, dy):
-    x, w = residuals
-    if x.shape[1] <= dy.shape[1]:
-        dw = jax.lax.optimization_barrier(x.T) @ dy
-    else:
-        dw = (jax.lax.optimization_barrier(dy.T) @ x).T
-    return dy @ w.T, dw
+  x, w = residuals
+  if x.shape[1] <= dy.shape[1]:
+    dw = jax.lax.optimization_barrier(x.T) @ dy
+  else:
+    dw = (jax.lax.optimization_barrier(dy.T) @ x).T
+  return dy @ w.T, dw
 
 
 _pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def _is_zero_padding(padding: Padding) -> bool:
-    """True when a 1x1 convolution with this padding adds no border (SAME and VALID both do not)."""
-    if isinstance(padding, str):
-        return padding in ("SAME", "VALID")
-    return all(lo == 0 and hi == 0 for lo, hi in padding)
+  """True when a 1x1 convolution with this padding adds no border (SAME and VALID both do not)."""
+  if isinstance(padding, str):
+    return padding in ("SAME", "VALID")
+  return all(lo == 0 and hi == 0 for lo, hi in padding)
 
 
 def _column_sum(x: Array) -> Array:
-    """Sum over the rows of a (rows, channels) float32 array, as a matmul with a ones vector.
+  """Sum over the rows of a (rows, channels) float32 array, as a matmul with a ones vector.
 
-    On CPU, XLA's reductions over the major axis run at about 1 GB/s; the same sum as a matrix-vector
-    product runs on the matmul library at over 10 GB/s. Batch statistics are such reductions.
-    """
-    return jnp.ones((x.shape[0],), jnp.float32) @ x
+  On CPU, XLA's reductions over the major axis run at about 1 GB/s; the same sum as a matrix-vector
+  product runs on the matmul library at over 10 GB/s. Batch statistics are such reductions.
+  """
+  return jnp.ones((x.shape[0],), jnp.float32) @ x
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _batch_norm_train(x: Array, scale: Array, bias: Array, eps: float) -> tuple[Array, Array, Array]:
-    """Batch-statistics normalisation of x (rows, channels): (y, batch mean, biased batch variance)."""
-    return _batch_norm_train_fwd(x, scale, bias, eps)[0]
+  """Batch-statistics normalisation of x (rows, channels): (y, batch mean, biased batch variance)."""
+  return _batch_norm_train_fwd(x, scale, bias, eps)[0]
 
 
 def _batch_norm_train_fwd(x, scale, bias, eps):
-    rows = x.shape[0]
-    mean = _column_sum(x) / rows
-    var = jnp.maximum(_column_sum(jnp.square(x)) / rows - jnp.square(mean), 0.0)
-    inv = jax.lax.rsqrt(var + eps)
-    x_hat = (x - mean) * inv
-    return (x_hat * scale + bias, mean, var), (x_hat, inv, scale)
+  rows = x.shape[0]
+  mean = _column_sum(x) / rows
+  var = jnp.maximum(_column_sum(jnp.square(x)) / rows - jnp.square(mean), 0.0)
+  inv = jax.lax.rsqrt(var + eps)
+  x_hat = (x - mean) * inv
+  return (x_hat * scale + bias, mean, var), (x_hat, inv, scale)
 
 
 def _batch_norm_train_bwd(eps, residuals, cotangents):
-    # The statistics only feed the running averages: their cotangents are ignored.
-    del eps
-    x_hat, inv, scale = residuals
-    dy = cotangents[0]
-    dbias = _column_sum(dy)
-    dscale = _column_sum(dy * x_hat)
-    dx = (scale * inv) * (dy - (dbias + x_hat * dscale) / x_hat.shape[0])
-    return dx, dscale, dbias
+  # The statistics only feed the running averages: their cotangents are ignored.
+  del eps
+  x_hat, inv, scale = residuals
+  dy = cotangents[0]
+  dbias = _column_sum(dy)
+  dscale = _column_sum(dy * x_hat)
+  dx = (scale * inv) * (dy - (dbias + x_hat * dscale) / x_hat.shape[0])
+  return dx, dscale, dbias
 
 
 _batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 class BatchNorm(nn.Module):
-    """BatchNorm over all axes but the last, with `nn.BatchNorm`'s variables (`scale`, `bias`; `batch_stats`
-    `mean`, `var`) and update rule (biased batch variance, `momentum` weight on the old average).
+  """BatchNorm over all axes but the last, with `nn.BatchNorm`'s variables (`scale`, `bias`; `batch_stats`
+  `mean`, `var`) and update rule (biased batch variance, `momentum` weight on the old average).
 
-    Statistics and their gradients are computed in float32 as matmuls with a ones vector (`_column_sum`):
-    on CPU this made the ResNet-50 train step markedly faster than `nn.BatchNorm`.
-    """
+  Statistics and their gradients are computed in float32 as matmuls with a ones vector (`_column_sum`):
+  on CPU this made the ResNet-50 train step markedly faster than `nn.BatchNorm`.
+  """
 
-    use_running_average: bool
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    dtype: Dtype = jnp.float32
-    scale_init: Callable = nn.initializers.ones
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  scale_init: Callable = nn.initializers.ones
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        channels = x.shape[-1]
-        scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-        rows = x.reshape(-1, channels).astype(jnp.float32)
-        if self.use_running_average:
-            y = (rows - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon) * scale + bias
-        else:
-            y, mean, var = _batch_norm_train(rows, scale, bias, self.epsilon)
-            if not self.is_initializing():
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return y.reshape(x.shape).astype(self.dtype)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    channels = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+    rows = x.reshape(-1, channels).astype(jnp.float32)
+    if self.use_running_average:
+      y = (rows - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon) * scale + bias
+    else:
+      y, mean, var = _batch_norm_train(rows, scale, bias, self.epsilon)
+      if not self.is_initializing():
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.reshape(x.shape).astype(self.dtype)

@@ -9,7 +9,8 @@ BiT tree, the public BiT `.npz` names without their `resnet/` prefix: `root_bloc
 """
 
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,114 +22,126 @@ Array = jax.Array
 Dtype = Any
 
 # Blocks per stage for each depth; 18 and 34 use basic blocks, the others bottlenecks.
-STAGE_SIZES = {
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 6, 3),
-    101: (3, 4, 23, 3),
-    152: (3, 8, 36, 3),
-}
+STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 # torchvision's init: He normal over fan-out for every convolution.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _pad(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Symmetric padding of (k - 1) // 2 as torch and BiT use (not XLA's asymmetric SAME when strided)."""
-    p = (kernel_size - 1) // 2
-    return ((p, p), (p, p))
+  """Symmetric padding of (k - 1) // 2 as torch and BiT use (not XLA's asymmetric SAME when strided)."""
+  p = (kernel_size - 1) // 2
+  return ((p, p), (p, p))
 
 
 class ResNetBlock(nn.Module):
-    """Basic (two 3x3) or bottleneck (1x1, strided 3x3, 1x1 expanding 4x) post-activation block."""
+  """Basic (two 3x3) or bottleneck (1x1, strided 3x3, 1x1 expanding 4x) post-activation block."""
 
-    features: int
-    strides: int = 1
-    bottleneck: bool = True
-    zero_init_last_bn: bool = False
-    train: bool = False
-    dtype: Dtype = jnp.float32
+  features: int
+  strides: int = 1
+  bottleneck: bool = True
+  zero_init_last_bn: bool = False
+  train: bool = False
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        conv = functools.partial(Conv, kernel_init=_conv_init, dtype=self.dtype)
-        norm = functools.partial(BatchNorm, use_running_average=not self.train, momentum=0.9, epsilon=1e-5,
-                                 dtype=self.dtype)
-        s = (self.strides, self.strides)
-        if self.bottleneck:
-            out_features = 4 * self.features
-            specs = [(self.features, 1, (1, 1)), (self.features, 3, s), (out_features, 1, (1, 1))]
-        else:
-            out_features = self.features
-            specs = [(self.features, 3, s), (self.features, 3, (1, 1))]
-        y = x
-        for i, (features, k, strides) in enumerate(specs, 1):
-            y = conv(features, (k, k), strides, padding=_pad(k), name=f"conv{i}")(y)
-            last = i == len(specs)
-            scale_init = nn.initializers.zeros if last and self.zero_init_last_bn else nn.initializers.ones
-            y = norm(scale_init=scale_init, name=f"bn{i}")(y)
-            if not last:
-                y = nn.relu(y)
-        shortcut = x
-        if self.strides != 1 or x.shape[-1] != out_features:
-            shortcut = conv(out_features, (1, 1), s, padding=_pad(1), name="downsample_conv")(x)
-            shortcut = norm(name="downsample_bn")(shortcut)
-        return nn.relu(y + shortcut)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    conv = functools.partial(Conv, kernel_init=_conv_init, dtype=self.dtype)
+    norm = functools.partial(
+      BatchNorm, use_running_average=not self.train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+    )
+    s = (self.strides, self.strides)
+    if self.bottleneck:
+      out_features = 4 * self.features
+      specs = [(self.features, 1, (1, 1)), (self.features, 3, s), (out_features, 1, (1, 1))]
+    else:
+      out_features = self.features
+      specs = [(self.features, 3, s), (self.features, 3, (1, 1))]
+    y = x
+    for i, (features, k, strides) in enumerate(specs, 1):
+      y = conv(features, (k, k), strides, padding=_pad(k), name=f"conv{i}")(y)
+      last = i == len(specs)
+      scale_init = nn.initializers.zeros if last and self.zero_init_last_bn else nn.initializers.ones
+      y = norm(scale_init=scale_init, name=f"bn{i}")(y)
+      if not last:
+        y = nn.relu(y)
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != out_features:
+      shortcut = conv(out_features, (1, 1), s, padding=_pad(1), name="downsample_conv")(x)
+      shortcut = norm(name="downsample_bn")(shortcut)
+    return nn.relu(y + shortcut)
 
 
 class ResNet(nn.Module):
-    """ResNet v1.5 (He et al. 2016, stride in the 3x3 conv): images -> float32 logits.
+  """ResNet v1.5 (He et al. 2016, stride in the 3x3 conv): images -> float32 logits.
 
-    BatchNorm momentum 0.9 (torch's 0.1), epsilon 1e-5, statistics in `batch_stats`.
-    `zero_init_last_bn` starts each residual branch at zero (Goyal et al. 2017).
-    """
+  BatchNorm momentum 0.9 (torch's 0.1), epsilon 1e-5, statistics in `batch_stats`.
+  `zero_init_last_bn` starts each residual branch at zero (Goyal et al. 2017).
+  """
 
-    num_classes: Optional[int]
-    stage_sizes: Sequence[int]
-    bottleneck: bool = True
-    width: int = 64
-    zero_init_last_bn: bool = False
-    head_bias_init: float = 0.0
-    dtype: Dtype = jnp.float32
+  num_classes: int | None
+  stage_sizes: Sequence[int]
+  bottleneck: bool = True
+  width: int = 64
+  zero_init_last_bn: bool = False
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, images: Array, *, train: bool) -> Array:
-        x = Conv(self.width, (7, 7), (2, 2), padding=_pad(7), kernel_init=_conv_init, dtype=self.dtype,
-                 name="conv1")(images)
-        x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                         name="bn1")(x)
-        x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
-        for i, num_blocks in enumerate(self.stage_sizes):
-            x = _ResNetStage(num_blocks=num_blocks, features=self.width * 2**i, strides=1 if i == 0 else 2,
-                             bottleneck=self.bottleneck, zero_init_last_bn=self.zero_init_last_bn, train=train,
-                             dtype=self.dtype, name=f"layer{i + 1}")(x)
-        x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x)
-        if not self.num_classes:
-            return x
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros,
-                        bias_init=nn.initializers.constant(self.head_bias_init), name="head")(x)
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool) -> Array:
+    x = Conv(self.width, (7, 7), (2, 2), padding=_pad(7), kernel_init=_conv_init, dtype=self.dtype, name="conv1")(
+      images
+    )
+    x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
+    x = nn.relu(x)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+    for i, num_blocks in enumerate(self.stage_sizes):
+      x = _ResNetStage(
+        num_blocks=num_blocks,
+        features=self.width * 2**i,
+        strides=1 if i == 0 else 2,
+        bottleneck=self.bottleneck,
+        zero_init_last_bn=self.zero_init_last_bn,
+        train=train,
+        dtype=self.dtype,
+        name=f"layer{i + 1}",
+      )(x)
+    x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    self.sow("intermediates", "pre_logits", x)
+    if not self.num_classes:
+      return x
+    return nn.Dense(
+      self.num_classes,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.constant(self.head_bias_init),
+      name="head",
+    )(x)
 
 
 class _ResNetStage(nn.Module):
-    """`num_blocks` blocks at one resolution; the first one strides."""
+  """`num_blocks` blocks at one resolution; the first one strides."""
 
-    num_blocks: int
-    features: int
-    strides: int
-    bottleneck: bool
-    zero_init_last_bn: bool
-    train: bool
-    dtype: Dtype
+  num_blocks: int
+  features: int
+  strides: int
+  bottleneck: bool
+  zero_init_last_bn: bool
+  train: bool
+  dtype: Dtype
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        for j in range(self.num_blocks):
-            x = ResNetBlock(features=self.features, strides=self.strides if j == 0 else 1,
-                            bottleneck=self.bottleneck, zero_init_last_bn=self.zero_init_last_bn, train=self.train,
-                            dtype=self.dtype, name=f"block{j}")(x)
-        return x
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    for j in range(self.num_blocks):
+      x = ResNetBlock(
+        features=self.features,
+        strides=self.strides if j == 0 else 1,
+        bottleneck=self.bottleneck,
+        zero_init_last_bn=self.zero_init_last_bn,
+        train=self.train,
+        dtype=self.dtype,
+        name=f"block{j}",
+      )(x)
+    return x
 
 
 # The BiT code standardises with epsilon 1e-10 inside the square root (bit_tf2 `StandardizedConv2D`,
@@ -137,123 +150,149 @@ bit_standardize = functools.partial(standardize_kernel, eps=1e-10, eps_on_std=Fa
 
 
 def _bit_group_norm(dtype: Dtype) -> nn.GroupNorm:
-    """BiT's GroupNorm: 32 groups, epsilon 1e-5, two-pass variance as its `tf.nn.moments`."""
-    return nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, dtype=dtype, name="group_norm")
+  """BiT's GroupNorm: 32 groups, epsilon 1e-5, two-pass variance as its `tf.nn.moments`."""
+  return nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, dtype=dtype, name="group_norm")
 
 
 class _StdConvScope(nn.Module):
-    """A lone weight-standardised conv under BiT's scope names (`root_block`, `proj`)."""
+  """A lone weight-standardised conv under BiT's scope names (`root_block`, `proj`)."""
 
-    features: int
-    kernel_size: int
-    strides: int = 1
-    dtype: Dtype = jnp.float32
+  features: int
+  kernel_size: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        k, s = self.kernel_size, self.strides
-        return Conv(self.features, (k, k), (s, s), padding=_pad(k), standardize=bit_standardize,
-                    dtype=self.dtype, name="standardized_conv2d")(x)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k, s = self.kernel_size, self.strides
+    return Conv(
+      self.features,
+      (k, k),
+      (s, s),
+      padding=_pad(k),
+      standardize=bit_standardize,
+      dtype=self.dtype,
+      name="standardized_conv2d",
+    )(x)
 
 
 class _PreActConv(nn.Module):
-    """GroupNorm -> ReLU -> StdConv: one of a BiT unit's `a`, `b`, `c`.
+  """GroupNorm -> ReLU -> StdConv: one of a BiT unit's `a`, `b`, `c`.
 
-    With `project_features`, also returns the shortcut projected (1x1, `project_strides`) from the
-    activated input (`a/proj`).
-    """
+  With `project_features`, also returns the shortcut projected (1x1, `project_strides`) from the
+  activated input (`a/proj`).
+  """
 
-    features: int
-    kernel_size: int
-    strides: int = 1
-    project_features: Optional[int] = None
-    project_strides: int = 1
-    dtype: Dtype = jnp.float32
+  features: int
+  kernel_size: int
+  strides: int = 1
+  project_features: int | None = None
+  project_strides: int = 1
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> tuple[Array, Optional[Array]]:
-        x = nn.relu(_bit_group_norm(self.dtype)(x))
-        shortcut = None
-        if self.project_features:
-            shortcut = _StdConvScope(self.project_features, 1, self.project_strides, dtype=self.dtype, name="proj")(x)
-        k, s = self.kernel_size, self.strides
-        y = Conv(self.features, (k, k), (s, s), padding=_pad(k), standardize=bit_standardize, dtype=self.dtype,
-                 name="standardized_conv2d")(x)
-        return y, shortcut
+  @nn.compact
+  def __call__(self, x: Array) -> tuple[Array, Array | None]:
+    x = nn.relu(_bit_group_norm(self.dtype)(x))
+    shortcut = None
+    if self.project_features:
+      shortcut = _StdConvScope(self.project_features, 1, self.project_strides, dtype=self.dtype, name="proj")(x)
+    k, s = self.kernel_size, self.strides
+    y = Conv(
+      self.features,
+      (k, k),
+      (s, s),
+      padding=_pad(k),
+      standardize=bit_standardize,
+      dtype=self.dtype,
+      name="standardized_conv2d",
+    )(x)
+    return y, shortcut
 
 
 class BottleneckV2Unit(nn.Module):
-    """Pre-activation bottleneck; the stride sits in the 3x3 conv (`b`) and the projection."""
+  """Pre-activation bottleneck; the stride sits in the 3x3 conv (`b`) and the projection."""
 
-    features: int
-    strides: int = 1
-    dtype: Dtype = jnp.float32
+  features: int
+  strides: int = 1
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        out = 4 * self.features
-        needs_proj = self.strides != 1 or x.shape[-1] != out
-        y, shortcut = _PreActConv(self.features, 1, project_features=out if needs_proj else None,
-                                  project_strides=self.strides, dtype=self.dtype, name="a")(x)
-        y, _ = _PreActConv(self.features, 3, self.strides, dtype=self.dtype, name="b")(y)
-        y, _ = _PreActConv(out, 1, dtype=self.dtype, name="c")(y)
-        return y + (x if shortcut is None else shortcut)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    out = 4 * self.features
+    needs_proj = self.strides != 1 or x.shape[-1] != out
+    y, shortcut = _PreActConv(
+      self.features,
+      1,
+      project_features=out if needs_proj else None,
+      project_strides=self.strides,
+      dtype=self.dtype,
+      name="a",
+    )(x)
+    y, _ = _PreActConv(self.features, 3, self.strides, dtype=self.dtype, name="b")(y)
+    y, _ = _PreActConv(out, 1, dtype=self.dtype, name="c")(y)
+    return y + (x if shortcut is None else shortcut)
 
 
 class BiTResNet(nn.Module):
-    """BiT ResNetV2 (Kolesnikov et al. 2020): images in [-1, 1] -> float32 logits.
+  """BiT ResNetV2 (Kolesnikov et al. 2020): images in [-1, 1] -> float32 logits.
 
-    The root max-pool pads with zeros, as BiT's `tf.pad` + VALID pool (big_vision's port pads with -inf;
-    they differ only on border windows whose values are all negative).
-    """
+  The root max-pool pads with zeros, as BiT's `tf.pad` + VALID pool (big_vision's port pads with -inf;
+  they differ only on border windows whose values are all negative).
+  """
 
-    num_classes: Optional[int]
-    stage_sizes: Sequence[int]
-    width_factor: int = 1
-    head_bias_init: float = 0.0
-    dtype: Dtype = jnp.float32
+  num_classes: int | None
+  stage_sizes: Sequence[int]
+  width_factor: int = 1
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, images: Array, *, train: bool) -> Array:
-        del train  # GroupNorm only: nothing differs between training and evaluation.
-        width = 64 * self.width_factor
-        x = _StdConvScope(width, 7, 2, dtype=self.dtype, name="root_block")(images.astype(self.dtype))
-        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        for i, num_units in enumerate(self.stage_sizes):
-            x = _BiTStage(num_units=num_units, features=width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype,
-                          name=f"block{i + 1}")(x)
-        x = nn.relu(_bit_group_norm(self.dtype)(x))
-        x = jnp.mean(x, axis=(1, 2), keepdims=True).astype(jnp.float32)
-        self.sow("intermediates", "pre_logits", x[:, 0, 0])
-        if not self.num_classes:
-            return x[:, 0, 0]
-        return _BiTHead(self.num_classes, self.head_bias_init, name="head")(x)[:, 0, 0]
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool) -> Array:
+    del train  # GroupNorm only: nothing differs between training and evaluation.
+    width = 64 * self.width_factor
+    x = _StdConvScope(width, 7, 2, dtype=self.dtype, name="root_block")(images.astype(self.dtype))
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    for i, num_units in enumerate(self.stage_sizes):
+      x = _BiTStage(
+        num_units=num_units, features=width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype, name=f"block{i + 1}"
+      )(x)
+    x = nn.relu(_bit_group_norm(self.dtype)(x))
+    x = jnp.mean(x, axis=(1, 2), keepdims=True).astype(jnp.float32)
+    self.sow("intermediates", "pre_logits", x[:, 0, 0])
+    if not self.num_classes:
+      return x[:, 0, 0]
+    return _BiTHead(self.num_classes, self.head_bias_init, name="head")(x)[:, 0, 0]
 
 
 class _BiTStage(nn.Module):
-    """`num_units` bottleneck units named `unit01`, `unit02`, ...; the first one strides."""
+  """`num_units` bottleneck units named `unit01`, `unit02`, ...; the first one strides."""
 
-    num_units: int
-    features: int
-    strides: int
-    dtype: Dtype
+  num_units: int
+  features: int
+  strides: int
+  dtype: Dtype
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        for j in range(self.num_units):
-            x = BottleneckV2Unit(self.features, self.strides if j == 0 else 1, dtype=self.dtype,
-                                 name=f"unit{j + 1:02d}")(x)
-        return x
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    for j in range(self.num_units):
+      x = BottleneckV2Unit(self.features, self.strides if j == 0 else 1, dtype=self.dtype, name=f"unit{j + 1:02d}")(x)
+    return x
 
 
 class _BiTHead(nn.Module):
-    """Zero-initialised 1x1 conv with bias (`head/conv2d`, kernel (1, 1, C, classes)) on pooled features."""
+  """Zero-initialised 1x1 conv with bias (`head/conv2d`, kernel (1, 1, C, classes)) on pooled features."""
 
-    num_classes: int
-    bias_init: float = 0.0
+  num_classes: int
+  bias_init: float = 0.0
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        return Conv(self.num_classes, (1, 1), use_bias=True, kernel_init=nn.initializers.zeros,
-                    bias_init=nn.initializers.constant(self.bias_init), name="conv2d")(x)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    return Conv(
+      self.num_classes,
+      (1, 1),
+      use_bias=True,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.constant(self.bias_init),
+      name="conv2d",
+    )(x)
