@@ -20,15 +20,16 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import common  # noqa: E402
 from vitjax import data  # noqa: E402
-from vitjax.data import sources  # noqa: E402
+from vitjax.data.folders import FolderSource  # noqa: E402
+from vitjax.data.tfds_source import TfdsSource  # noqa: E402
 
 IMAGENET_AUGMENT = "flip_lr|randaugment(2, 15)|value_range(-1, 1)"
 PIPELINES = {
@@ -84,9 +85,8 @@ def tfds_builder(name: str, image_root: str, data_dir: str) -> tfds.core.Dataset
 
 
 def measure(source, pp: str, *, batch_size: int, threads: int, seconds: float, cache: bool) -> dict[str, float]:
-  config = ml_collections.ConfigDict(
-    {"train_split": "train", "pp_train": pp, "shuffle_buffer": 1000, "threads": threads, "cache": cache}
-  )
+  config = common.get_base_config().data
+  config.update({"pp_train": pp, "shuffle_buffer": 1000, "threads": threads, "cache": cache})
   batches = data.as_numpy(data.train_dataset(source, config, batch_size=batch_size, seed=0))
   for _ in range(3):  # Tracing, thread start-up and the first shuffle-buffer fill.
     next(batches)
@@ -118,9 +118,9 @@ def main() -> None:
   write_images(png_root, count=4096, height=32, width=32, fmt="png")
   jpeg_bytes = np.mean([os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(jpeg_root) for f in fs])
   inputs = {
-    "jpeg": sources.TfdsSource(tfds_builder("bench_jpeg", jpeg_root, os.path.join(work, "tfds"))),
-    "png32": sources.TfdsSource(tfds_builder("bench_png32", png_root, os.path.join(work, "tfds"))),
-    "jpeg_folder": sources.FolderSource(jpeg_root),
+    "jpeg": TfdsSource(tfds_builder("bench_jpeg", jpeg_root, os.path.join(work, "tfds"))),
+    "png32": TfdsSource(tfds_builder("bench_png32", png_root, os.path.join(work, "tfds"))),
+    "jpeg_folder": FolderSource(jpeg_root),
     "digits": data.builder_by_name("vitjax_digits", data_dir=os.path.join(work, "tfds")),
   }
   data.prepare(inputs["digits"])

@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from configs import quickstart  # noqa: E402
-from vitjax import data, models, optim, sharding, steps, train  # noqa: E402
+from vitjax import data, losses, models, sharding  # noqa: E402
+from vitjax.train import loop, objectives, optim, state, steps  # noqa: E402
 
 PRESETS = {
   # The quickstart's own logging and checkpoint intervals.
@@ -54,27 +55,34 @@ def make_config(preset: str):
   return config
 
 
+def prepared_source(config) -> data.Source:
+  source = data.from_config(config.data)
+  data.prepare(source)
+  return source
+
+
 def first_batch(config) -> dict[str, np.ndarray]:
-  builder = train.prepare_dataset(config)
+  builder = prepared_source(config)
   return next(data.as_numpy(data.train_dataset(builder, config.data, batch_size=config.batch_size, seed=0)))
 
 
 def bare_step_seconds(config, *, num_steps: int) -> float:
   """Seconds per step of the compiled train step alone, on a batch already on the devices."""
-  builder = train.prepare_dataset(config)
-  model = models.build(config.model.name, num_classes=data.num_classes(builder), **train.model_overrides(config))
+  model = models.from_config(config.model, num_classes=data.num_classes(prepared_source(config)))
   batch = first_batch(config)
-  tx, schedule = optim.create_optimizer(config, total_steps=num_steps)
-  init = functools.partial(train.create_train_state, model, tx, image_shape=batch["image"].shape[1:])
+  tx, schedule = optim.from_config(config, total_steps=num_steps)
+  init = functools.partial(state.create_train_state, model, tx, image_shape=batch["image"].shape[1:])
   parallel = sharding.Jit(sharding.make_mesh(), jax.eval_shape(init, jax.random.key(0)))
-  state = parallel.init(init, jax.random.key(0))
-  step = parallel.train_step(steps.make_train_step(loss_fn=train.loss_function(config), learning_rate_fn=schedule))
+  train_state = parallel.init(init, jax.random.key(0))
+  step = parallel.train_step(
+    steps.make_train_step(objective=objectives.supervised(losses.from_config(config.loss)), learning_rate_fn=schedule)
+  )
   device_batch = parallel.place_batch(batch)
-  state, metrics = step(state, device_batch, jax.random.key(1))
+  train_state, metrics = step(train_state, device_batch, jax.random.key(1))
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(num_steps):
-    state, metrics = step(state, device_batch, jax.random.key(1))
+    train_state, metrics = step(train_state, device_batch, jax.random.key(1))
   jax.block_until_ready(metrics)
   return (time.perf_counter() - start) / num_steps
 
@@ -82,7 +90,7 @@ def bare_step_seconds(config, *, num_steps: int) -> float:
 def loop_step_seconds(config) -> tuple[float, float]:
   """Seconds per step inside the full loop after the first (compiling) interval, and the input-wait fraction."""
   with tempfile.TemporaryDirectory() as workdir:
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       intervals = [r for r in map(json.loads, f) if r["split"] == "train"][1:]
   seconds = sum(config.log_every / r["steps_per_sec"] for r in intervals)
@@ -100,7 +108,7 @@ def loop_without_input_seconds(config) -> float:
 
 def input_cpu_seconds(config, *, num_batches: int) -> float:
   """Process CPU seconds (all threads) per batch of the training input pipeline, read on its own."""
-  builder = train.prepare_dataset(config)
+  builder = prepared_source(config)
   batches = data.as_numpy(data.train_dataset(builder, config.data, batch_size=config.batch_size, seed=0))
   for _ in range(5):
     next(batches)

@@ -3,8 +3,10 @@
     python benchmarks/model_throughput.py --model vit_b16 --image_size 224 --batch_size 8
 
 The float32 matmul peak is measured in the same run (a large `jnp.dot`), so the achieved fraction compares
-like with like. The train step is forward + softmax cross-entropy + backward + SGD momentum (optax), jitted,
-with the state donated. FLOPs come from XLA's cost analysis of the compiled programs (forward: `train=False`).
+like with like; on a chip of the training loop's peak table (vitjax/train/mfu.py) the train step's MFU against the
+published peak is printed too. The train step is forward + softmax cross-entropy + backward + SGD momentum
+(optax), jitted, with the state donated. FLOPs come from XLA's cost analysis of the compiled programs
+(forward: `train=False`).
 
 On a shared machine other processes distort every number here, so each timed section waits (up to
 `--patience` seconds) for the CPUs to go idle, and is re-timed when other processes took more than
@@ -26,6 +28,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vitjax import models  # noqa: E402
+from vitjax.train import mfu  # noqa: E402
 
 
 def cpu_ticks() -> tuple[int, int, int]:
@@ -154,7 +157,16 @@ def benchmark(
     forward_fraction_of_peak=round(fwd_ips * fwd_gflops / peak, 3),
     train_fraction_of_peak=round(train_ips * train_gflops / peak, 3),
     other_processes_cpu_share=round(max(peak_share, fwd_share, train_share, peak_share_after), 3),
+    **published_mfu(train_ips * train_gflops * 1e9, dtype=dtype),
   )
+
+
+def published_mfu(train_flops_per_s: float, *, dtype: str) -> dict[str, float]:
+  """On a chip of the loop's peak table (TPUs, A100/H100/H200): the train step's MFU as training logs it."""
+  peak = mfu.table_peak(jax.devices()[0].device_kind, dtype)
+  if peak is None:
+    return {}
+  return dict(published_peak_tflops=peak / 1e12, train_mfu=round(train_flops_per_s / peak, 3))
 
 
 def main() -> None:

@@ -13,6 +13,10 @@ cropped to 480; random horizontal flip; evaluation resizes to the crop size. Inp
 The public BiT `.npz` (TF names, `resnet/...`) loads onto `bit_r50x1` with its head replaced by a zero one.
 A strategy may follow the dataset (configs/finetune.py), e.g. `cifar10,feature_extraction` or `cifar10,freeze2`
 (root and stages 1-2 frozen).
+
+Smoke run on a laptop, same code path (32-pixel crops, 20 steps, the first 64 test images; no checkpoint needed):
+
+    python -m vitjax.main --config=configs/bit_r50x1.py:cifar10,runlocal --workdir=/tmp/bit_r50x1_runlocal
 """
 
 from configs import finetune
@@ -26,6 +30,8 @@ PRESETS = {
   "oxford_flowers102": ("train[:90%]", "test", 918, False),
 }
 
+RUNLOCAL_MODEL = "bit_r50x1"  # runlocal's model: this one is already the smallest BiT.
+
 
 def hyperrule_schedule(num_examples: int) -> tuple[int, int, tuple[float, ...]]:
   """(total steps, warmup steps, decay points as fractions of the total) of BiT's `get_schedule`."""
@@ -37,7 +43,8 @@ def hyperrule_schedule(num_examples: int) -> tuple[int, int, tuple[float, ...]]:
 
 
 def get_config(arg: str | None = "cifar10"):
-  dataset, strategy = finetune.parse_arg(arg, PRESETS, model="bit_r50x1")
+  """The BiT-HyperRule recipe for `arg` = dataset[,strategy][,runlocal] (default cifar10, full)."""
+  dataset, strategy, local = finetune.parse_arg(arg, PRESETS, model="bit_r50x1")
   train_split, eval_split, num_examples, small_images = PRESETS[dataset]
   steps, warmup, boundaries = hyperrule_schedule(num_examples)
   resize, crop = (160, 128) if small_images else (512, 480)
@@ -63,4 +70,4 @@ def get_config(arg: str | None = "cifar10"):
   config.log_every = 50
   config.eval_every = 500
   config.checkpoint_every = 500
-  return config
+  return finetune.runlocal(config, model=RUNLOCAL_MODEL) if local else config

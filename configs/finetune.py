@@ -7,6 +7,9 @@ Chosen by the config argument after the dataset, e.g. ``configs/vit_b16.py:cifar
   freeze{k}           the stem and the first k blocks (ViT) or stages (ResNet) are frozen; the rest trains.
   layer_decay{d}      layer-wise learning rates: the head at the base rate, each block below it d times slower.
 
+``runlocal`` may follow (``cifar10,freeze6,runlocal``): the same recipe as a laptop smoke run (``common.runlocal``)
+on 32-pixel crops, with the smallest model of the family.
+
 All of them keep the recipe's schedule (linear warmup, then cosine or steps). Frozen parameters get no update and
 no optimizer state (``config.optimizer.freeze`` is a regex over '/'-joined parameter names).
 """
@@ -20,6 +23,11 @@ import ml_collections
 from configs import common
 
 STRATEGIES = ("full", "feature_extraction", "freeze{k}", "layer_decay{d}")
+# What runlocal changes on top of common.runlocal: images shrunk to a 32-pixel crop.
+RUNLOCAL_IMAGES = {
+  "data.pp_train": "resize(40)|random_crop(32)|flip_lr|value_range(-1, 1)",
+  "data.pp_eval": "resize(32)|value_range(-1, 1)",
+}
 
 
 def apply(config: ml_collections.ConfigDict, strategy: str, *, stem: str, block: str, first_block: int = 0) -> None:
@@ -39,17 +47,21 @@ def apply(config: ml_collections.ConfigDict, strategy: str, *, stem: str, block:
     return
   raise ValueError(
     f"Unknown fine-tuning strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)} "
-    f"(e.g. freeze6, layer_decay0.75)."
+    f"(e.g. freeze6, layer_decay0.75), optionally followed by ,{common.RUNLOCAL}."
   )
 
 
-def parse_arg(arg: str | None, presets: Mapping[str, Any], *, model: str) -> tuple[str, str]:
-  """(dataset, strategy) from a config argument such as ``cifar10`` or ``cifar10,freeze6`` (default cifar10);
-  a dataset without a preset fails naming the presets."""
-  dataset, _, strategy = (arg or "cifar10").partition(",")
+def parse_arg(arg: str | None, presets: Mapping[str, Any], *, model: str) -> tuple[str, str, bool]:
+  """(dataset, strategy, runlocal) from a config argument such as ``cifar10``, ``cifar10,freeze6`` or
+  ``cifar10,freeze6,runlocal`` (default cifar10, full); a dataset without a preset fails naming the presets."""
+  rest, local = common.split_runlocal(arg)
+  dataset, _, strategy = (rest or "cifar10").partition(",")
   if dataset not in presets:
-    raise ValueError(f"Unknown preset {dataset!r} for {model}; choose one of: {', '.join(presets)}.")
-  return dataset, strategy or "full"
+    raise ValueError(
+      f"Unknown preset {dataset!r} for {model}; choose one of: {', '.join(presets)} "
+      f"(then optionally a strategy and {common.RUNLOCAL})."
+    )
+  return dataset, strategy or "full", local
 
 
 def base_config(
@@ -63,3 +75,8 @@ def base_config(
   config.data.train_split = train_split
   config.data.eval_split = eval_split
   return config
+
+
+def runlocal(config: ml_collections.ConfigDict, *, model: str) -> ml_collections.ConfigDict:
+  """``common.runlocal`` for a fine-tuning config: also 32-pixel crops and ``model``, the family's smallest."""
+  return common.runlocal(config, {**RUNLOCAL_IMAGES, "model.name": model})

@@ -14,6 +14,11 @@ ImageNet-21k head is replaced by a zero one, and its `pre_logits` layer is dropp
 without a representation layer; set model.representation_size and pretrained.keep_pre_logits to keep it).
 A strategy may follow the dataset (configs/finetune.py): `cifar10,feature_extraction`, `cifar10,freeze6`,
 `cifar10,layer_decay0.75`; the default, `full`, is the published recipe.
+
+Smoke run on a laptop, same code path (vit_ti16, 32-pixel crops, 20 steps, the first 64 test images; no checkpoint
+needed), optionally after a strategy (`cifar10,freeze6,runlocal`):
+
+    python -m vitjax.main --config=configs/vit_b16.py:cifar10,runlocal --workdir=/tmp/vit_b16_runlocal
 """
 
 from configs import finetune
@@ -27,9 +32,12 @@ PRESETS = {
   "oxford_flowers102": ("train[:90%]", "test", 500, 0.003),
 }
 
+RUNLOCAL_MODEL = "vit_ti16"  # runlocal's model: the smallest published ViT with 16x16 patches.
+
 
 def get_config(arg: str | None = "cifar10"):
-  dataset, strategy = finetune.parse_arg(arg, PRESETS, model="vit_b16")
+  """The published recipe for `arg` = dataset[,strategy][,runlocal] (default cifar10, full)."""
+  dataset, strategy, local = finetune.parse_arg(arg, PRESETS, model="vit_b16")
   train_split, eval_split, steps, learning_rate = PRESETS[dataset]
   config = finetune.base_config("vit_b16", dataset, strategy, train_split=train_split, eval_split=eval_split)
   config.data.pp_train = "resize(448)|random_crop(384)|flip_lr|value_range(-1, 1)"
@@ -52,4 +60,4 @@ def get_config(arg: str | None = "cifar10"):
   config.log_every = 50
   config.eval_every = 1000
   config.checkpoint_every = 1000
-  return config
+  return finetune.runlocal(config, model=RUNLOCAL_MODEL) if local else config

@@ -11,11 +11,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from vitjax import checkpoints, losses, models, optim, sharding, steps, train  # noqa: E402
+from configs import common  # noqa: E402
+from vitjax import checkpoints, losses, models, sharding  # noqa: E402
+from vitjax.train import objectives, optim, steps  # noqa: E402
+from vitjax.train.state import create_train_state  # noqa: E402
 
 flags.DEFINE_string("coordinator_address", None, "")
 flags.DEFINE_integer("num_processes", None, "")
@@ -29,14 +31,16 @@ def main(argv):
   if FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   model = models.build("vit_micro8", num_classes=10)
-  config = ml_collections.ConfigDict(
-    {"optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9}, "schedule": {"name": "constant"}}
-  )
-  tx, schedule = optim.create_optimizer(config, total_steps=NUM_STEPS)
-  init = functools.partial(train.create_train_state, model, tx, image_shape=(16, 16, 3))
+  config = common.get_base_config()
+  config.optimizer.update(name="sgd", learning_rate=0.1, momentum=0.9, grad_clip_norm=0.0)
+  config.schedule.name = "constant"
+  tx, schedule = optim.from_config(config, total_steps=NUM_STEPS)
+  init = functools.partial(create_train_state, model, tx, image_shape=(16, 16, 3))
   parallel = sharding.Jit(sharding.make_mesh(), jax.eval_shape(init, jax.random.key(0)))
   state = parallel.init(init, jax.random.key(0))
-  step = parallel.train_step(steps.make_train_step(loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule))
+  step = parallel.train_step(
+    steps.make_train_step(objective=objectives.supervised(losses.softmax_cross_entropy), learning_rate_fn=schedule)
+  )
   rng = np.random.default_rng(0)
   rows = GLOBAL_BATCH // jax.process_count()
   mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)

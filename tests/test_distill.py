@@ -10,7 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from vitjax import checkpoints, distill, losses, models, sharding, steps
+from vitjax import checkpoints, losses, models, sharding
+from vitjax.train import objectives
+from vitjax.train.state import TrainState
 
 RNG = np.random.default_rng(0)
 STUDENT = jnp.asarray(RNG.normal(size=(6, 5)), jnp.float32)
@@ -27,22 +29,22 @@ def _softmax(x):
 def test_soft_loss_is_t_squared_kl_with_the_matching_gradient(temperature):
   p, q = _softmax(np.asarray(TEACHER) / temperature), _softmax(np.asarray(STUDENT) / temperature)
   expected = temperature**2 * np.sum(p * np.log(p / q), axis=-1)
-  got = distill.soft_loss(STUDENT, TEACHER, temperature=temperature)
+  got = losses.soft_distillation(STUDENT, TEACHER, temperature=temperature)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
-  grad = jax.grad(lambda s: distill.soft_loss(s, TEACHER, temperature=temperature).sum())(STUDENT)
+  grad = jax.grad(lambda s: losses.soft_distillation(s, TEACHER, temperature=temperature).sum())(STUDENT)
   np.testing.assert_allclose(grad, temperature * (q - p), atol=1e-5)
-  np.testing.assert_allclose(distill.soft_loss(TEACHER, TEACHER, temperature=temperature), 0.0, atol=1e-6)
+  np.testing.assert_allclose(losses.soft_distillation(TEACHER, TEACHER, temperature=temperature), 0.0, atol=1e-6)
   # No gradient flows into the teacher.
-  assert not np.any(jax.grad(lambda t: distill.soft_loss(STUDENT, t, temperature=temperature).sum())(TEACHER))
+  assert not np.any(jax.grad(lambda t: losses.soft_distillation(STUDENT, t, temperature=temperature).sum())(TEACHER))
 
 
 def test_hard_loss_and_mixing():
   teacher_top = np.eye(5)[np.argmax(TEACHER, -1)]
   expected_hard = -np.sum(teacher_top * np.log(_softmax(np.asarray(STUDENT))), axis=-1)
-  np.testing.assert_allclose(distill.hard_loss(STUDENT, TEACHER), expected_hard, rtol=1e-5)
+  np.testing.assert_allclose(losses.hard_distillation(STUDENT, TEACHER), expected_hard, rtol=1e-5)
   base = losses.softmax_cross_entropy(STUDENT, LABELS)
-  soft = distill.soft_loss(STUDENT, TEACHER, temperature=2.0)
-  mix = lambda **kw: distill.loss(STUDENT, LABELS, TEACHER, base_loss=losses.softmax_cross_entropy, **kw)  # noqa
+  soft = losses.soft_distillation(STUDENT, TEACHER, temperature=2.0)
+  mix = lambda **kw: losses.distillation(STUDENT, LABELS, TEACHER, base_loss=losses.softmax_cross_entropy, **kw)  # noqa
   np.testing.assert_allclose(mix(kind="soft", alpha=0.0, temperature=2.0), base, rtol=1e-6)
   np.testing.assert_allclose(mix(kind="soft", alpha=1.0, temperature=2.0), soft, rtol=1e-6)
   np.testing.assert_allclose(mix(kind="soft", alpha=0.3, temperature=2.0), 0.7 * base + 0.3 * soft, rtol=1e-6)
@@ -50,10 +52,11 @@ def test_hard_loss_and_mixing():
   np.testing.assert_allclose(mix(kind="hard", alpha=0.5), 0.5 * base + 0.5 * expected_hard, rtol=1e-5)
   config = ml_collections.ConfigDict({"kind": "hard", "alpha": 0.5, "temperature": 1.0})
   np.testing.assert_allclose(
-    distill.make_loss_fn(config, losses.softmax_cross_entropy)(STUDENT, LABELS, TEACHER), mix(kind="hard", alpha=0.5)
+    objectives.distillation_loss(config, losses.softmax_cross_entropy)(STUDENT, LABELS, TEACHER),
+    mix(kind="hard", alpha=0.5),
   )
   with pytest.raises(ValueError, match="Unknown config.distill.kind='medium'"):
-    distill.make_loss_fn(ml_collections.ConfigDict({"kind": "medium"}), losses.softmax_cross_entropy)
+    objectives.distillation_loss(ml_collections.ConfigDict({"kind": "medium"}), losses.softmax_cross_entropy)
 
 
 def _init(model, seed):
@@ -69,10 +72,7 @@ def test_teacher_from_a_run_learns_a_student(tmp_path):
   params = jax.tree.map(lambda x: x + 0.3 * RNG.normal(size=x.shape).astype(np.float32), params)  # Non-zero head.
   manager = checkpoints.create_manager(str(tmp_path))
   checkpoints.save(
-    manager,
-    steps.TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1)),
-    step=3,
-    meta={"train_seconds": 1.0},
+    manager, TrainState.create(apply_fn=None, params=params, tx=optax.sgd(0.1)), step=3, meta={"train_seconds": 1.0}
   )
   manager.wait_until_finished()
   config = ml_collections.ConfigDict(
@@ -85,8 +85,8 @@ def test_teacher_from_a_run_learns_a_student(tmp_path):
     }
   )
   mesh = sharding.make_mesh()
-  teacher = distill.teacher_from_config(
-    config, num_classes=5, image_shape=(16, 16, 3), sharding=sharding.replicated(mesh)
+  teacher = objectives.teacher_from_config(
+    config, objectives.Setting(losses.softmax_cross_entropy, 5, (16, 16, 3), sharding.replicated(mesh))
   )
   images = RNG.uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32)
   expected = teacher_model.apply({"params": params}, images, train=False)
@@ -98,7 +98,7 @@ def test_teacher_from_a_run_learns_a_student(tmp_path):
   # A smaller student fitted to the teacher's soft targets alone gets closer to it.
   student_model = models.build("vit_micro8", num_classes=5, num_layers=1, hidden_size=16, mlp_dim=32, num_heads=2)
   student = _init(student_model, 2)
-  loss_fn = distill.make_loss_fn(config, losses.softmax_cross_entropy)
+  loss_fn = objectives.distillation_loss(config, losses.softmax_cross_entropy)
   targets = teacher(images)
   tx = optax.adam(3e-3)
 
@@ -128,14 +128,20 @@ def test_teacher_from_a_public_file_needs_its_head(tmp_path):
   params = _init(model, 0)
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   np.savez(tmp_path / "teacher.npz", **{k: np.asarray(v) for k, v in flat.items()})
-  teacher = distill.load_teacher(
-    "vit_micro8", str(tmp_path / "teacher.npz"), num_classes=5, image_shape=(16, 16, 3), overrides=TEACHER_ARCH
+  teacher = objectives.load_teacher(
+    ml_collections.ConfigDict({"name": "vit_micro8", **TEACHER_ARCH}),
+    str(tmp_path / "teacher.npz"),
+    num_classes=5,
+    image_shape=(16, 16, 3),
   )
   images = RNG.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
   np.testing.assert_allclose(teacher(images), model.apply({"params": params}, images, train=False), atol=1e-6)
   del flat["head/kernel"]
   np.savez(tmp_path / "headless.npz", **{k: np.asarray(v) for k, v in flat.items()})
   with pytest.raises(ValueError, match=r"head/kernel \(32, 5\) is missing from the checkpoint"):
-    distill.load_teacher(
-      "vit_micro8", str(tmp_path / "headless.npz"), num_classes=5, image_shape=(16, 16, 3), overrides=TEACHER_ARCH
+    objectives.load_teacher(
+      ml_collections.ConfigDict({"name": "vit_micro8", **TEACHER_ARCH}),
+      str(tmp_path / "headless.npz"),
+      num_classes=5,
+      image_shape=(16, 16, 3),
     )

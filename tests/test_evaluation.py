@@ -13,8 +13,11 @@ import pytest
 from sklearn import datasets
 
 from configs import quickstart
-from vitjax import checkpoints, evaluation, losses, metrics, models, steps, train
+from vitjax import checkpoints, losses, models
 from vitjax.data import digits
+from vitjax.evaluate import metrics
+from vitjax.evaluate import report as evaluation
+from vitjax.train.state import TrainState
 
 ARCH = dict(num_layers=1, hidden_size=32, mlp_dim=64, num_heads=2)
 
@@ -30,7 +33,7 @@ def _config(digits_dir, **eval_options):
 
 def _model():
   config = _config(None)
-  return models.build(config.model.name, num_classes=10, **train.model_overrides(config))
+  return models.from_config(config.model, num_classes=10)
 
 
 def _random_params(seed):
@@ -43,7 +46,7 @@ def _random_params(seed):
 def _save_run(workdir, params, *, step):
   """A checkpoint as the training loop writes it: the full train state and its meta record."""
   manager = checkpoints.create_manager(workdir)
-  state = steps.TrainState.create(apply_fn=None, params=params, tx=optax.adam(1e-3))
+  state = TrainState.create(apply_fn=None, params=params, tx=optax.adam(1e-3))
   checkpoints.save(manager, state, step=step, meta={"step": step, "train_seconds": 12.0})
   manager.wait_until_finished()
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn import datasets, linear_model, neighbors
 
-from vitjax import evaluators, models, sharding
+from vitjax import models, sharding
+from vitjax.evaluate import evaluators
 
 
 @pytest.fixture(scope="module")

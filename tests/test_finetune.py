@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import bit_r50x1, quickstart, vit_b16
-from vitjax import models, optim, pretrained, train
+from vitjax import models, transfer
+from vitjax.train import loop, optim
 
 PRETRAIN_CLASSES, TRANSFER_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 
@@ -29,13 +30,13 @@ def _config(digits_dir, classes, *, steps, learning_rate, warmup, **pretrained_o
 
 
 def _flat(workdir):
-  params = pretrained.read_checkpoint(workdir)[0]
+  params = transfer.read_checkpoint(workdir)[0]
   return {k: np.asarray(v) for k, v in params.items()}
 
 
 def test_transfer_beats_training_from_scratch(digits_dir, tmp_path):
   upstream = str(tmp_path / "upstream")
-  result = train.train_and_evaluate(
+  result = loop.train_and_evaluate(
     _config(digits_dir, PRETRAIN_CLASSES, steps=100, learning_rate=3e-3, warmup=20), upstream
   )
   assert result["accuracy"] > 0.8
@@ -46,7 +47,7 @@ def test_transfer_beats_training_from_scratch(digits_dir, tmp_path):
     config = _config(digits_dir, TRANSFER_CLASSES, steps=10, learning_rate=3e-3, warmup=0, **options)
     if name == "feature_extraction":
       config.optimizer.freeze = vit_b16.get_config("cifar10,feature_extraction").optimizer.freeze
-    result = train.train_and_evaluate(config, str(tmp_path / name))
+    result = loop.train_and_evaluate(config, str(tmp_path / name))
     assert result["num_examples"] == 180
     accuracy[name] = result["accuracy"]
   # Measured with seeds 0 / 1 / 2: scratch 0.36 / 0.20 / 0.29, feature extraction 0.44 / 0.39 / 0.43, full

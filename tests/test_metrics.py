@@ -5,9 +5,10 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from sklearn import metrics as skm
 
-from vitjax import metrics
+from vitjax.evaluate import metrics, plots
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,16 @@ def test_clu_top5_metric_matches_numpy(predictions):
 def test_plots_are_written(predictions, tmp_path):
   logits, labels = predictions
   result = metrics.classification_metrics(logits, labels)
-  metrics.plot_confusion_matrix(result["confusion_matrix"], [f"class {i}" for i in range(7)], str(tmp_path / "c.png"))
-  metrics.plot_reliability_diagram(result["calibration"], str(tmp_path / "r.png"))
+  plots.plot_confusion_matrix(result["confusion_matrix"], [f"class {i}" for i in range(7)], str(tmp_path / "c.png"))
+  plots.plot_reliability_diagram(result["calibration"], str(tmp_path / "r.png"))
   assert os.path.getsize(tmp_path / "c.png") > 10_000 and os.path.getsize(tmp_path / "r.png") > 10_000
+
+
+def test_long_class_names_on_the_confusion_matrix_do_not_overlap():
+  names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+  confusion = np.diag(np.arange(1, 11))
+  fig = plots.confusion_matrix_figure(confusion, names)
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  boxes = [label.get_window_extent(renderer) for label in fig.axes[0].get_xticklabels()]
+  assert len(boxes) == 10
+  assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))

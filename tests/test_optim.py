@@ -9,16 +9,21 @@ import numpy as np
 import optax
 import pytest
 
-from vitjax import losses, models, optim, steps, train
+from configs import common
+from vitjax import losses, models
+from vitjax.train import objectives, optim, steps
+from vitjax.train.state import create_train_state
 
 
-def _config(**optimizer):
-  return ml_collections.ConfigDict(
-    {
-      "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.0, "grad_clip_norm": 0.0, **optimizer},
-      "schedule": {"name": "constant"},
-    }
-  )
+def optimizer_config(**optimizer) -> ml_collections.ConfigDict:
+  """The base config with a constant schedule and no clipping, SGD without momentum, then `optimizer`."""
+  config = common.get_base_config()
+  config.optimizer.update({"name": "sgd", "learning_rate": 0.1, "momentum": 0.0, "grad_clip_norm": 0.0, **optimizer})
+  config.schedule.name = "constant"
+  return config
+
+
+_config = optimizer_config
 
 
 @pytest.mark.parametrize(
@@ -41,7 +46,8 @@ def _config(**optimizer):
   ],
 )
 def test_schedules_at_chosen_steps(name, step, expected):
-  config = ml_collections.ConfigDict({"name": name, "warmup_steps": 100, "timescale": 10_000})
+  config = common.get_base_config().schedule
+  config.update(name=name, warmup_steps=100, timescale=10_000)
   if name == "step":
     config.warmup_steps = 0
   schedule = optim.create_learning_rate_fn(config, base_learning_rate=1.0, total_steps=1000)
@@ -49,7 +55,8 @@ def test_schedules_at_chosen_steps(name, step, expected):
 
 
 def test_cosine_midway_value_matches_the_formula():
-  config = ml_collections.ConfigDict({"name": "cosine", "warmup_steps": 10, "end_value": 0.0})
+  config = common.get_base_config().schedule
+  config.update(name="cosine", warmup_steps=10, end_value=0.0)
   schedule = optim.create_learning_rate_fn(config, base_learning_rate=3.0, total_steps=110)
   assert float(schedule(10 + 25)) == pytest.approx(3.0 * 0.5 * (1 + math.cos(math.pi * 25 / 100)), rel=1e-6)
 
@@ -75,7 +82,7 @@ def test_weight_decay_mask_spares_biases_norms_and_embeddings():
 
 def test_nesterov_matches_its_formula():
   lr, mu = 0.1, 0.9
-  tx, _ = optim.create_optimizer(_config(learning_rate=lr, momentum=mu, nesterov=True), total_steps=10)
+  tx, _ = optim.from_config(_config(learning_rate=lr, momentum=mu, nesterov=True), total_steps=10)
   params = {"w": jnp.array([1.0, -2.0])}
   state = tx.init(params)
   grads = [jnp.array([0.5, 1.0]), jnp.array([-1.0, 0.25]), jnp.array([2.0, 2.0])]
@@ -92,13 +99,13 @@ def test_decoupled_and_l2_weight_decay():
   params = {"kernel": jnp.array([2.0])}
   zero = {"kernel": jnp.array([0.0])}
   for mode, expected in (("decoupled", 2.0 - 0.1 * 0.5 * 2.0), ("l2", 2.0 - 0.1 * 0.5 * 2.0)):
-    tx, _ = optim.create_optimizer(_config(weight_decay=0.5, weight_decay_mode=mode), total_steps=10)
+    tx, _ = optim.from_config(_config(weight_decay=0.5, weight_decay_mode=mode), total_steps=10)
     updates, _ = tx.update(zero, tx.init(params), params)
     assert float(optax.apply_updates(params, updates)["kernel"][0]) == pytest.approx(expected)
   # Under Adam they differ: L2 goes through the moment normalisation (one step moves lr * sign), decoupled not.
   results = {}
   for mode in ("decoupled", "l2"):
-    tx, _ = optim.create_optimizer(_config(name="adam", weight_decay=0.5, weight_decay_mode=mode), total_steps=10)
+    tx, _ = optim.from_config(_config(name="adam", weight_decay=0.5, weight_decay_mode=mode), total_steps=10)
     updates, _ = tx.update(zero, tx.init(params), params)
     results[mode] = float(optax.apply_updates(params, updates)["kernel"][0])
   assert results["l2"] == pytest.approx(2.0 - 0.1, rel=1e-5)
@@ -107,7 +114,7 @@ def test_decoupled_and_l2_weight_decay():
 
 def test_frozen_parameters_get_no_update_and_no_state():
   params = {"backbone": {"kernel": jnp.ones((3, 3))}, "head": {"kernel": jnp.ones((3, 2))}}
-  tx, _ = optim.create_optimizer(_config(name="adam", freeze=r"^backbone/"), total_steps=10, params=params)
+  tx, _ = optim.from_config(_config(name="adam", freeze=r"^backbone/"), total_steps=10, params=params)
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, state, params)
@@ -116,7 +123,7 @@ def test_frozen_parameters_get_no_update_and_no_state():
   state_sizes = sum(x.size for x in jax.tree.leaves(state) if hasattr(x, "size") and x.ndim > 0)
   assert state_sizes == 2 * 6  # Adam's two moments for the head only.
   with pytest.raises(ValueError, match="matches every parameter"):
-    optim.create_optimizer(_config(freeze=".*"), total_steps=10, params=params)
+    optim.from_config(_config(freeze=".*"), total_steps=10, params=params)
 
 
 def test_layerwise_decay_scales_by_depth():
@@ -138,8 +145,8 @@ def test_resnet_stages_get_stage_wise_depth():
 def test_gradient_accumulation_equals_the_big_batch():
   model = models.build("vit_micro8", num_classes=10)
   config = _config(name="adamw", learning_rate=1e-3, weight_decay=0.1)
-  tx, schedule = optim.create_optimizer(config, total_steps=10)
-  state = train.create_train_state(model, tx, jax.random.key(0), image_shape=(16, 16, 3))
+  tx, schedule = optim.from_config(config, total_steps=10)
+  state = create_train_state(model, tx, jax.random.key(0), image_shape=(16, 16, 3))
   rng = np.random.default_rng(0)
   batch = {
     "image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
@@ -148,7 +155,9 @@ def test_gradient_accumulation_equals_the_big_batch():
   results = []
   for accum in (1, 4):
     step = jax.jit(
-      steps.make_train_step(loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule, accum_steps=accum)
+      steps.make_train_step(
+        objective=objectives.supervised(losses.softmax_cross_entropy), learning_rate_fn=schedule, accum_steps=accum
+      )
     )
     new_state, metrics = step(state, batch, jax.random.key(1))
     results.append((new_state.params, float(metrics["loss"]), float(metrics["accuracy"])))

@@ -3,32 +3,32 @@
 import functools
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
+from tests.test_optim import optimizer_config
 from tests.test_train import _params, tiny_config
-from vitjax import losses, models, optim, sharding, steps, train
+from vitjax import losses, models, sharding
+from vitjax.train import loop, objectives, optim, steps
+from vitjax.train.state import create_train_state
 
 
 def _run(parallelism: str, *, devices, fsdp: int = 1, num_steps: int = 3):
   model = models.build("vit_micro8", num_classes=10)
   # SGD keeps float32 reduction-order differences at their size; Adam would blow up those of near-zero gradients.
-  config = ml_collections.ConfigDict(
-    {
-      "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3},
-      "schedule": {"name": "constant"},
-    }
-  )
-  tx, schedule = optim.create_optimizer(config, total_steps=num_steps)
-  init = functools.partial(train.create_train_state, model, tx, image_shape=(16, 16, 3), ema=True)
+  config = optimizer_config(momentum=0.9, nesterov=True, weight_decay=1e-3)
+  tx, schedule = optim.from_config(config, total_steps=num_steps)
+  init = functools.partial(create_train_state, model, tx, image_shape=(16, 16, 3), ema=True)
   abstract = jax.eval_shape(init, jax.random.key(0))
   parallel = sharding.create(parallelism, sharding.make_mesh(fsdp=fsdp, devices=devices), abstract)
   state = parallel.from_checkpoint(parallel.init(init, jax.random.key(0)))
   axis = sharding.PMAP_AXIS if parallelism == "pmap" else None
   step = parallel.train_step(
     steps.make_train_step(
-      loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule, ema_decay=0.9, axis_name=axis
+      objective=objectives.supervised(losses.softmax_cross_entropy),
+      learning_rate_fn=schedule,
+      ema_decay=0.9,
+      axis_name=axis,
     )
   )
   rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_pmap_training_loop_matches_jit(digits_dir, tmp_path):
   for parallelism in ("jit", "pmap"):
     config = tiny_config(digits_dir, parallelism=parallelism, total_steps=4)
     config.log_every = config.eval_every = config.checkpoint_every = 2
-    results[parallelism] = train.train_and_evaluate(config, str(tmp_path / parallelism))
+    results[parallelism] = loop.train_and_evaluate(config, str(tmp_path / parallelism))
   assert results["jit"]["loss"] == pytest.approx(results["pmap"]["loss"], rel=1e-4)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),

@@ -2,6 +2,7 @@
 class selection, and Mixup / CutMix."""
 
 import math
+import time
 
 import ml_collections
 import numpy as np
@@ -9,17 +10,20 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from configs import common
 from vitjax import data
 from vitjax.data import mixing
 
-CONFIG = ml_collections.ConfigDict(
-  {
-    "train_split": "train",
-    "eval_split": "test",
-    "shuffle_buffer": 10_000,
-    "pp_train": "resize(32)|to_rgb|pad_and_crop(4)|flip_lr|value_range(-1, 1)",
-    "pp_eval": "to_rgb",
-  }
+
+def _data_config(**overrides) -> ml_collections.ConfigDict:
+  """The base data config (every key the library reads) with ``overrides``."""
+  config = common.get_base_config().data
+  config.update(overrides)
+  return config
+
+
+CONFIG = _data_config(
+  pp_train="resize(32)|to_rgb|pad_and_crop(4)|flip_lr|value_range(-1, 1)", pp_eval="to_rgb", shuffle_buffer=10_000
 )
 
 
@@ -45,13 +49,11 @@ def test_train_stream_resumes_exactly_across_an_epoch_boundary(digits_dir):
 
 def test_resume_is_exact_with_randaugment_mixup_cutmix_and_a_decoding_spec(digits_dir):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
-  config = ml_collections.ConfigDict(
-    {
-      **CONFIG.to_dict(),
-      "pp_train": "decode|resize(16)|inception_crop(16)|randaugment(2, 9)|value_range(-1, 1)",
-      "mixup": {"mixup_alpha": 0.5, "cutmix_alpha": 1.0, "switch_prob": 0.5},
-      "shuffle_buffer": 200,
-    }
+  config = _data_config(
+    pp_train="decode|resize(16)|inception_crop(16)|randaugment(2, 9)|value_range(-1, 1)",
+    pp_eval=CONFIG.pp_eval,
+    mixup={"mixup_alpha": 0.5, "cutmix_alpha": 1.0, "switch_prob": 0.5},
+    shuffle_buffer=200,
   )
   full = _batches(builder, 8, config)
   _assert_same_batches(full[5:], _batches(builder, 3, config, start_batch=5))
@@ -70,8 +72,8 @@ def test_resume_is_exact_with_randaugment_mixup_cutmix_and_a_decoding_spec(digit
 )
 def test_caching_decoded_examples_changes_no_batch(digits_dir, pp_train):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
-  config = ml_collections.ConfigDict({**CONFIG.to_dict(), "pp_train": pp_train})
-  cached = ml_collections.ConfigDict({**config.to_dict(), "cache": True})
+  config = _data_config(pp_train=pp_train, pp_eval=CONFIG.pp_eval)
+  cached = _data_config(pp_train=pp_train, pp_eval=CONFIG.pp_eval, cache=True)
   assert builder.share("train").records.element_spec["image"].dtype == tf.string
   assert builder.share("train", cache=True).records.element_spec["image"].dtype == tf.uint8  # Cached decoded.
   # Two epochs: the second one reads from the cache.
@@ -110,10 +112,10 @@ def test_eval_shares_cover_the_split_exactly_once(digits_dir, process_count):
 
 
 def test_classes_keep_and_remap_labels_in_the_given_order(digits_dir):
-  config = ml_collections.ConfigDict(
-    {**CONFIG.to_dict(), "dataset": "vitjax_digits", "data_dir": digits_dir, "classes": (7, 5, 9)}
+  config = _data_config(
+    pp_train=CONFIG.pp_train, pp_eval=CONFIG.pp_eval, dataset="vitjax_digits", data_dir=digits_dir, classes=(7, 5, 9)
   )
-  source = data.get_builder(config)
+  source = data.from_config(config)
   raw = list(tfds.as_numpy(source.builder.as_dataset(split="test", shuffle_files=False)))
   expected = sorted(
     (ex["image"][..., 0].tobytes(), [7, 5, 9].index(ex["label"])) for ex in raw if ex["label"] in (7, 5, 9)
@@ -132,7 +134,7 @@ def test_classes_keep_and_remap_labels_in_the_given_order(digits_dir):
   train = _batches(source, 3, config)
   assert all(batch["labels"].shape == (8, 3) for batch in train)
   with pytest.raises(ValueError, match="neither a label id"):
-    data.get_builder(ml_collections.ConfigDict({**config.to_dict(), "classes": (3, 10)}))
+    data.from_config(_data_config(dataset="vitjax_digits", data_dir=digits_dir, classes=(3, 10)))
 
 
 def test_unknown_dataset_names_the_choices():
@@ -140,15 +142,15 @@ def test_unknown_dataset_names_the_choices():
     data.builder_by_name("cifar11")
 
 
-def test_unprepared_public_dataset_explains_how_to_prepare_it(tmp_path, monkeypatch):
-  builder = data.builder_by_name("mnist", data_dir=str(tmp_path))
-
-  def offline(*args, **kwargs):
-    raise ConnectionError("no network")
-
-  monkeypatch.setattr(builder.builder, "download_and_prepare", offline)
+def test_unprepared_public_dataset_fails_fast_offline_and_explains_how_to_prepare_it(tmp_path):
+  # This test machine has no internet access: mnist is neither on disk nor downloadable. TFDS alone would retry
+  # the unreachable host for minutes before failing.
+  builder = data.from_config(_data_config(dataset="mnist", data_dir=str(tmp_path)))
+  start = time.monotonic()
   with pytest.raises(data.DatasetUnavailableError, match=r"'mnist' is not prepared.*tfds build mnist.*data_dir"):
     data.prepare(builder)
+  elapsed = time.monotonic() - start
+  assert elapsed < 30, f"An offline failure took {elapsed:.1f} s."
 
 
 def _constant_batch(batch_size=6, size=16, classes=6):
@@ -228,11 +230,15 @@ def test_mixing_is_the_same_eagerly_and_in_tf_data():
     np.testing.assert_array_equal(eager["labels"].numpy(), out["labels"].numpy())
 
 
-def test_bad_mixup_settings_fail_when_the_config_is_read():
-  for settings, message in [
-    ({"mixup_alpa": 1.0}, "Unknown config.data.mixup keys"),
-    ({"cutmix_alpha": -1.0}, "must be >= 0"),
-    ({"prob": 1.5}, r"must lie in \[0, 1\]"),
+def test_bad_data_configs_fail_when_the_config_is_read():
+  for overrides, message in [
+    ({"mixup": {"mixup_alpa": 1.0}}, "Unknown config.data.mixup keys"),
+    ({"mixup": {"cutmix_alpha": -1.0}}, "must be >= 0"),
+    ({"mixup": {"prob": 1.5}}, r"must lie in \[0, 1\]"),
+    ({"pp_train": "resize(32)|fliplr"}, r"config.data.pp_train='resize\(32\)\|fliplr': Unknown preprocessing op"),
+    ({"pp_eval": "resize(32"}, r"config.data.pp_eval='resize\(32': Cannot parse preprocessing op"),
+    ({"dataset": "cifar11"}, r"Unknown dataset 'cifar11'"),
+    ({"dataset": "folder"}, r"config.data.folder must name the root folder"),
   ]:
     with pytest.raises(ValueError, match=message):
-      data.get_builder(ml_collections.ConfigDict({"dataset": "vitjax_digits", "mixup": settings}))
+      data.from_config(_data_config(**overrides))

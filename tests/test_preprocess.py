@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
-from vitjax.data import augment, preprocess
+from vitjax.data import augment, decoding, geometric, preprocess
 
 RNG = np.random.default_rng(0)
 IMAGE = (RNG.random((40, 48, 3)) * 120 + np.linspace(0, 100, 48)[None, :, None]).astype(np.uint8)
@@ -192,9 +192,9 @@ def test_inception_crop_area_and_aspect_stay_in_range_over_many_draws():
 def test_fused_jpeg_decode_and_crop_matches_decode_then_crop():
   for s in range(5):
     seed = tf.constant([s, 4], tf.int64)
-    fused = preprocess.decode_jpeg_and_inception_crop()({"image": tf.constant(JPEG)}, seed)["image"].numpy()
+    fused = decoding.decode_jpeg_and_inception_crop()({"image": tf.constant(JPEG)}, seed)["image"].numpy()
     decoded = tf.io.decode_jpeg(JPEG, channels=3)
-    separate = preprocess.inception_crop()({"image": decoded}, seed)["image"].numpy()
+    separate = geometric.inception_crop()({"image": decoded}, seed)["image"].numpy()
     assert fused.shape == separate.shape
     assert np.abs(fused.astype(int) - separate.astype(int)).mean() < 2.0
   np.testing.assert_array_equal(_run_eagerly("decode", PNG), IMAGE)

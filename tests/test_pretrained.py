@@ -11,7 +11,8 @@ import orbax.checkpoint as ocp
 import pytest
 import scipy.ndimage
 
-from vitjax import checkpoints, models, pretrained, steps
+from vitjax import checkpoints, models, transfer
+from vitjax.train.state import TrainState
 
 VIT = dict(num_layers=2, hidden_size=32, mlp_dim=64, num_heads=2)
 RNG = np.random.default_rng(0)
@@ -99,7 +100,7 @@ def test_vit_layouts_load_to_identical_logits(vit, tmp_path, layout):
   }
   path = _save_npz(tmp_path, files[layout]())
   target = jax.tree.map(np.zeros_like, params)
-  loaded = pretrained.load_pretrained(path, target, dont_load=())
+  loaded = transfer.load_pretrained(path, target, dont_load=())
   np.testing.assert_array_equal(_logits(model, loaded), expected)
 
 
@@ -110,10 +111,10 @@ def test_hybrid_with_group_norm_stored_as_1x1x1xC(tmp_path):
   flat = {k: (v.reshape(1, 1, 1, -1) if "/gn" in f"/{k}" else v) for k, v in _flat(params).items()}
   assert flat["gn_root/scale"].shape == (1, 1, 1, 64) and flat["block1/unit1/gn_proj/bias"].shape == (1, 1, 1, 256)
   path = _save_npz(tmp_path, flat)
-  loaded = pretrained.load_pretrained(path, jax.tree.map(np.zeros_like, params), dont_load=())
+  loaded = transfer.load_pretrained(path, jax.tree.map(np.zeros_like, params), dont_load=())
   np.testing.assert_array_equal(_logits(model, loaded, images), _logits(model, params, images))
-  _, report = pretrained.match_params(
-    pretrained.read_checkpoint(path)[0], _flat(params), dont_load=(), keep_pre_logits=False
+  _, report = transfer.match_params(
+    transfer.read_checkpoint(path)[0], _flat(params), dont_load=(), keep_pre_logits=False
   )
   assert report.reshaped["gn_root/scale"] == "(1, 1, 1, 64) -> (64,)"
   assert len(report.reshaped) == sum("/gn" in f"/{k}" for k in flat)
@@ -129,11 +130,11 @@ def test_bit_tf_names(tmp_path):
   assert "resnet/block1/unit01/a/proj/standardized_conv2d/kernel" in tf_names
   assert "resnet/group_norm/gamma" in tf_names and "resnet/head/conv2d/kernel" in tf_names
   path = _save_npz(tmp_path, tf_names)
-  loaded = pretrained.load_pretrained(path, jax.tree.map(np.zeros_like, params), dont_load=())
+  loaded = transfer.load_pretrained(path, jax.tree.map(np.zeros_like, params), dont_load=())
   np.testing.assert_array_equal(_logits(model, loaded), _logits(model, params))
 
   # The default transfer keeps everything but the head, which restarts at zero kernel and the chosen bias.
-  fresh = checkpoints.load_pretrained(path, params, head_bias_init=-10.0)  # The entry point.
+  fresh = transfer.load_pretrained(path, params, head_bias_init=-10.0)
   np.testing.assert_array_equal(fresh["head"]["conv2d"]["kernel"], 0.0)
   np.testing.assert_array_equal(fresh["head"]["conv2d"]["bias"], -10.0)
   np.testing.assert_array_equal(
@@ -143,9 +144,9 @@ def test_bit_tf_names(tmp_path):
 
 def test_posemb_resize_is_identity_at_the_same_size_and_bilinear_otherwise():
   posemb = RNG.normal(size=(1, 1 + 4 * 4, 8)).astype(np.float32)
-  np.testing.assert_array_equal(pretrained.resize_posemb(posemb, 17), posemb)
+  np.testing.assert_array_equal(transfer.resize_posemb(posemb, 17), posemb)
   for side in (6, 3, 1):
-    resized = pretrained.resize_posemb(posemb, 1 + side * side)
+    resized = transfer.resize_posemb(posemb, 1 + side * side)
     grid = posemb[0, 1:].reshape(4, 4, 8)
     expected = scipy.ndimage.zoom(grid, (side / 4, side / 4, 1), order=1)
     assert expected.shape == (side, side, 8)
@@ -154,14 +155,14 @@ def test_posemb_resize_is_identity_at_the_same_size_and_bilinear_otherwise():
   # Without a class slot on either side (gap / map models), and between the two conventions.
   no_slot = posemb[:, 1:]
   np.testing.assert_allclose(
-    pretrained.resize_posemb(no_slot, 36)[0].reshape(6, 6, 8),
+    transfer.resize_posemb(no_slot, 36)[0].reshape(6, 6, 8),
     scipy.ndimage.zoom(no_slot[0].reshape(4, 4, 8), (1.5, 1.5, 1), order=1),
     atol=1e-6,
   )
-  np.testing.assert_array_equal(pretrained.resize_posemb(no_slot, 17)[:, 0], 0.0)
-  np.testing.assert_array_equal(pretrained.resize_posemb(posemb, 16), no_slot)
+  np.testing.assert_array_equal(transfer.resize_posemb(no_slot, 17)[:, 0], 0.0)
+  np.testing.assert_array_equal(transfer.resize_posemb(posemb, 16), no_slot)
   with pytest.raises(ValueError, match="neither a square grid"):
-    pretrained.resize_posemb(posemb, 20)
+    transfer.resize_posemb(posemb, 20)
 
 
 def test_fine_tune_at_a_higher_resolution_resizes_and_logs(vit, tmp_path):
@@ -169,13 +170,13 @@ def test_fine_tune_at_a_higher_resolution_resizes_and_logs(vit, tmp_path):
   path = _save_npz(tmp_path, _flat(params))
   model = models.build("vit_micro8", num_classes=3, **VIT)
   target = _abstract(model, size=48)  # Shapes suffice when every kept key is loaded or a new head.
-  loaded = pretrained.load_pretrained(path, target)
+  loaded = transfer.load_pretrained(path, target)
   posemb = np.asarray(params["Transformer"]["posembed_input"]["pos_embedding"])
   np.testing.assert_array_equal(
-    loaded["Transformer"]["posembed_input"]["pos_embedding"], pretrained.resize_posemb(posemb, 37)
+    loaded["Transformer"]["posembed_input"]["pos_embedding"], transfer.resize_posemb(posemb, 37)
   )
   np.testing.assert_array_equal(loaded["head"]["kernel"], np.zeros((32, 3)))
-  _, report = pretrained.match_params(
+  _, report = transfer.match_params(
     _flat(params), flax.traverse_util.flatten_dict(target, sep="/"), dont_load=(r"head/.*",), keep_pre_logits=False
   )
   assert report.resized == {"Transformer/posembed_input/pos_embedding": "(1, 17, 32) -> (1, 37, 32)"}
@@ -194,15 +195,15 @@ def test_pre_logits_dropped_or_kept(tmp_path):
   params = _randomized(fresh)
   path = _save_npz(tmp_path, _flat(params))
   plain = _abstract(models.build("vit_micro8", num_classes=10, **VIT))
-  dropped = pretrained.load_pretrained(path, plain)
+  dropped = transfer.load_pretrained(path, plain)
   assert "pre_logits" not in dropped
-  kept = pretrained.load_pretrained(path, fresh, keep_pre_logits=True, dont_load=())
+  kept = transfer.load_pretrained(path, fresh, keep_pre_logits=True, dont_load=())
   np.testing.assert_array_equal(_logits(upstream, kept), _logits(upstream, params))
-  reinitialized = pretrained.load_pretrained(path, fresh)
+  reinitialized = transfer.load_pretrained(path, fresh)
   np.testing.assert_array_equal(reinitialized["pre_logits"]["kernel"], fresh["pre_logits"]["kernel"])
   np.testing.assert_array_equal(reinitialized["embedding"]["kernel"], params["embedding"]["kernel"])
   with pytest.raises(ValueError, match=r"pre_logits/\w+ .* is in the checkpoint but not in the model"):
-    pretrained.load_pretrained(path, plain, keep_pre_logits=True)
+    transfer.load_pretrained(path, plain, keep_pre_logits=True)
 
 
 def test_another_architecture_fails_naming_the_first_mismatched_key(vit, tmp_path):
@@ -214,16 +215,16 @@ def test_another_architecture_fails_naming_the_first_mismatched_key(vit, tmp_pat
     match=r"Transformer/encoder_norm/bias has shape \(32,\) in the checkpoint but "
     r"\(48,\) in the model \(and \d+ more",
   ):
-    pretrained.load_pretrained(path, _abstract(wider))
+    transfer.load_pretrained(path, _abstract(wider))
   deeper = models.build("vit_micro8", num_classes=10, **{**VIT, "num_layers": 3})
   with pytest.raises(ValueError, match=r"Transformer/encoderblock_2/LayerNorm_0/bias \(32,\) is missing"):
-    pretrained.load_pretrained(path, _abstract(deeper))
+    transfer.load_pretrained(path, _abstract(deeper))
   shallower = models.build("vit_micro8", num_classes=10, **{**VIT, "num_layers": 1})
   with pytest.raises(ValueError, match=r"Transformer/encoderblock_1/.* is in the checkpoint but not in the model"):
-    pretrained.load_pretrained(path, _abstract(shallower))
+    transfer.load_pretrained(path, _abstract(shallower))
   bit = models.build("bit_r50x1", num_classes=10, stage_sizes=(1,))
   with pytest.raises(ValueError, match=r"block1/unit01/a/group_norm/bias \(64,\) is missing"):
-    pretrained.load_pretrained(path, _abstract(bit))
+    transfer.load_pretrained(path, _abstract(bit))
   transposed = {**_flat(params)}
   transposed["Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel"] = transposed[
     "Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel"
@@ -233,11 +234,11 @@ def test_another_architecture_fails_naming_the_first_mismatched_key(vit, tmp_pat
     match=r"encoderblock_1/MlpBlock_0/Dense_0/kernel has shape \(64, 32\) in the "
     r"checkpoint but \(32, 64\) in the model\. ",
   ):
-    pretrained.load_pretrained(_save_npz(tmp_path, transposed, "t.npz"), params)
+    transfer.load_pretrained(_save_npz(tmp_path, transposed, "t.npz"), params)
 
 
 def _train_state(model, params):
-  state = steps.TrainState.create(
+  state = TrainState.create(
     apply_fn=model.apply, params=params, tx=optax.adam(1e-3), ema_params=jax.tree.map(lambda x: 2 * x, params)
   )
   grads = jax.tree.map(jnp.ones_like, params)
@@ -253,24 +254,24 @@ def test_orbax_checkpoints_of_this_project(vit, tmp_path):
   manager.wait_until_finished()
   target = jax.tree.map(np.zeros_like, params)
   for path in (workdir, f"{workdir}/checkpoints", f"{workdir}/checkpoints/1"):
-    loaded = pretrained.load_pretrained(path, target, dont_load=())
+    loaded = transfer.load_pretrained(path, target, dont_load=())
     jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(state.params))
 
   # A params-only pytree saved with Orbax directly.
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(str(tmp_path / "params_only"), params)
-  loaded = pretrained.load_pretrained(str(tmp_path / "params_only"), target, dont_load=())
+  loaded = transfer.load_pretrained(str(tmp_path / "params_only"), target, dont_load=())
   np.testing.assert_array_equal(_logits(model, loaded), expected)
 
-  variables, meta = pretrained.load_variables(workdir, {"params": target})
+  variables, meta = transfer.load_variables(workdir, {"params": target})
   assert meta == {"train_seconds": 2.5, "step": 1}
   jax.tree.map(np.testing.assert_array_equal, variables["params"], jax.device_get(state.params))
-  averaged, _ = pretrained.load_variables(workdir, {"params": target}, params_key="ema_params")
+  averaged, _ = transfer.load_variables(workdir, {"params": target}, params_key="ema_params")
   jax.tree.map(np.testing.assert_array_equal, averaged["params"], jax.device_get(state.ema_params))
 
   # The full state, to continue training: optimizer moments and step come back too.
   abstract = jax.eval_shape(lambda: _train_state(model, params))
-  resumed = pretrained.load_state(workdir, abstract)
+  resumed = checkpoints.load_state(workdir, abstract)
   assert int(resumed.step) == 1
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.opt_state), jax.device_get(state.opt_state))
 
@@ -281,10 +282,10 @@ def test_load_variables_needs_batch_stats_for_batchnorm_models(tmp_path):
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
   path = _save_npz(tmp_path, _flat(zeros["params"]))
   with pytest.raises(ValueError, match="has 'batch_stats' variables but the checkpoint .* has none"):
-    pretrained.load_variables(path, variables)
+    transfer.load_variables(path, variables)
   # A run's checkpoint (variables saved together) brings its statistics along.
   zeros["batch_stats"] = jax.tree.map(lambda x: x + 2.0, zeros["batch_stats"])
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(str(tmp_path / "variables"), zeros)
-  restored, _ = pretrained.load_variables(str(tmp_path / "variables"), variables)
+  restored, _ = transfer.load_variables(str(tmp_path / "variables"), variables)
   jax.tree.map(np.testing.assert_array_equal, restored["batch_stats"], zeros["batch_stats"])

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.test_train import tiny_config
-from vitjax import train
+from vitjax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,7 +79,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(digits_dir, tmp
   config = tiny_config(digits_dir, total_steps=4)
   config.log_every = config.eval_every = config.checkpoint_every = 2
   workdir = str(tmp_path)
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   state_dir = os.path.join(workdir, "checkpoints", "4", "state")
   for root, _, files in os.walk(state_dir):
     for name in files:
@@ -87,7 +87,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(digits_dir, tmp
         f.truncate(max(os.path.getsize(f.name) // 3, 0))
   config.total_steps = 6
   with caplog.at_level(logging.WARNING):
-    results = train.train_and_evaluate(config, workdir)
+    results = loop.train_and_evaluate(config, workdir)
   assert "Checkpoint at step 4 cannot be restored" in caplog.text
   assert results["step"] == 6
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -1,17 +1,22 @@
 """Data sources: folders of images (single- and multi-label), bad files, per-process eval shares, TFDS feature keys,
 and a few training steps on a folder with a corrupt file."""
 
+import http.server
 import logging
 import os
+import socket
+import threading
+import time
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import quickstart
-from vitjax import data, train
+from configs import common, quickstart
+from vitjax import data
+from vitjax.data import tfds_source
+from vitjax.train import loop
 
 SIZE = 12
 
@@ -59,17 +64,10 @@ def _make_folder(root, *, train_per_class=6, test_per_class=3, corrupt=True):
 
 
 def _config(root, **overrides):
-  config = ml_collections.ConfigDict(
-    {
-      "dataset": "folder",
-      "folder": str(root),
-      "train_split": "train",
-      "eval_split": "test",
-      "strict": False,
-      "pp_train": "flip_lr",
-      "pp_eval": f"resize({SIZE}, method='nearest')",
-      "classes": (),
-    }
+  """The base data config (every key the library reads) for a folder dataset at ``root``, with ``overrides``."""
+  config = common.get_base_config().data
+  config.update(
+    {"dataset": "folder", "folder": str(root), "pp_train": "flip_lr", "pp_eval": f"resize({SIZE}, method='nearest')"}
   )
   config.update(overrides)
   return config
@@ -98,7 +96,7 @@ def _eval_examples(source, config, *, process_count=1, split=None):
 
 def test_folder_classes_sizes_and_rgb_conversion(folder):
   root, expected = folder
-  source = data.get_builder(_config(root))
+  source = data.from_config(_config(root))
   data.prepare(source)
   assert data.class_names(source) == ["cat", "dog", "fish"] and data.num_classes(source) == 3
   assert data.num_examples(source, "train") == 18 + 4  # gray, alpha, photo.JPG and broken.jpg; notes.txt ignored.
@@ -112,7 +110,7 @@ def test_folder_classes_sizes_and_rgb_conversion(folder):
 @pytest.mark.parametrize("process_count", [1, 2])
 def test_folder_eval_shares_cover_the_split_exactly_once(folder, process_count):
   root, expected = folder
-  source = data.get_builder(_config(root))
+  source = data.from_config(_config(root))
   examples, _ = _eval_examples(source, _config(root), process_count=process_count)
   assert sorted(examples) == sorted(expected["test"].items())  # The corrupt file is the only one missing.
 
@@ -120,7 +118,7 @@ def test_folder_eval_shares_cover_the_split_exactly_once(folder, process_count):
 def test_split_slices_are_disjoint_and_cover_the_folder(folder):
   root, _ = folder
   config = _config(root, pp_eval=f"resize({SIZE}, method='nearest')")
-  source = data.get_builder(config)
+  source = data.from_config(config)
   first, _ = _eval_examples(source, config, split="train[:50%]")
   second, _ = _eval_examples(source, config, split="train[50%:]")
   whole, _ = _eval_examples(source, config, split="train")
@@ -131,7 +129,7 @@ def test_split_slices_are_disjoint_and_cover_the_folder(folder):
 def test_corrupt_file_is_skipped_logged_and_resume_stays_exact(folder, caplog):
   root, _ = folder
   config = _config(root)
-  source = data.get_builder(config)
+  source = data.from_config(config)
   with caplog.at_level(logging.WARNING):
     stream = data.as_numpy(data.train_dataset(source, config, batch_size=8, seed=1))
     full = [next(stream) for _ in range(9)]  # 72 examples: three passes over the 22 files.
@@ -147,7 +145,7 @@ def test_corrupt_file_is_skipped_logged_and_resume_stays_exact(folder, caplog):
 def test_strict_mode_fails_at_once_naming_the_file(folder):
   root, _ = folder
   config = _config(root, strict=True)
-  stream = data.as_numpy(data.train_dataset(data.get_builder(config), config, batch_size=22, seed=0))
+  stream = data.as_numpy(data.train_dataset(data.from_config(config), config, batch_size=22, seed=0))
   with pytest.raises(data.UnreadableImageError, match=r"strict=True.*train/cat/broken\.jpg"):
     next(stream)
 
@@ -155,7 +153,7 @@ def test_strict_mode_fails_at_once_naming_the_file(folder):
 def test_classes_select_folders_by_name_or_id(folder):
   root, expected = folder
   config = _config(root, classes=("fish", 0))
-  source = data.get_builder(config)
+  source = data.from_config(config)
   assert data.class_names(source) == ["fish", "cat"] and data.num_examples(source, "test") == 6
   examples, _ = _eval_examples(source, config)
   remap = {2: 0, 0: 1}
@@ -193,7 +191,7 @@ def _broken_layout(root, case):
 def test_bad_folder_layouts_fail_before_training(tmp_path, case, message):
   _broken_layout(tmp_path, case)
   with pytest.raises(ValueError, match=message):
-    data.prepare(data.get_builder(_config(tmp_path)))
+    data.prepare(data.from_config(_config(tmp_path)))
 
 
 def _make_multilabel(root):
@@ -213,7 +211,7 @@ def _make_multilabel(root):
 def test_multilabel_folder_gives_multi_hot_targets(tmp_path):
   contents = _make_multilabel(tmp_path)
   config = _config(tmp_path, dataset="multilabel_folder", eval_split="val")
-  source = data.get_builder(config)
+  source = data.from_config(config)
   data.prepare(source)
   assert data.class_names(source) == ["sky", "tree", "water"]
   targets = {}
@@ -229,7 +227,7 @@ def test_multilabel_folder_gives_multi_hot_targets(tmp_path):
   }
   batch = next(data.as_numpy(data.train_dataset(source, config, batch_size=8, seed=0)))
   assert batch["labels"].shape == (8, 3) and set(np.unique(batch["labels"])) <= {0.0, 1.0}
-  narrowed = data.get_builder(_config(tmp_path, dataset="multilabel_folder", eval_split="val", classes=("tree",)))
+  narrowed = data.from_config(_config(tmp_path, dataset="multilabel_folder", eval_split="val", classes=("tree",)))
   assert data.class_names(narrowed) == ["tree"] and data.num_examples(narrowed, "train") == 4
 
 
@@ -246,7 +244,7 @@ def test_bad_csv_rows_fail_before_training(tmp_path, row, message):
   with open(os.path.join(tmp_path, "train.csv"), "a") as f:
     f.write(row + "\n")
   with pytest.raises(ValueError, match=message):
-    data.prepare(data.get_builder(_config(tmp_path, dataset="multilabel_folder", eval_split="val")))
+    data.prepare(data.from_config(_config(tmp_path, dataset="multilabel_folder", eval_split="val")))
 
 
 class TaggedSquares(tfds.core.GeneratorBasedBuilder):
@@ -291,14 +289,57 @@ def test_tfds_feature_keys_single_and_multi_label(tmp_path):
     ("tags", lambda i: [(i >> t) & 1 for t in range(4)]),
   ):
     config = _config(tmp_path, **base, label_key=label_key)
-    source = data.get_builder(config)
+    source = data.from_config(config)
     seen = {}
     for batch in data.as_numpy(data.eval_dataset(source, config, batch_size=8)):
       for img, labels in zip(batch["image"], batch["labels"]):
         seen[int(img[0, 0, 0])] = labels.tolist()
     assert seen == {i: list(map(float, expected(i))) for i in range(16)}
   with pytest.raises(ValueError, match=r"label_key='label' is not a feature of 'tagged_squares'.*kind, tags"):
-    data.get_builder(_config(tmp_path, **base, label_key="label"))
+    data.from_config(_config(tmp_path, **base, label_key="label"))
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+  def do_HEAD(self):  # Upper case: the name http.server dispatches HEAD requests to.
+    self.send_response(404)
+    self.end_headers()
+
+  def log_message(self, *args):
+    pass
+
+
+def test_download_probe_takes_any_http_answer_and_names_a_dead_host():
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  with socket.socket() as closed:  # A port that nothing listens on once the socket is closed.
+    closed.bind(("127.0.0.1", 0))
+    dead = closed.getsockname()[1]
+  try:
+    answering = f"http://127.0.0.1:{server.server_address[1]}/missing.tar"
+    assert tfds_source.first_unreachable([answering, answering + "?again", "ftp://example.invalid/x"]) is None
+    failure = tfds_source.first_unreachable([answering, f"http://127.0.0.1:{dead}/a.tar"], timeout=5)
+    assert failure.startswith(f"127.0.0.1:{dead} did not answer: NewConnectionError") and "refused" in failure
+    with socket.socket() as silent:  # Accepts connections (the listen backlog) but never answers.
+      silent.bind(("127.0.0.1", 0))
+      silent.listen()
+      start = time.monotonic()
+      failure = tfds_source.first_unreachable([f"http://127.0.0.1:{silent.getsockname()[1]}/a.tar"], timeout=1)
+      assert "did not answer" in failure and time.monotonic() - start < 3
+  finally:
+    server.shutdown()
+
+
+def test_no_probe_when_tfds_can_reuse_files_on_disk(tmp_path):
+  builder = data.builder_by_name("mnist", data_dir=str(tmp_path)).builder
+  urls = tfds_source.urls_to_download(builder)
+  assert len(urls) == 4 and all(url.startswith("https://storage.googleapis.com/") for url in urls)
+  manual = tmp_path / "downloads" / "manual"
+  manual.mkdir(parents=True)
+  (manual / builder.url_infos[urls[0]].filename).write_bytes(b"")
+  assert tfds_source.urls_to_download(builder) == urls[1:]
+  (tmp_path / "downloads" / "mnist").mkdir()
+  (tmp_path / "downloads" / "mnist" / "file.gz.INFO").write_text("{}")
+  assert tfds_source.urls_to_download(builder) == []
 
 
 def test_training_on_a_folder_with_a_corrupt_file(tmp_path, caplog):
@@ -314,7 +355,7 @@ def test_training_on_a_folder_with_a_corrupt_file(tmp_path, caplog):
   config.total_steps = 4
   config.schedule.warmup_steps = 0
   with caplog.at_level(logging.WARNING):
-    results = train.train_and_evaluate(config, str(tmp_path / "workdir"))
+    results = loop.train_and_evaluate(config, str(tmp_path / "workdir"))
   assert results["step"] == 4 and np.isfinite(results["loss"])
   assert results["num_examples"] == len(expected["test"])  # The corrupt test image is masked out.
   assert "broken.jpg" in caplog.text and "skipped so far" in caplog.text

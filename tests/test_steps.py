@@ -1,31 +1,32 @@
 """Train and eval steps on a fixed batch of real digits."""
 
 import jax
-import ml_collections
 import numpy as np
 
-from vitjax import data, losses, models, optim, steps, train
+from configs import common
+from tests.test_optim import optimizer_config
+from vitjax import data, losses, models
+from vitjax.train import objectives, optim, steps
+from vitjax.train.state import create_train_state
 
 
 def _state_and_batch(digits_dir, *, learning_rate=3e-3):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
-  data_config = ml_collections.ConfigDict({"train_split": "train", "pp_train": "resize(32)|to_rgb|value_range(-1, 1)"})
+  data_config = common.get_base_config().data
+  data_config.pp_train = "resize(32)|to_rgb|value_range(-1, 1)"
   batch = next(data.as_numpy(data.train_dataset(builder, data_config, batch_size=32, seed=0)))
   model = models.build("vit_micro8", num_classes=10)
-  config = ml_collections.ConfigDict(
-    {
-      "optimizer": {"name": "adamw", "learning_rate": learning_rate, "weight_decay": 0.0},
-      "schedule": {"name": "constant"},
-    }
-  )
-  tx, schedule = optim.create_optimizer(config, total_steps=10)
-  state = train.create_train_state(model, tx, jax.random.key(0), image_shape=(32, 32, 3))
+  config = optimizer_config(name="adamw", learning_rate=learning_rate)
+  tx, schedule = optim.from_config(config, total_steps=10)
+  state = create_train_state(model, tx, jax.random.key(0), image_shape=(32, 32, 3))
   return state, batch, schedule
 
 
 def test_train_steps_lower_the_loss_on_a_fixed_batch(digits_dir):
   state, batch, schedule = _state_and_batch(digits_dir)
-  train_step = jax.jit(steps.make_train_step(loss_fn=losses.softmax_cross_entropy, learning_rate_fn=schedule))
+  train_step = jax.jit(
+    steps.make_train_step(objective=objectives.supervised(losses.softmax_cross_entropy), learning_rate_fn=schedule)
+  )
   rng = jax.random.key(1)
   history = []
   for _ in range(8):

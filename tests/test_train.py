@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -13,7 +14,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import quickstart
-from vitjax import train
+from vitjax import checkpoints, models
+from vitjax.train import hooks, loop, objectives
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +68,7 @@ def test_run_writes_results_curves_and_resumes_exactly(digits_dir, tmp_path):
   config = tiny_config(digits_dir)
   config.schedule.name = "constant"
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  results = train.train_and_evaluate(config, straight)
+  results = loop.train_and_evaluate(config, straight)
   assert results["step"] == 6 and results["num_examples"] == 360 and 0 <= results["accuracy"] <= 1
   with open(os.path.join(straight, "results.json")) as f:
     saved = json.load(f)
@@ -74,18 +76,32 @@ def test_run_writes_results_curves_and_resumes_exactly(digits_dir, tmp_path):
   assert os.path.getsize(os.path.join(straight, "curves.png")) > 10_000
   with open(os.path.join(straight, "class_names.json")) as f:
     assert json.load(f) == [str(d) for d in range(10)]
+  run = checkpoints.load_run(straight)  # What evaluation, prediction and export read back.
+  assert run.config.name == "quickstart" and run.config.model.classifier == "gap" and run.meta["step"] == 6
+  assert run.class_names == [str(d) for d in range(10)] and run.batch_stats == {} and run.ema_params is None
+  jax.tree.map(np.testing.assert_array_equal, run.variables()["params"], _params(straight))
+  with pytest.raises(ValueError, match="kept no moving average"):
+    run.variables(ema=True)
 
   # The same run in two halves: the second half restores step 3 and its data position.
   config.total_steps = 3
-  train.train_and_evaluate(config, resumed)
+  loop.train_and_evaluate(config, resumed)
   config.total_steps = 6
-  second = train.train_and_evaluate(config, resumed)
+  second = loop.train_and_evaluate(config, resumed)
   assert second["step"] == 6
   jax.tree.map(np.testing.assert_array_equal, _params(straight), _params(resumed))
 
   # A third call has nothing left to train: it reports the finished run without changing it.
-  again = train.train_and_evaluate(config, resumed)
+  again = loop.train_and_evaluate(config, resumed)
   assert again["accuracy"] == second["accuracy"] and again["step"] == 6
+
+
+def test_load_run_names_what_is_missing(tmp_path):
+  with pytest.raises(ValueError, match="No Orbax checkpoint folder"):
+    checkpoints.load_run(str(tmp_path / "nowhere"))
+  (tmp_path / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="holds no checkpoint yet: train first"):
+    checkpoints.load_run(str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -103,27 +119,33 @@ def test_bad_config_fails_before_anything_runs(digits_dir, tmp_path, key, value,
   else:
     config[key] = value
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_command_line_reports_a_bad_model_in_one_line(tmp_path):
-  run = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "vitjax.main",
-      "--config=configs/quickstart.py",
-      f"--workdir={tmp_path}",
-      "--config.model.name=nonexistent",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
+DIVERGING = [
+  "--config.optimizer.name=sgd",
+  "--config.optimizer.learning_rate=1e30",
+  "--config.optimizer.grad_clip_norm=0",
+]
+SHORT = ["--config.total_steps=4", "--config.batch_size=16", "--config.log_every=2", "--config.eval_every=4"]
+
+
+@pytest.mark.parametrize(
+  "flags, message",
+  [
+    (["--config.model.name=nonexistent"], "error: Unknown model 'nonexistent'; choose one of:"),
+    (
+      [*DIVERGING, *SHORT],
+      "error: Non-finite loss (nan) or gradient norm (nan) at step 3; last good checkpoint: none yet",
+    ),
+  ],
+)
+def test_command_line_reports_errors_in_one_line(tmp_path, flags, message):
+  command = [sys.executable, "-m", "vitjax.main", "--config=configs/quickstart.py", f"--workdir={tmp_path}", *flags]
+  run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert run.returncode == 1
-  assert run.stderr.strip().splitlines()[-1].startswith("error: Unknown model 'nonexistent'; choose one of:")
+  assert run.stderr.strip().splitlines()[-1].startswith(message) and "Traceback" not in run.stderr
 
 
 def test_early_stopping_stops_when_the_metric_stalls(digits_dir, tmp_path):
@@ -131,7 +153,7 @@ def test_early_stopping_stops_when_the_metric_stalls(digits_dir, tmp_path):
   config.eval_every = 1
   config.optimizer.learning_rate = 0.0  # Nothing changes, so accuracy never improves after the first eval.
   config.early_stopping.patience = 2
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   assert results["step"] == 3 and not results["finished"]
   assert results["stop_reason"] == "no eval/accuracy gain in 2 evals"
   assert "3" in os.listdir(tmp_path / "checkpoints")
@@ -140,14 +162,82 @@ def test_early_stopping_stops_when_the_metric_stalls(digits_dir, tmp_path):
 def test_non_finite_loss_stops_naming_the_step(digits_dir, tmp_path):
   config = tiny_config(digits_dir, total_steps=6)
   config.optimizer.update(name="sgd", learning_rate=1e30, grad_clip_norm=0.0)
-  with pytest.raises(FloatingPointError, match=r"at step \d+; the last good checkpoint is step None"):
-    train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(hooks.NonFiniteLossError, match=r"at step \d+; last good checkpoint: none yet"):
+    loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_non_finite_loss_names_the_last_good_checkpoint_and_keeps_it(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, total_steps=3)
+  loop.train_and_evaluate(config, str(tmp_path))
+  config.total_steps = 9
+  config.optimizer.learning_rate = 1e30  # Same optimizer, so the checkpoint restores; its next update overflows.
+  with pytest.raises(hooks.NonFiniteLossError, match=r"at step [4-6]; last good checkpoint: step 3\."):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]
+
+
+def test_mfu_is_logged_with_every_train_record_and_a_profile_is_traced(digits_dir, tmp_path):
+  config = tiny_config(digits_dir)
+  config.profile.update(first_step=2, num_steps=2)
+  loop.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    train_rows = [r for r in map(json.loads, f) if r["split"] == "train"]
+  assert [r["step"] for r in train_rows] == [3, 6]
+  assert all(0 < r["mfu"] <= 1 for r in train_rows)
+  assert len(list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))) == 1
+
+
+@objectives.register("fgsm_for_test")
+def _fgsm(config, setting):
+  """Adversarial training (FGSM, Goodfellow et al. 2015) written outside the library: the objective is the only
+  extension point it needs."""
+  del config
+  epsilon = 4 / 255 * 2  # 4 pixel levels on the model's [-1, 1] input scale.
+
+  def objective(forward, params, batch, rng):
+    def clean_loss(images):
+      logits, _ = forward(params, images, rng)
+      return setting.loss_fn(logits, batch["labels"]).mean()
+
+    perturbed = batch["image"] + epsilon * jnp.sign(jax.grad(clean_loss)(batch["image"]))
+    logits, batch_stats = forward(params, perturbed, rng)
+    metrics = {
+      "accuracy": objectives.accuracy(logits, batch["labels"]),
+      "perturbation": jnp.abs(perturbed - batch["image"]).max(),
+    }
+    return setting.loss_fn(logits, batch["labels"]).mean(), metrics, batch_stats
+
+  return objective
+
+
+def test_an_objective_defined_outside_the_library_trains_in_the_loop(digits_dir, tmp_path):
+  config = tiny_config(digits_dir, objective="fgsm_for_test")
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == 6 and np.isfinite(results["loss"])
+  with open(tmp_path / "metrics.jsonl") as f:
+    train_rows = [r for r in map(json.loads, f) if r["split"] == "train"]
+  # The zero-initialised head gives no input gradient at step 1; from then on every step moves pixels by epsilon.
+  assert [r["step"] for r in train_rows] == [3, 6] and 0 < train_rows[0]["perturbation"] < 8 / 255
+  assert train_rows[1]["perturbation"] == pytest.approx(8 / 255, rel=1e-5)
+
+
+def test_unknown_objective_fails_naming_the_choices(digits_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"Unknown config.objective='nope'; choose one of: .*supervised"):
+    loop.train_and_evaluate(tiny_config(digits_dir, objective="nope"), str(tmp_path))
+
+
+def test_switching_the_model_skips_the_other_familys_options(caplog):
+  config = quickstart.get_config()
+  config.model.name = "resnet18"
+  model = models.from_config(config.model, num_classes=10)
+  assert type(model).__name__ == "ResNet" and model.stage_sizes == (2, 2, 2, 2)
+  assert "Model resnet18 takes no classifier, dropout_rate, posemb, stochastic_depth: ignored." in caplog.text
 
 
 def test_bfloat16_compute_keeps_float32_state(digits_dir, tmp_path):
   config = tiny_config(digits_dir, total_steps=2)
   config.model.dtype = "bfloat16"
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = loop.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(results["loss"])
   params = _params(str(tmp_path))
   assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype("float32")}
@@ -156,7 +246,7 @@ def test_bfloat16_compute_keeps_float32_state(digits_dir, tmp_path):
 def test_feature_evaluators_and_distillation_run_inside_the_loop(digits_dir, tmp_path):
   teacher = tiny_config(digits_dir, total_steps=4)
   teacher.evaluators.update(every=4, shots=(1, 5), knn_k=5)
-  results = train.train_and_evaluate(teacher, str(tmp_path / "teacher"))
+  results = loop.train_and_evaluate(teacher, str(tmp_path / "teacher"))
   assert {"fewshot_1shot", "fewshot_5shot", "knn_5"} <= set(results)
   assert all(0.0 <= results[k] <= 1.0 for k in ("fewshot_1shot", "fewshot_5shot", "knn_5"))
 
@@ -166,10 +256,11 @@ def test_feature_evaluators_and_distillation_run_inside_the_loop(digits_dir, tmp
 
   student = tiny_config(digits_dir, total_steps=3)
   student.distill.model = teacher.model
+  student.objective = "distill"
   student.distill.update(checkpoint=str(tmp_path / "teacher"), kind="soft", alpha=1.0, temperature=2.0)
-  distilled = train.train_and_evaluate(student, str(tmp_path / "student"))
+  distilled = loop.train_and_evaluate(student, str(tmp_path / "student"))
   plain = tiny_config(digits_dir, total_steps=3)
-  train.train_and_evaluate(plain, str(tmp_path / "plain"))
+  loop.train_and_evaluate(plain, str(tmp_path / "plain"))
   assert np.isfinite(distilled["loss"])
   # Same student, same batches: only the teacher's soft targets can change the training loss.
   assert first_loss(str(tmp_path / "student")) != pytest.approx(first_loss(str(tmp_path / "plain")), rel=1e-3)

@@ -1,15 +1,27 @@
-"""Orbax checkpoints of the training state together with the input position and run bookkeeping."""
+"""The Orbax layout of a run, known here only: save, restore with fallback, and reading a run back for any consumer.
 
+A workdir holds `checkpoints/<step>/{state,meta}` (the train state and a JSON record with the input position and
+run bookkeeping), `config.json` and `class_names.json`. `load_run(workdir)` gives evaluation, prediction, export
+and explanation code everything they need without knowing this layout.
+"""
+
+import dataclasses
+import json
 import os
 from typing import Any
 
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+CONFIG_FILE, CLASS_NAMES_FILE = "config.json", "class_names.json"
 
 
 def create_manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  """A manager over ``workdir/checkpoints`` whose items are the train ``state`` and a JSON ``meta`` record."""
+  """A manager over `workdir/checkpoints` whose items are the train `state` and a JSON `meta` record."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
   return ocp.CheckpointManager(
     os.path.join(os.path.abspath(workdir), "checkpoints"), options=options, item_names=("state", "meta")
@@ -17,12 +29,12 @@ def create_manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManag
 
 
 def save(manager: ocp.CheckpointManager, state: Any, *, step: int, meta: dict[str, Any]) -> None:
-  """Saves ``state`` and ``meta`` (e.g. the number of input batches consumed) as checkpoint ``step``."""
+  """Saves `state` and `meta` (e.g. the number of input batches consumed) as checkpoint `step`."""
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
-  """Restores the newest readable checkpoint into the structure and shardings of ``abstract_state``.
+  """Restores the newest readable checkpoint into the structure and shardings of `abstract_state`.
 
   A newest checkpoint that cannot be read (say, cut short by a crash) is skipped with a warning and the one
   before it is used, so a preempted run always resumes from its last good state. Returns None if there is none.
@@ -41,9 +53,99 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple
   return None
 
 
-def abstract(tree: Any) -> Any:
-  """Shape, dtype and sharding of every array in ``tree``, as restore targets."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+def write_run_info(workdir: str, config: ml_collections.ConfigDict, class_names: list[str]) -> None:
+  """The config and the class names beside the checkpoints, so that a run can be read back without its code."""
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  with open(os.path.join(workdir, CLASS_NAMES_FILE), "w") as f:
+    json.dump(class_names, f)
 
 
-from vitjax.pretrained import load_pretrained  # noqa: E402,F401 - public checkpoint import, re-exported here.
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained run as its consumers need it: host numpy variables, the config it ran with, its class names."""
+
+  config: ml_collections.ConfigDict
+  params: Any
+  batch_stats: Any
+  ema_params: Any
+  class_names: list[str]
+  meta: dict[str, Any]
+
+  def variables(self, *, ema: bool = False) -> dict[str, Any]:
+    """`model.apply` variables: the parameters (or their moving average) and BatchNorm statistics if any."""
+    params = self.ema_params if ema else self.params
+    if params is None:
+      raise ValueError("This run kept no moving average of its parameters (config.ema_decay was 0).")
+    return {"params": params, "batch_stats": self.batch_stats} if self.batch_stats else {"params": params}
+
+
+def load_run(workdir: str, *, step: int | None = None) -> Run:
+  """The run in `workdir` at checkpoint `step` (default: the newest), with its `config.json` and class names."""
+  path = os.path.join(workdir, "checkpoints", str(step)) if step is not None else workdir
+  tree, meta = read_orbax(path)
+  for name in (CONFIG_FILE, CLASS_NAMES_FILE):
+    if not os.path.exists(os.path.join(workdir, name)):
+      raise ValueError(f"{workdir!r} has no {name}: is it the workdir of a training run?")
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(os.path.join(workdir, CLASS_NAMES_FILE)) as f:
+    class_names = json.load(f)
+  return Run(
+    config=config,
+    params=tree["params"],
+    batch_stats=tree.get("batch_stats") or {},
+    ema_params=tree.get("ema_params"),
+    class_names=class_names,
+    meta=meta,
+  )
+
+
+def load_state(path: str, abstract_state: Any) -> Any:
+  """The full train state (params, optimizer state, step) of another run at `path`, to continue training it.
+
+  `abstract_state` (from `jax.eval_shape`, with shardings) gives the structure and where the arrays go.
+  """
+  item_dir, _ = _orbax_item(path)
+  return ocp.StandardCheckpointHandler().restore(epath.Path(item_dir), args=ocp.args.StandardRestore(abstract_state))
+
+
+def read_orbax(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(tree as host numpy arrays, run metadata) of the newest Orbax checkpoint under `path`.
+
+  `path` is a workdir, its `checkpoints` folder, one step folder (items `state` and `meta`) or a saved pytree.
+  The metadata is the `meta` record saved with the state (e.g. `train_seconds`) plus `step`, or empty.
+  """
+  item_dir, meta = _orbax_item(path)
+  handler = ocp.PyTreeCheckpointHandler()
+  structure = handler.metadata(epath.Path(item_dir)).tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
+  return handler.restore(epath.Path(item_dir), args=ocp.args.PyTreeRestore(restore_args=restore_args)), meta
+
+
+def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
+  """The pytree folder to read under `path`, and the run metadata next to it."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise ValueError(f"No Orbax checkpoint folder at {path!r}.")
+  if not os.path.isdir(os.path.join(path, "checkpoints")) and os.path.exists(os.path.join(path, CONFIG_FILE)):
+    raise ValueError(f"{path!r} holds no checkpoint yet: train first with --mode=train.")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = [int(name) for name in os.listdir(path) if name.isdigit() and os.path.isdir(os.path.join(path, name))]
+  if steps:
+    path = os.path.join(path, str(max(steps)))
+  if not os.path.isdir(os.path.join(path, "state")):
+    if not os.path.exists(os.path.join(path, "_METADATA")):
+      raise ValueError(
+        f"No checkpoint in {path!r}: expected a workdir with checkpoints, one step folder of "
+        f"it, or a saved pytree (train first with --mode=train)."
+      )
+    return path, {}
+  meta = {}
+  meta_file = os.path.join(path, "meta", "metadata")
+  if os.path.exists(meta_file):
+    with open(meta_file) as f:
+      meta = json.load(f)
+  name = os.path.basename(path)
+  return os.path.join(path, "state"), {**meta, **({"step": int(name)} if name.isdigit() else {})}

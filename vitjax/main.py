@@ -58,7 +58,9 @@ def main(argv):
   initialize_distributed()
   import jax
 
-  from vitjax import evaluation, train
+  from vitjax import data
+  from vitjax.evaluate import report
+  from vitjax.train import hooks, loop
 
   logging.info(
     "JAX process %d of %d, %d local / %d global devices (%s).",
@@ -68,13 +70,11 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].platform,
   )
+  run = loop.train_and_evaluate if FLAGS.mode == "train" else report.evaluate_checkpoint
   try:
-    if FLAGS.mode == "train":
-      results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
-      results = evaluation.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-  except (ValueError, train.data.DatasetUnavailableError) as e:
-    sys.exit(f"error: {e}")
+    results = run(FLAGS.config, FLAGS.workdir)
+  except (ValueError, data.DatasetUnavailableError, hooks.NonFiniteLossError) as e:
+    sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.
   if jax.process_index() == 0:
     print(
       f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "

@@ -14,7 +14,9 @@ from typing import Any
 
 import flax.jax_utils
 import jax
+import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -68,6 +70,31 @@ def check_batch_size(batch_size: int, *, name: str = "batch_size") -> None:
     )
   if batch_size % processes:
     raise ValueError(f"config.{name}={batch_size} must divide by the process count {processes}.")
+
+
+def first_process_first(fn: Callable[[], Any]) -> None:
+  """Runs `fn` on process 0, then on every other process: processes sharing a disk don't race (dataset
+  preparation), and the others find the work done."""
+  if jax.process_index() == 0:
+    fn()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(getattr(fn, "__name__", "first_process_first"))
+    fn()
+
+
+def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh:
+  """The run's mesh, after checking that `config.parallelism` exists and that both batch sizes (and the
+  accumulation microbatches) divide evenly over devices and processes."""
+  if config.parallelism not in PARALLELISM:
+    raise ValueError(f"Unknown parallelism {config.parallelism!r}; choose one of: {', '.join(PARALLELISM)}.")
+  check_batch_size(config.batch_size)
+  check_batch_size(config.eval_batch_size, name="eval_batch_size")
+  if config.accum_steps < 1 or config.batch_size % (jax.device_count() * config.accum_steps):
+    raise ValueError(
+      f"config.batch_size={config.batch_size} must split into config.accum_steps={config.accum_steps} "
+      f"microbatches that each divide over {jax.device_count()} devices."
+    )
+  return make_mesh(fsdp=config.mesh.fsdp)
 
 
 def to_global(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -131,8 +158,18 @@ class Jit:
   def eval_step(self, step_fn: Callable) -> Callable:
     return jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch), out_shardings=self.replicated)
 
+  # Copies of the compiled program that run per step: the one global program under jit (its cost is the job's).
+  programs = 1
+
   def place_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return to_global(local_batch, self.batch)
+
+  def abstract_batch(self, local_shapes: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, jax.ShapeDtypeStruct]:
+    """What `place_batch` makes of host batches of these (shape, dtype)s, without data: for lowering a step."""
+    return {
+      k: jax.ShapeDtypeStruct((shape[0] * jax.process_count(), *shape[1:]), dtype, sharding=self.batch)
+      for k, (shape, dtype) in local_shapes.items()
+    }
 
   def restore_target(self, abstract_state: Any) -> Any:
     return jax.tree.map(
@@ -158,12 +195,20 @@ class Pmap(Jit):
       raise ValueError("config.parallelism='pmap' keeps full replicas: use config.mesh.fsdp=1, or 'jit' for fsdp.")
     self.local_devices = jax.local_devices()
     self.local_mesh = Mesh(np.asarray(self.local_devices), (PMAP_AXIS,))
+    self.programs = jax.device_count()  # One per device, each lowered for its own share of the batch.
 
   def train_step(self, step_fn: Callable) -> Callable:
     return jax.pmap(step_fn, axis_name=PMAP_AXIS, in_axes=(0, 0, None), donate_argnums=0)
 
   def eval_step(self, step_fn: Callable) -> Callable:
     return jax.pmap(step_fn, axis_name=PMAP_AXIS)
+
+  def abstract_batch(self, local_shapes: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, jax.ShapeDtypeStruct]:
+    n, sharding = len(self.local_devices), NamedSharding(self.local_mesh, P(PMAP_AXIS))
+    return {
+      k: jax.ShapeDtypeStruct((n, shape[0] // n, *shape[1:]), dtype, sharding=sharding)
+      for k, (shape, dtype) in local_shapes.items()
+    }
 
   def place_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     sharding = NamedSharding(self.local_mesh, P(PMAP_AXIS))

@@ -1,25 +1,23 @@
 """Input pipelines: TFDS and folder sources, preprocessing ops, batch mixing, per-process sharding.
 
-Knows nothing about models.
+Knows nothing about models. ``from_config(config.data)`` checks a data config and gives its source; the other
+functions take that source.
 """
 
+# Importing the op modules registers their preprocessing ops, so that every spec can name them.
+from vitjax.data import augment, decoding, geometric, photometric  # noqa: F401
+from vitjax.data.catalog import EMBEDDED, FOLDERS, builder_by_name, from_config
 from vitjax.data.pipeline import (
-  EMBEDDED,
-  FOLDERS,
-  DatasetUnavailableError,
-  Source,
-  UnreadableImageError,
   as_numpy,
-  builder_by_name,
   class_names,
   eval_batches,
   eval_dataset,
-  get_builder,
   num_classes,
   num_examples,
   prepare,
   train_dataset,
 )
+from vitjax.data.source import DatasetUnavailableError, Source, UnreadableImageError
 
 __all__ = [
   "EMBEDDED",
@@ -32,7 +30,7 @@ __all__ = [
   "class_names",
   "eval_batches",
   "eval_dataset",
-  "get_builder",
+  "from_config",
   "num_classes",
   "num_examples",
   "prepare",

@@ -7,13 +7,16 @@ the image (100 and 40 pixels at 224px) so the ops mean the same at any resolutio
 one bit. AutoAugment uses the ImageNet policy of the AutoAugment paper (Cubuk et al. 2018, 25 sub-policies).
 
 Every random choice comes from ``tf.random.stateless_*`` keyed by the ``seed`` argument, so an image's
-augmentation depends only on its seed: the same eagerly and inside ``tf.data``.
+augmentation depends only on its seed: the same eagerly and inside ``tf.data``. Both are preprocessing ops too:
+``randaugment(N, M)`` and ``autoaugment`` in a spec.
 """
 
 import math
 from collections.abc import Callable
 
 import tensorflow as tf
+
+from vitjax.data.preprocess import Op, image_op, register
 
 MAX_LEVEL = 10.0
 FILL = 128  # Grey, for pixels that geometric ops move in from outside the image.
@@ -295,3 +298,19 @@ def autoaugment(image: tf.Tensor, seed: tf.Tensor, policy=IMAGENET_POLICY) -> tf
     branches.append(lambda current=image: current)
     image = tf.ensure_shape(tf.switch_case(index, branches), image.shape)
   return image
+
+
+@register("randaugment")
+def randaugment_op(num_layers: int = 2, magnitude: float = 10.0) -> Op:
+  """RandAugment(N, M) on uint8 RGB images, as the ``randaugment`` preprocessing op."""
+  if num_layers < 0 or magnitude < 0:
+    raise ValueError(f"num_layers ({num_layers}) and magnitude ({magnitude}) must be non-negative")
+  return image_op(lambda image, seed: randaugment(image, seed, num_layers, magnitude))
+
+
+@register("autoaugment")
+def autoaugment_op(policy: str = "imagenet") -> Op:
+  """AutoAugment with the paper's ImageNet policy on uint8 RGB images, as the ``autoaugment`` preprocessing op."""
+  if policy != "imagenet":
+    raise ValueError(f"Unknown AutoAugment policy {policy!r}; the available one is 'imagenet'")
+  return image_op(lambda image, seed: autoaugment(image, seed, IMAGENET_POLICY))

@@ -42,8 +42,8 @@ class Mixing:
 
 
 def from_config(config: Any) -> Mixing:
-  """A ``Mixing`` from the ``config.data.mixup`` dict (None or empty: disabled); unknown keys are errors."""
-  values = dict(config or {})
+  """A ``Mixing`` from the ``config.data.mixup`` dict (keys left out keep their defaults); unknown keys are errors."""
+  values = dict(config)
   known = {f.name for f in dataclasses.fields(Mixing)}
   unknown = sorted(set(values) - known)
   if unknown:

@@ -7,8 +7,8 @@ would have produced from ``k`` on. TFDS shuffles examples when it writes a datas
 and shuffling a buffer of still-encoded examples is a full mix; folder sources shuffle a whole epoch of file
 positions.
 
-Everything here is driven by the data config (``config.data``):
-  dataset, data_dir, image_key, label_key   which data: a TFDS name, ``folder`` or ``multilabel_folder``
+Everything is driven by the data config (``config.data``, every key declared in ``configs/common.py``):
+  dataset, data_dir, image_key, label_key   which data (``catalog.from_config``): a TFDS name or a folder kind
   folder, strict                            the root of a folder dataset; fail on a corrupt file instead of skipping
   train_split, eval_split, classes          TFDS-style split strings; the label ids (or names) to keep, in order
   pp_train, pp_eval                         preprocessing specs (``preprocess``)
@@ -26,67 +26,20 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vitjax.data import digits, mixing, preprocess, sources
-from vitjax.data.sources import DatasetUnavailableError, Source, UnreadableImageError  # noqa: F401 - re-exported.
+from vitjax.data import mixing, preprocess
+from vitjax.data.source import UNREADABLE, Source, UnreadableImageError
+from vitjax.data.tfds_source import TfdsSource
 
-EMBEDDED = {"vitjax_digits": digits.VitjaxDigits}
-FOLDERS = {"folder": sources.FolderSource, "multilabel_folder": sources.CsvFolderSource}
-DEFAULT_SHUFFLE_BUFFER = 10_000
 _MAX_EPOCHS = 2**62
 _LOG_FIRST_SKIPS, _LOG_SKIPS_EVERY = 10, 100
-
-
-def get_builder(config: ml_collections.ConfigDict) -> Source:
-  """The source that ``config`` (the data config) names; bad names and options fail here, naming the fix."""
-  mixing.from_config(config.get("mixup"))
-  classes = tuple(config.get("classes") or ())
-  if config.dataset in FOLDERS:
-    eval_split = config.get("eval_split")
-    return FOLDERS[config.dataset](
-      config.get("folder"),
-      train_split=config.get("train_split", "train"),
-      splits=[eval_split] if eval_split else [],
-      classes=classes,
-      strict=config.get("strict", False),
-    )
-  return builder_by_name(
-    config.dataset,
-    data_dir=config.get("data_dir"),
-    image_key=config.get("image_key", "image"),
-    label_key=config.get("label_key", "label"),
-    classes=classes,
-  )
-
-
-def builder_by_name(
-  name: str,
-  *,
-  data_dir: str | None = None,
-  image_key: str = "image",
-  label_key: str = "label",
-  classes: tuple[int | str, ...] = (),
-) -> Source:
-  """An embedded or TFDS dataset by name; unknown names fail with the valid choices."""
-  if name in EMBEDDED:
-    builder = EMBEDDED[name](data_dir=data_dir)
-  else:
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-      raise ValueError(
-        f"Unknown dataset {name!r}; choose an embedded one ({', '.join(EMBEDDED)}), a folder of images "
-        f"({', '.join(FOLDERS)}, with config.data.folder) or any TFDS name (see tfds.list_builders(), e.g. "
-        f"cifar10, imagenet2012)."
-      ) from None
-  return sources.TfdsSource(builder, image_key=image_key, label_key=label_key, classes=classes)
 
 
 def _source(builder: Source | tfds.core.DatasetBuilder) -> Source:
   if isinstance(builder, Source):
     return builder
   if isinstance(builder, tfds.core.DatasetBuilder):
-    return sources.TfdsSource(builder)
-  raise TypeError(f"Expected a data source from data.get_builder, got {type(builder).__name__}.")
+    return TfdsSource(builder)
+  raise TypeError(f"Expected a data source from data.from_config, got {type(builder).__name__}.")
 
 
 def prepare(builder: Source) -> None:
@@ -111,7 +64,7 @@ def num_examples(builder: Source, split: str) -> int:
 def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  if config.get("threads", 0):
+  if config.threads:
     options.threading.private_threadpool_size = config.threads
   return options
 
@@ -140,14 +93,14 @@ def train_dataset(
   """An endless stream of this process's training batches of ``batch_size``, starting at batch ``start_batch``."""
   source = _source(builder)
   share = source.share(
-    config.train_split, index=process_index, count=process_count, drop_remainder=True, cache=config.get("cache", False)
+    config.train_split, index=process_index, count=process_count, drop_remainder=True, cache=config.cache
   )
   if share.size == 0:
     raise ValueError(
       f"Training split {config.train_split!r} of {source.name!r} has no examples for process "
       f"{process_index} of {process_count}."
     )
-  buffer = share.size if source.records_are_small else config.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)
+  buffer = share.size if source.records_are_small else config.shuffle_buffer
   start = start_batch * batch_size
   start_epoch, offset = divmod(start, share.size)
   epoch_seed = lambda epoch: seed * 1_000_003 + epoch  # noqa: E731 - distinct, reproducible per-epoch seeds.
@@ -167,7 +120,7 @@ def train_dataset(
     return _finalize(augment(features, example_seed), num_classes=classes)
 
   ds = pairs.map(process, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=True)
-  mixer = mixing.from_config(config.get("mixup"))
+  mixer = mixing.from_config(config.mixup)
   if mixer.enabled:
     mix_key = tf.random.experimental.stateless_split(key, 1)[0]
     ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, _MAX_EPOCHS), ds).map(
@@ -204,9 +157,7 @@ def eval_dataset(
   total = eval_batches(source, split, batch_size=batch_size, process_count=process_count) * batch_size
   if total == 0:
     raise ValueError(f"Evaluation split {split!r} of {source.name!r} has no examples.")
-  share = source.share(
-    split, index=process_index, count=process_count, drop_remainder=False, cache=config.get("cache", False)
-  )
+  share = source.share(split, index=process_index, count=process_count, drop_remainder=False, cache=config.cache)
   transform = preprocess.parse(config.pp_eval)
   classes = source.num_classes()
   no_seed = tf.zeros([2], tf.int64)  # Evaluation preprocessing is deterministic.
@@ -250,7 +201,7 @@ def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     except StopIteration:
       break
     except tf.errors.InvalidArgumentError as e:
-      if sources.UNREADABLE in e.message:
+      if UNREADABLE in e.message:
         raise UnreadableImageError(_unreadable_message(e.message)) from None
       raise
     counts, files = batch.pop("_skipped", None), batch.pop("_skipped_file", None)

@@ -10,11 +10,15 @@ import re
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
 
 from vitjax.models import hybrid, resnet, vit
 from vitjax.models.analysis import forward_gflops, parameter_overview
 
-__all__ = ["build", "names", "forward_gflops", "parameter_overview"]
+__all__ = ["build", "from_config", "init_variables", "names", "forward_gflops", "parameter_overview"]
 
 _VIT_NAME = re.compile(rf"vit_({'|'.join(vit.VARIANTS)})([1-9]\d*)")
 
@@ -68,13 +72,41 @@ def build(name: str, *, num_classes: int | None, **overrides: Any) -> nn.Module:
   Raises ValueError for an unknown name or an override the module does not take.
   """
   cls, kwargs = _resolve(name)
-  valid = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name", "num_classes"))
+  valid = sorted(_options(cls))
   unknown = sorted(set(overrides) - set(valid))
   if unknown:
     raise ValueError(
       f"Unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; valid: {', '.join(valid)}"
     )
   return cls(num_classes=num_classes, **{**kwargs, **overrides})
+
+
+def from_config(config: ml_collections.ConfigDict, *, num_classes: int | None) -> nn.Module:
+  """The model of `config.model`: its `name`, and every option that is set (not None) and that this model takes.
+
+  Options of other families (a ViT's `classifier` on a ResNet) are skipped with a warning, so switching the model
+  of a config needs no other change; `dtype` is the compute dtype by name (parameters stay float32).
+  """
+  options = {k: v for k, v in config.to_dict().items() if k != "name" and v is not None}
+  cls, _ = _resolve(config.name)
+  accepted = _options(cls)
+  skipped = sorted(set(options) - accepted)
+  if skipped:
+    logging.warning("Model %s takes no %s: ignored.", config.name, ", ".join(skipped))
+  kwargs = {k: v for k, v in options.items() if k in accepted}
+  if "dtype" in kwargs:
+    kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+  return build(config.name, num_classes=num_classes, **kwargs)
+
+
+def init_variables(model: nn.Module, rng: jax.Array, *, image_shape: tuple[int, ...]) -> dict[str, Any]:
+  """The model's variables for one float32 image batch of `image_shape` (height, width, channels)."""
+  return model.init({"params": rng, "dropout": rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
+def _options(cls: type[nn.Module]) -> set[str]:
+  """The keyword arguments a module class takes besides `num_classes`."""
+  return {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name", "num_classes")}
 
 
 def _resolve(name: str) -> tuple[type[nn.Module], dict[str, Any]]:

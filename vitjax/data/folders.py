@@ -1,20 +1,10 @@
-"""Where examples come from: TFDS datasets, folders of class subfolders, folders of images with a CSV of labels.
+"""Folder sources: images in one subfolder per class, or images with a CSV of labels (multi-label).
 
-A source knows its class names, the size of every split, and each process's share of a split. A share is a
-dataset of cheap *records* in a fixed order (encoded TFDS examples, or file positions) that the pipeline shuffles,
-plus a ``load`` step that turns records into decoded examples::
-
-    {"image": uint8 [h, w, c] (or the encoded string), "label": int64}     single-label sources
-    {"image": ..., "labels": float32 [num_classes] multi-hot}              multi-label sources
-
-Folder sources add ``_skipped`` (how many unreadable files were passed over to fill this slot) and
+Files are ordered by a hash of their relative path, so split slices are random subsets that stay stable when files
+are added. Loading adds ``_skipped`` (how many unreadable files were passed over to fill this slot) and
 ``_skipped_file`` (the first of them): a corrupt or truncated file is replaced by the next readable one of the
 share, so every position of the stream still holds one example and resume stays exact. The pipeline masks such
 slots out of evaluation and the host logs them (``pipeline.as_numpy``).
-
-Split strings follow TFDS everywhere: ``train``, ``train[:98%]``, ``train[98%:]``, ``train+validation``. Folder
-files are ordered by a hash of their relative path, so slices are random subsets that stay stable when files are
-added.
 """
 
 import abc
@@ -22,214 +12,18 @@ import csv
 import dataclasses
 import hashlib
 import os
-import re
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vitjax.data.source import UNREADABLE, Share, Source, even_bounds, resolve_classes, split_names
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Consecutive unreadable files a training slot may pass over before the pipeline gives up.
 MAX_FALLBACKS = 16
-UNREADABLE = "Unreadable image file"
-
-
-class DatasetUnavailableError(RuntimeError):
-  """Raised when a dataset is known to TFDS but not prepared in ``data_dir`` and cannot be downloaded."""
-
-
-class UnreadableImageError(ValueError):
-  """Raised for a corrupt image file when ``config.data.strict`` is set (or too many in a row otherwise)."""
-
-
-@dataclasses.dataclass
-class Share:
-  """One process's part of a split: ``records`` in a fixed order, how many, and how to load them.
-
-  ``load(ds, decode)`` maps a dataset of ``(key, record)`` pairs to ``(key, features)`` pairs, in order;
-  ``decode=False`` leaves TFDS images encoded for a spec that decodes them itself, unless the share caches
-  decoded examples (the decoding ops accept decoded images).
-  """
-
-  records: tf.data.Dataset
-  size: int
-  load: Callable[[tf.data.Dataset, bool], tf.data.Dataset]
-
-
-def resolve_classes(classes: Sequence[int | str] | None, names: Sequence[str]) -> list[int] | None:
-  """The label ids that ``config.data.classes`` keeps, in its order (ids or class names); None keeps all."""
-  if not classes:
-    return None
-  if isinstance(classes, (int, str)):
-    raise ValueError(f"config.data.classes must be a tuple of label ids or names, got {classes!r}.")
-  ids = []
-  for c in classes:
-    if isinstance(c, str) and c in names:
-      ids.append(list(names).index(c))
-    elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(names):
-      ids.append(int(c))
-    else:
-      raise ValueError(
-        f"config.data.classes entry {c!r} is neither a label id in 0..{len(names) - 1} nor one of "
-        f"the class names {list(names)[:20]}{'...' if len(names) > 20 else ''}."
-      )
-  if len(set(ids)) != len(ids):
-    raise ValueError(f"config.data.classes={tuple(classes)} names a class twice.")
-  return ids
-
-
-def even_bounds(size: int, *, index: int, count: int, drop_remainder: bool) -> tuple[int, int]:
-  """[start, end) of share ``index`` of ``count``: equal sizes when ``drop_remainder``, else within one."""
-  if drop_remainder:
-    each = size // count
-    return index * each, (index + 1) * each
-  return index * size // count, (index + 1) * size // count
-
-
-class Source(abc.ABC):
-  """A dataset: classes, split sizes and per-process shares."""
-
-  name: str
-  multilabel: bool = False
-  # Records are small (file positions): the pipeline then shuffles a whole epoch instead of a buffer.
-  records_are_small: bool = False
-
-  def prepare(self) -> None:  # noqa: B027 - most sources need no preparation.
-    """Makes the data readable and fails with a clear message if it is not."""
-
-  @abc.abstractmethod
-  def class_names(self) -> list[str]: ...
-
-  def num_classes(self) -> int:
-    return len(self.class_names())
-
-  def num_examples(self, split: str) -> int:
-    return self.share_size(split, index=0, count=1, drop_remainder=False)
-
-  @abc.abstractmethod
-  def share_size(self, split: str, *, index: int, count: int, drop_remainder: bool) -> int: ...
-
-  @abc.abstractmethod
-  def share(
-    self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False, cache: bool = False
-  ) -> Share: ...
-
-
-class TfdsSource(Source):
-  """A TFDS dataset; ``label_key`` may name a ClassLabel or a Sequence of ClassLabels (multi-label)."""
-
-  def __init__(
-    self,
-    builder: tfds.core.DatasetBuilder,
-    *,
-    image_key: str = "image",
-    label_key: str = "label",
-    classes: Sequence[int | str] | None = None,
-  ):
-    self.builder = builder
-    self.name = builder.info.name
-    features = builder.info.features
-    for key, role in ((image_key, "image_key"), (label_key, "label_key")):
-      if key not in features:
-        raise ValueError(
-          f"config.data.{role}={key!r} is not a feature of {self.name!r}; its features are: {', '.join(features)}."
-        )
-    label = features[label_key]
-    if isinstance(label, tfds.features.ClassLabel):
-      all_names = label.names
-    elif isinstance(label, tfds.features.Sequence) and isinstance(label.feature, tfds.features.ClassLabel):
-      self.multilabel, all_names = True, label.feature.names
-    else:
-      raise ValueError(
-        f"config.data.label_key={label_key!r} of {self.name!r} is a {type(label).__name__}, not a "
-        f"class label (ClassLabel, or a Sequence of them for multi-label data)."
-      )
-    self.image_key, self.label_key = image_key, label_key
-    self._all_names = list(all_names)
-    self._keep = resolve_classes(classes, all_names)
-    self._image_feature = features[image_key]
-    self._encoded = isinstance(self._image_feature, tfds.features.Image)
-    self._sizes: dict[str, int] = {}
-
-  def prepare(self) -> None:
-    if self.builder.is_prepared():
-      return
-    try:
-      self.builder.download_and_prepare()
-    except Exception as e:  # noqa: BLE001 - any download failure gets the same actionable message.
-      raise DatasetUnavailableError(
-        f"Dataset {self.name!r} is not prepared in {self.builder.data_dir_root!r} and could not be downloaded "
-        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). On a machine with internet access "
-        f"run `tfds build {self.name} --data_dir=DIR` (manual datasets such as imagenet2012 need their archives "
-        f"in DIR/downloads/manual), then copy DIR here and pass --config.data.data_dir=DIR."
-      ) from None
-
-  def class_names(self) -> list[str]:
-    return self._all_names if self._keep is None else [self._all_names[i] for i in self._keep]
-
-  def _split(self, split: str, index: int, count: int, drop_remainder: bool):
-    return tfds.even_splits(split, n=count, drop_remainder=drop_remainder)[index]
-
-  def share_size(self, split: str, *, index: int, count: int, drop_remainder: bool) -> int:
-    share = self._split(split, index, count, drop_remainder)
-    if self._keep is None or self.multilabel:
-      return self.builder.info.splits[share].num_examples
-    key = repr(share)
-    if key not in self._sizes:  # Filtering by class: count the kept labels once, reading labels only.
-      kept = tf.constant(np.isin(np.arange(len(self._all_names)), self._keep))
-      labels = self.builder.as_dataset(
-        split=share, shuffle_files=False, decoders=tfds.decode.PartialDecoding({self.label_key: True})
-      )
-      self._sizes[key] = int(
-        labels.map(lambda ex: tf.cast(tf.gather(kept, ex[self.label_key]), tf.int64)).reduce(
-          tf.constant(0, tf.int64), lambda total, x: total + x
-        )
-      )
-    return self._sizes[key]
-
-  def _select(self, example):
-    label = example[self.label_key]
-    num_all = len(self._all_names)
-    if self.multilabel:
-      multi_hot = tf.minimum(tf.reduce_sum(tf.one_hot(label, num_all), axis=0), 1.0)
-      if self._keep is not None:
-        multi_hot = tf.gather(multi_hot, self._keep)
-      return {"image": example[self.image_key], "labels": multi_hot}
-    if self._keep is not None:
-      remap = np.full(num_all, -1, np.int64)
-      remap[self._keep] = np.arange(len(self._keep))
-      label = tf.gather(tf.constant(remap), label)
-    return {"image": example[self.image_key], "label": label}
-
-  def _decode(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return {**example, "image": self._image_feature.decode_example(example["image"])}
-
-  def share(
-    self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False, cache: bool = False
-  ) -> Share:
-    share = self._split(split, index, count, drop_remainder)
-    decoders = tfds.decode.PartialDecoding(
-      {self.image_key: True, self.label_key: True},
-      decoders={self.image_key: tfds.decode.SkipDecoding()} if self._encoded else None,
-    )
-    ds = self.builder.as_dataset(split=share, shuffle_files=False, decoders=decoders)
-    ds = ds.map(self._select, num_parallel_calls=tf.data.AUTOTUNE)
-    if self._keep is not None and not self.multilabel:
-      ds = ds.filter(lambda ex: ex["label"] >= 0)
-    decoded = cache and self._encoded
-    if decoded:  # Decoding once beats decoding every epoch; both decoding ops pass decoded images through.
-      ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
-      ds = ds.cache()
-
-    def load(pairs: tf.data.Dataset, decode: bool) -> tf.data.Dataset:
-      if not (decode and self._encoded) or decoded:
-        return pairs
-      return pairs.map(lambda key, ex: (key, self._decode(ex)), num_parallel_calls=tf.data.AUTOTUNE)
-
-    return Share(ds, self.share_size(split, index=index, count=count, drop_remainder=drop_remainder), load)
 
 
 @dataclasses.dataclass
@@ -247,17 +41,6 @@ def _is_image(name: str) -> bool:
 def _stable_order(relative_paths: Sequence[str]) -> np.ndarray:
   """A fixed pseudo-random order (by a hash of the path), so that split slices are random subsets."""
   return np.argsort([hashlib.md5(p.encode()).hexdigest() for p in relative_paths], kind="stable")
-
-
-def split_names(split: str) -> list[str]:
-  """The split folders a TFDS-style split string reads, e.g. ``train[:90%]+extra`` -> [train, extra]."""
-  names = []
-  for part in split.split("+"):
-    match = re.fullmatch(r"\s*([^\[\]+\s]+)\s*(\[[^\]]*\])?\s*", part)
-    if not match:
-      raise ValueError(f"Cannot parse split {split!r}; use e.g. 'train', 'train[:90%]' or 'train+val'.")
-    names.append(match.group(1))
-  return names
 
 
 class _FolderSourceBase(Source):

@@ -1,21 +1,17 @@
-"""Classification metrics over logits collected on the host: accuracy, per-class scores, AUC, calibration, mAP.
+"""Classification metrics: numpy functions over logits collected on the host (accuracy, per-class scores, AUC,
+calibration, mAP), and the clu collection the jitted eval step accumulates (`EvalMetrics`).
 
 Functions take numpy arrays: `logits` or `probs` (N, C), integer `labels` (N,), or multi-hot `targets` (N, C).
 The per-class and averaged definitions are scikit-learn's (zero where a ratio is 0/0), so reports agree with it.
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 from clu import metrics as clu_metrics
-
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402 - the backend must be chosen first.
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -173,58 +169,6 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_bins: 
   return out
 
 
-def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], path: str, *, title: str = "") -> None:
-  """Heatmap of row-normalised counts (each true class sums to 1), class names on both axes, counts in cells
-  when there are few enough classes to read them."""
-  num_classes = len(class_names)
-  rates = _ratio(confusion, confusion.sum(axis=1, keepdims=True))
-  size = min(max(6.0, 0.35 * num_classes), 40.0)
-  fig, ax = plt.subplots(figsize=(size + 1.5, size))
-  image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-  ax.set_xticks(range(num_classes), class_names, rotation=90 if num_classes > 10 else 0)
-  ax.set_yticks(range(num_classes), class_names)
-  ax.set_xlabel("predicted")
-  ax.set_ylabel("true")
-  if num_classes <= 30:
-    for (i, j), count in np.ndenumerate(confusion):
-      ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def plot_reliability_diagram(bins: dict[str, Any], path: str, *, title: str = "") -> None:
-  """Accuracy against confidence per bin (bars), the diagonal of perfect calibration, and the ECE."""
-  edges = bins["bin_edges"]
-  centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-  filled = bins["bin_counts"] > 0
-  fig, ax = plt.subplots(figsize=(5, 5))
-  accuracy, confidence = bins["bin_accuracy"][filled], bins["bin_confidence"][filled]
-  ax.bar(centers[filled], accuracy, width=width, edgecolor="black", label="accuracy")
-  ax.bar(
-    centers[filled],
-    np.abs(confidence - accuracy),
-    bottom=np.minimum(accuracy, confidence),
-    width=width,
-    facecolor="none",
-    edgecolor="red",
-    hatch="//",
-    label="gap to mean confidence",
-  )
-  ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
-  ax.set_xlim(0, 1)
-  ax.set_ylim(0, 1)
-  ax.set_xlabel("confidence")
-  ax.set_ylabel("accuracy")
-  ax.legend(loc="upper left")
-  ax.set_title(f"{title} ECE {100 * bins['ece']:.2f}%".strip())
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
 @flax.struct.dataclass
 class Top5Accuracy(clu_metrics.Average):
   """clu metric for the train loop's eval step: top-5 accuracy from `logits`, integer `labels` and `mask`."""
@@ -235,3 +179,11 @@ class Top5Accuracy(clu_metrics.Average):
   ) -> "Top5Accuracy":
     hit = (_label_rank(logits, labels) < 5).astype(jnp.float32)
     return super().from_model_output(values=hit, mask=mask)
+
+
+@flax.struct.dataclass
+class EvalMetrics(clu_metrics.Collection):
+  """What the train loop's eval step accumulates over a split: accuracy and mean loss of the real examples."""
+
+  accuracy: clu_metrics.Accuracy
+  loss: clu_metrics.Average.from_output("loss")

@@ -1,4 +1,4 @@
-"""Transfer from pretrained checkpoints: public ViT, hybrid and BiT `.npz` files, and this project's Orbax runs.
+"""Import of pretrained checkpoints: public ViT, hybrid and BiT `.npz` files, and this project's Orbax runs.
 
 `load_pretrained(path, params)` returns `params` with every parameter the checkpoint holds, after mapping the public
 names onto this project's tree (GUIDE section 3), resizing position embeddings to the model's grid and replacing
@@ -6,7 +6,6 @@ the head. Everything it does to a key is logged; anything it cannot explain is a
 """
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -16,9 +15,10 @@ from typing import Any
 import flax
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
+
+from vitjax import checkpoints
+from vitjax.transfer.posemb import resize_posemb
 
 Flat = dict[str, Any]
 
@@ -103,15 +103,6 @@ def load_variables(path: str, variables: Any, *, params_key: str = "params") -> 
   return restored, meta
 
 
-def load_state(path: str, abstract_state: Any) -> Any:
-  """The full train state (params, optimizer state, step) of another run at `path`, to continue training it.
-
-  `abstract_state` (from `jax.eval_shape`, with shardings) gives the structure and where the arrays go.
-  """
-  item_dir, _ = _orbax_item(path)
-  return ocp.StandardCheckpointHandler().restore(epath.Path(item_dir), args=ocp.args.StandardRestore(abstract_state))
-
-
 def read_checkpoint(path: str, *, params_key: str = "params") -> tuple[Flat, dict[str, Any], dict[str, Any]]:
   """(flat `/`-separated params under this project's names, other variable collections such as `batch_stats`,
   run metadata) of a public `.npz` file or an Orbax checkpoint folder.
@@ -120,7 +111,7 @@ def read_checkpoint(path: str, *, params_key: str = "params") -> tuple[Flat, dic
   is taken to be the parameters themselves.
   """
   if os.path.isdir(path):
-    tree, meta = read_orbax(path)
+    tree, meta = checkpoints.read_orbax(path)
     if "params" not in tree:
       return flax.traverse_util.flatten_dict(tree, sep="/"), {}, meta
     if not tree.get(params_key):
@@ -233,85 +224,6 @@ def _fit(key: str, value: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarra
   ):
     return value.reshape(shape), f"{value.shape} -> {shape}"
   return None, ""
-
-
-def resize_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
-  """(1, N, D) position embeddings -> (1, num_tokens, D): the square grid resized bilinearly (order-1 zoom).
-
-  A class-token slot (present when N - 1 is a square) is kept apart; a target without one drops it, and a target
-  with one gets a zero slot when the source has none (big_vision adds position embeddings before the class token,
-  which is the same as a zero slot).
-  """
-  (src_extra, src_side), (dst_extra, dst_side) = _grid(posemb.shape[1]), _grid(num_tokens)
-  grid = posemb[0, src_extra:].reshape(src_side, src_side, -1)
-  if src_side != dst_side:
-    rows = _linear_weights(src_side, dst_side)
-    grid = np.einsum("Hh,Ww,hwd->HWd", rows, rows, grid.astype(np.float64)).astype(posemb.dtype)
-  tokens = grid.reshape(1, dst_side * dst_side, -1)
-  if dst_extra:
-    slot = posemb[:, :1] if src_extra else np.zeros_like(posemb[:, :1])
-    tokens = np.concatenate([slot, tokens], axis=1)
-  return tokens
-
-
-def _grid(num_tokens: int) -> tuple[int, int]:
-  """(extra tokens, grid side) of a position-embedding length: a square grid, or a square grid plus one."""
-  for extra in (0, 1):
-    side = math.isqrt(num_tokens - extra)
-    if side * side == num_tokens - extra:
-      return extra, side
-  raise ValueError(f"{num_tokens} position embeddings are neither a square grid nor a square grid plus a class token.")
-
-
-def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
-  """(size_out, size_in) weights of 1-D linear interpolation with the end points aligned (scipy's zoom order=1)."""
-  coords = np.arange(size_out) * ((size_in - 1) / (size_out - 1)) if size_out > 1 else np.zeros(1)
-  low = np.minimum(np.floor(coords).astype(int), size_in - 1)
-  high = np.minimum(low + 1, size_in - 1)
-  frac = coords - low
-  weights = np.zeros((size_out, size_in))
-  np.add.at(weights, (np.arange(size_out), low), 1.0 - frac)
-  np.add.at(weights, (np.arange(size_out), high), frac)
-  return weights
-
-
-def read_orbax(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(tree as host numpy arrays, run metadata) of the newest Orbax checkpoint under `path`.
-
-  `path` is a workdir, its `checkpoints` folder, one step folder (items `state` and `meta`) or a saved pytree.
-  The metadata is the `meta` record saved with the state (e.g. `train_seconds`) plus `step`, or empty.
-  """
-  item_dir, meta = _orbax_item(path)
-  handler = ocp.PyTreeCheckpointHandler()
-  structure = handler.metadata(epath.Path(item_dir)).tree
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
-  return handler.restore(epath.Path(item_dir), args=ocp.args.PyTreeRestore(restore_args=restore_args)), meta
-
-
-def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
-  """The pytree folder to read under `path`, and the run metadata next to it."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise ValueError(f"No Orbax checkpoint folder at {path!r}.")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = [int(name) for name in os.listdir(path) if name.isdigit() and os.path.isdir(os.path.join(path, name))]
-  if steps:
-    path = os.path.join(path, str(max(steps)))
-  if not os.path.isdir(os.path.join(path, "state")):
-    if not os.path.exists(os.path.join(path, "_METADATA")):
-      raise ValueError(
-        f"No checkpoint in {path!r}: expected a workdir with checkpoints, one step folder of "
-        f"it, or a saved pytree (train first with --mode=train)."
-      )
-    return path, {}
-  meta = {}
-  meta_file = os.path.join(path, "meta", "metadata")
-  if os.path.exists(meta_file):
-    with open(meta_file) as f:
-      meta = json.load(f)
-  name = os.path.basename(path)
-  return os.path.join(path, "state"), {**meta, **({"step": int(name)} if name.isdigit() else {})}
 
 
 def _check_same_shapes(tree: Any, expected: Any, path: str) -> Any:

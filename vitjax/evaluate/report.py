@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vitjax import data, metrics, models, pretrained, sharding, train
+from vitjax import data, losses, models, sharding, transfer
+from vitjax.evaluate import metrics, plots
 
 TTA = ("none", "flip", "five_crop", "ten_crop")
 
@@ -102,18 +103,20 @@ def compute_metrics(
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Evaluates ``config.eval.checkpoints`` (default: ``workdir``'s newest checkpoint) on ``config.data.eval_split``.
+  """Evaluates `config.eval.checkpoints` (default: `workdir`'s newest checkpoint) on `config.data.eval_split`.
 
-  Writes ``eval_<split>.json`` (and the plots) into ``workdir`` and returns the same dict.
+  Writes `eval_<split>.json` (and the plots) into `workdir` and returns the same dict.
   """
-  train.validate(config)
   options = config.eval
   check_options(options)
-  builder = train.prepare_dataset(config)
-  class_names = data.class_names(builder)
-  model = models.build(config.model.name, num_classes=len(class_names), **train.model_overrides(config))
+  source = data.from_config(config.data)
+  loss_fn = losses.from_config(config.loss)
+  mesh = sharding.mesh_from_config(config)
+  sharding.first_process_first(lambda: data.prepare(source))
+  class_names = data.class_names(source)
+  model = models.from_config(config.model, num_classes=len(class_names))
   eval_ds = data.eval_dataset(
-    builder,
+    source,
     config.data,
     batch_size=config.eval_batch_size // jax.process_count(),
     process_index=jax.process_index(),
@@ -123,23 +126,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   image_shape = jax.eval_shape(
     lambda x: tta_views(x, mode=options.tta, crop_size=options.crop_size)[0],
     jax.ShapeDtypeStruct((1, *eval_ds.element_spec["image"].shape[1:]), jnp.float32),
-  ).shape
-  abstract = jax.eval_shape(lambda: train.init_variables(model, jax.random.key(0), image_shape=image_shape[1:]))
-  mesh = sharding.make_mesh()
-
-  members, total = [], None
-  for path in options.checkpoints or (workdir,):
-    variables, meta = pretrained.load_variables(
-      path, abstract, params_key="ema_params" if options.use_ema else "params"
-    )
-    logging.info("Evaluating %s (step %s).", path, meta.get("step"))
-    logits, targets = collect_logits(logits_fn, variables, data.as_numpy(eval_ds), mesh)
-    total = logits if total is None else total + logits
-    members.append({"checkpoint": path, "step": meta.get("step"), "train_seconds": meta.get("train_seconds", 0.0)})
-  logits = total / len(members)
-
+  ).shape[1:]
+  abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape=image_shape))
+  logits, targets, members = ensemble_logits(
+    logits_fn, abstract, options.checkpoints or (workdir,), lambda: data.as_numpy(eval_ds), mesh, ema=options.use_ema
+  )
   results = {
-    "config": config.get("name"),
+    "config": config.name,
     "model": config.model.name,
     "dataset": config.data.dataset,
     "split": config.data.eval_split,
@@ -150,8 +143,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     **compute_metrics(
       logits,
       targets,
-      multilabel=builder.multilabel,
-      loss_fn=train.loss_function(config),
+      multilabel=source.multilabel,
+      loss_fn=loss_fn,
       threshold=options.multilabel_threshold,
       num_bins=options.calibration_bins,
     ),
@@ -159,6 +152,20 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   if jax.process_index() == 0:
     write_report(results, workdir, class_names=class_names)
   return results
+
+
+def ensemble_logits(
+  logits_fn: Callable, abstract: Any, paths: Iterable[str], batches: Callable, mesh: jax.sharding.Mesh, *, ema: bool
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+  """(mean logits over the checkpoints at `paths`, targets, one record per member) on `batches()`."""
+  members, total, targets = [], None, None
+  for path in paths:
+    variables, meta = transfer.load_variables(path, abstract, params_key="ema_params" if ema else "params")
+    logging.info("Evaluating %s (step %s).", path, meta.get("step"))
+    logits, targets = collect_logits(logits_fn, variables, batches(), mesh)
+    total = logits if total is None else total + logits
+    members.append({"checkpoint": path, "step": meta.get("step"), "train_seconds": meta.get("train_seconds", 0.0)})
+  return total / len(members), targets, members
 
 
 def write_report(results: dict[str, Any], workdir: str, *, class_names: list[str]) -> None:
@@ -182,8 +189,8 @@ def write_report(results: dict[str, Any], workdir: str, *, class_names: list[str
         {"class_names": class_names, "rows": "true class", "columns": "predicted class", "matrix": confusion.tolist()},
         f,
       )
-    metrics.plot_confusion_matrix(confusion, class_names, os.path.join(workdir, f"confusion_{split}.png"), title=title)
-    metrics.plot_reliability_diagram(bins, os.path.join(workdir, f"reliability_{split}.png"), title=title)
+    plots.plot_confusion_matrix(confusion, class_names, os.path.join(workdir, f"confusion_{split}.png"), title=title)
+    plots.plot_reliability_diagram(bins, os.path.join(workdir, f"reliability_{split}.png"), title=title)
   with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
     json.dump(_plain(report), f, indent=2)
 

@@ -20,10 +20,10 @@ def create_learning_rate_fn(
   config: ml_collections.ConfigDict, *, base_learning_rate: float, total_steps: int
 ) -> optax.Schedule:
   """Linear warmup from 0 to ``base_learning_rate`` over ``warmup_steps``, then the configured decay."""
-  warmup = config.get("warmup_steps", 0)
+  warmup = config.warmup_steps
   decay_steps = max(total_steps - warmup, 1)
-  name = config.get("name", "cosine")
-  end = config.get("end_value", 0.0)
+  name = config.name
+  end = config.end_value
   if name == "cosine":
     alpha = end / base_learning_rate if base_learning_rate else 0.0
     decay = optax.cosine_decay_schedule(base_learning_rate, decay_steps, alpha=alpha)
@@ -32,12 +32,10 @@ def create_learning_rate_fn(
   elif name == "constant":
     decay = optax.constant_schedule(base_learning_rate)
   elif name == "rsqrt":
-    timescale = config.get("timescale", 10_000)
+    timescale = config.timescale
     decay = lambda count: base_learning_rate * jax.lax.rsqrt(1.0 + count / timescale)  # noqa: E731
   elif name == "step":
-    boundaries = {
-      int(b * total_steps) - warmup: config.get("decay_factor", 0.1) for b in config.get("boundaries", (0.3, 0.6, 0.9))
-    }
+    boundaries = {int(b * total_steps) - warmup: config.decay_factor for b in config.boundaries}
     decay = optax.piecewise_constant_schedule(base_learning_rate, boundaries)
   else:
     raise ValueError(f"Unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}.")
@@ -105,16 +103,14 @@ def frozen_mask(params: Any, pattern: str | None) -> Any:
 def _core(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The optimizer's preconditioning, before weight decay and the learning rate."""
   if opt.name == "sgd":
-    momentum = opt.get("momentum", 0.9)
-    return optax.trace(decay=momentum, nesterov=opt.get("nesterov", False)) if momentum else optax.identity()
+    momentum = opt.momentum
+    return optax.trace(decay=momentum, nesterov=opt.nesterov) if momentum else optax.identity()
   if opt.name in ("adam", "adamw", "lamb"):
-    return optax.scale_by_adam(
-      b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-6 if opt.name == "lamb" else 1e-8)
-    )
+    return optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps or (1e-6 if opt.name == "lamb" else 1e-8))
   raise ValueError(f"Unknown optimizer {opt.name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
 
 
-def create_optimizer(
+def from_config(
   config: ml_collections.ConfigDict, *, total_steps: int, params: Any | None = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer of ``config.optimizer`` with ``config.schedule``; returns it with its schedule.
@@ -125,29 +121,29 @@ def create_optimizer(
   """
   opt = config.optimizer
   schedule = create_learning_rate_fn(config.schedule, base_learning_rate=opt.learning_rate, total_steps=total_steps)
-  weight_decay = opt.get("weight_decay", 0.0)
-  mode = opt.get("weight_decay_mode", "decoupled")
+  weight_decay = opt.weight_decay
+  mode = opt.weight_decay_mode
   if mode not in WEIGHT_DECAY_MODES:
     raise ValueError(f"Unknown weight_decay_mode {mode!r}; choose one of: {', '.join(WEIGHT_DECAY_MODES)}.")
   decay = optax.add_decayed_weights(weight_decay, mask=weight_decay_mask) if weight_decay else optax.identity()
   parts = [
-    optax.clip_by_global_norm(opt.grad_clip_norm) if opt.get("grad_clip_norm") else optax.identity(),
+    optax.clip_by_global_norm(opt.grad_clip_norm) if opt.grad_clip_norm else optax.identity(),
     decay if mode == "l2" else optax.identity(),
     _core(opt),
     decay if mode == "decoupled" else optax.identity(),
     optax.scale_by_trust_ratio() if opt.name == "lamb" else optax.identity(),
     optax.scale_by_learning_rate(schedule),
   ]
-  layerwise_decay = opt.get("layerwise_decay", 1.0)
+  layerwise_decay = opt.layerwise_decay
   if layerwise_decay != 1.0:
     if params is None:
-      raise ValueError("optimizer.layerwise_decay needs the parameter tree: pass params to create_optimizer.")
+      raise ValueError("optimizer.layerwise_decay needs the parameter tree: pass params to optim.from_config.")
     parts.append(scale_by_tree(layerwise_scales(params, layerwise_decay)))
   tx = optax.chain(*parts)
-  freeze = opt.get("freeze", None)
+  freeze = opt.freeze
   if freeze:
     if params is None:
-      raise ValueError("optimizer.freeze needs the parameter tree: pass params to create_optimizer.")
+      raise ValueError("optimizer.freeze needs the parameter tree: pass params to optim.from_config.")
     labels = map_names(lambda name, _: "frozen" if re.search(freeze, name) else "trained", params)
     if "trained" not in jax.tree.leaves(labels):
       raise ValueError(f"optimizer.freeze={freeze!r} matches every parameter: nothing would train.")

@@ -1,0 +1,111 @@
+"""Every config: its argument parsing, the bounds of its `runlocal` smoke run, and that run end to end for 2 steps."""
+
+import contextlib
+import math
+import os
+import re
+
+import pytest
+import tensorflow_datasets as tfds
+from absl import flags
+from ml_collections import config_flags
+
+from configs import bit_r50x1, common, finetune, quickstart, vit_b16
+from vitjax.train.loop import train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every config's runlocal variant: (config module, argument, the model it trains).
+RUNLOCAL = {
+  "quickstart": (quickstart, "runlocal", "vit_micro16"),
+  "vit_b16": (vit_b16, "cifar10,runlocal", "vit_ti16"),
+  "vit_b16_freeze6": (vit_b16, "cifar10,freeze6,runlocal", "vit_ti16"),
+  "bit_r50x1": (bit_r50x1, "cifar10,runlocal", "bit_r50x1"),
+}
+FINETUNE = {"vit_b16": vit_b16, "bit_r50x1": bit_r50x1}
+CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
+
+
+def _parse_config_flag(*args):
+  """The config that `--config=...` flags give, as on the command line."""
+  argv = ["prog", *args]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+@pytest.mark.parametrize("name", RUNLOCAL)
+def test_runlocal_shrinks_the_run_but_keeps_the_recipe(name):
+  module, arg, model = RUNLOCAL[name]
+  config, full = module.get_config(arg), module.get_config(common.split_runlocal(arg)[0] or None)
+  assert config.name == f"{full.name}_runlocal" and config.model.name == model
+  for batch in (config.batch_size, config.eval_batch_size):
+    assert batch <= 32 and batch % 8 == 0
+  assert 0 < config.total_steps <= 20 and config.schedule.warmup_steps < config.total_steps
+  assert max(config.log_every, config.eval_every, config.checkpoint_every) <= config.total_steps
+  assert config.data.eval_split == f"{full.data.eval_split}[:64]"
+  assert (config.keep_checkpoints, config.evaluators.every) == (1, 0) and config.data.shuffle_buffer <= 256
+  # The same code path: data, loss, optimizer (freezing included) and schedule are the recipe's.
+  for key in ("data.dataset", "data.train_split", "loss", "optimizer", "schedule.name", "data.mixup"):
+    assert config[key] == full[key], key
+  if module in FINETUNE.values():
+    assert "random_crop(32)" in config.data.pp_train and config.data.pp_eval.startswith("resize(32)|")
+
+
+@pytest.mark.parametrize("name", FINETUNE)
+def test_finetune_arguments_fail_naming_the_choices(name):
+  module = FINETUNE[name]
+  assert module.get_config().name == f"{name}_cifar10"
+  with pytest.raises(ValueError, match=re.escape(f"Unknown preset 'mnist' for {name}; choose one of: cifar10, ")):
+    module.get_config("mnist,runlocal")
+  strategies = ", ".join(finetune.STRATEGIES)
+  with pytest.raises(ValueError, match=re.escape(f"strategy 'freeze_all'; choose one of: {strategies}")):
+    module.get_config("cifar10,freeze_all,runlocal")
+
+
+def test_quickstart_argument_fails_naming_the_choices():
+  assert quickstart.get_config().name == "quickstart"
+  with pytest.raises(ValueError, match="Unknown argument 'cifar10' for quickstart; choose one of: runlocal"):
+    quickstart.get_config("cifar10")
+
+
+def test_runlocal_from_the_command_line_with_checked_overrides():
+  config = _parse_config_flag(
+    f"--config={REPO}/configs/vit_b16.py:cifar10,freeze6,runlocal", "--config.model.name=vit_s16"
+  )
+  assert config.name == "vit_b16_cifar10_freeze6_runlocal" and config.model.name == "vit_s16"
+  config = _parse_config_flag(f"--config={REPO}/configs/quickstart.py:runlocal", "--config.model.width=32")
+  assert config.model.width == 32 and config.model.classifier == "gap"
+  with pytest.raises(Exception, match="width"):
+    _parse_config_flag(f"--config={REPO}/configs/quickstart.py:runlocal", "--config.model.width=wide")
+
+
+def _mock_cifar10(data_dir: str) -> contextlib.AbstractContextManager:
+  """Random cifar10 examples (64 per split) behind real-sized metadata, so that split slices resolve."""
+  builder = tfds.builder("cifar10", data_dir=data_dir)
+  builder.data_path.mkdir(parents=True)
+  template = tfds.core.ShardedFileTemplate(
+    data_dir=builder.data_path, dataset_name="cifar10", filetype_suffix="tfrecord"
+  )
+  splits = [
+    tfds.core.SplitInfo(name=split, shard_lengths=[size], num_bytes=0, filename_template=template.replace(split=split))
+    for split, size in CIFAR10_SIZES.items()
+  ]
+  builder.info.set_splits(tfds.core.SplitDict(splits))
+  builder.info.write_to_directory(builder.data_path)
+  return tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "vit_b16", "bit_r50x1"])
+def test_runlocal_trains_end_to_end(name, digits_dir, tmp_path):
+  module, arg, _ = RUNLOCAL[name]
+  config = module.get_config(arg)
+  config.total_steps = 2
+  if config.data.dataset == "vitjax_digits":
+    config.data.data_dir, data = digits_dir, contextlib.nullcontext()
+  else:
+    data = _mock_cifar10(str(tmp_path / "tfds"))
+  with data:
+    results = train_and_evaluate(config, str(tmp_path / "workdir"))
+  assert results["step"] == 2
+  assert math.isfinite(results["loss"]) and 0.0 <= results["accuracy"] <= 1.0

@@ -1,0 +1,63 @@
+"""Which source a data config names: an embedded dataset, a folder of images, or any TFDS dataset.
+
+``from_config`` is where a data config is checked, so that a bad dataset name, option or preprocessing spec fails
+before any data is read or any model is built.
+"""
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from vitjax.data import digits, folders, mixing, preprocess
+from vitjax.data.source import Source
+from vitjax.data.tfds_source import TfdsSource
+
+EMBEDDED = {"vitjax_digits": digits.VitjaxDigits}
+FOLDERS = {"folder": folders.FolderSource, "multilabel_folder": folders.CsvFolderSource}
+
+
+def from_config(config: ml_collections.ConfigDict) -> Source:
+  """The source that ``config`` (the data config) names; bad names, options and specs fail here, naming the fix."""
+  mixing.from_config(config.mixup)
+  for key in ("pp_train", "pp_eval"):
+    try:
+      preprocess.parse(config[key])
+    except ValueError as e:
+      raise ValueError(f"config.data.{key}={config[key]!r}: {e}") from None
+  if config.dataset in FOLDERS:
+    return FOLDERS[config.dataset](
+      config.folder,
+      train_split=config.train_split,
+      splits=[config.eval_split] if config.eval_split else [],
+      classes=config.classes,
+      strict=config.strict,
+    )
+  return builder_by_name(
+    config.dataset,
+    data_dir=config.data_dir,
+    image_key=config.image_key,
+    label_key=config.label_key,
+    classes=config.classes,
+  )
+
+
+def builder_by_name(
+  name: str,
+  *,
+  data_dir: str | None = None,
+  image_key: str = "image",
+  label_key: str = "label",
+  classes: tuple[int | str, ...] = (),
+) -> Source:
+  """An embedded or TFDS dataset by name; unknown names fail with the valid choices."""
+  if name in EMBEDDED:
+    builder = EMBEDDED[name](data_dir=data_dir)
+  else:
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise ValueError(
+        f"Unknown dataset {name!r}; choose an embedded one ({', '.join(EMBEDDED)}), a folder of images "
+        f"({', '.join(FOLDERS)}, with config.data.folder) or any TFDS name (see tfds.list_builders(), e.g. "
+        f"cifar10, imagenet2012)."
+      ) from None
+  return TfdsSource(builder, image_key=image_key, label_key=label_key, classes=classes)

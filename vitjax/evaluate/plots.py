@@ -1,0 +1,96 @@
+"""Every plot of the project: training curves, confusion matrices and reliability diagrams, saved as PNG.
+
+Figures are built with matplotlib's object API (`Figure`), never pyplot, so nothing here selects a backend or
+keeps global figure state: importing this module changes nothing in the process.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def _save(fig: Figure, path: str) -> None:
+  fig.savefig(path, dpi=100)
+
+
+def plot_confusion_matrix(confusion: np.ndarray, class_names: Sequence[str], path: str, *, title: str = "") -> None:
+  """Heatmap of row-normalised counts (each true class sums to 1), class names on both axes, counts in cells
+  when there are few enough classes to read them."""
+  _save(confusion_matrix_figure(confusion, class_names, title=title), path)
+
+
+def confusion_matrix_figure(confusion: np.ndarray, class_names: Sequence[str], *, title: str = "") -> Figure:
+  """The heatmap of `plot_confusion_matrix`. Predicted-class labels stand upright unless they are short and few,
+  so that neighbours never overlap."""
+  num_classes = len(class_names)
+  totals = confusion.sum(axis=1, keepdims=True)
+  rates = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+  size = min(max(6.0, 0.35 * num_classes), 40.0)
+  fig = Figure(figsize=(size + 1.5, size + 0.1 * max(map(len, class_names))))
+  ax = fig.subplots()
+  image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+  upright = max(map(len, class_names)) > 3 or num_classes > 10  # Short names fit side by side; others stand up.
+  ax.set_xticks(range(num_classes), class_names, rotation=90 if upright else 0)
+  ax.set_yticks(range(num_classes), class_names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  if num_classes <= 30:
+    for (i, j), count in np.ndenumerate(confusion):
+      ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if rates[i, j] > 0.5 else "black")
+  ax.set_title(title)
+  fig.tight_layout()
+  return fig
+
+
+def plot_reliability_diagram(bins: dict[str, Any], path: str, *, title: str = "") -> None:
+  """Accuracy against confidence per bin (bars), the diagonal of perfect calibration, and the ECE."""
+  edges = bins["bin_edges"]
+  centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+  filled = bins["bin_counts"] > 0
+  fig = Figure(figsize=(5, 5))
+  ax = fig.subplots()
+  accuracy, confidence = bins["bin_accuracy"][filled], bins["bin_confidence"][filled]
+  ax.bar(centers[filled], accuracy, width=width, edgecolor="black", label="accuracy")
+  ax.bar(
+    centers[filled],
+    np.abs(confidence - accuracy),
+    bottom=np.minimum(accuracy, confidence),
+    width=width,
+    facecolor="none",
+    edgecolor="red",
+    hatch="//",
+    label="gap to mean confidence",
+  )
+  ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel("confidence")
+  ax.set_ylabel("accuracy")
+  ax.legend(loc="upper left")
+  ax.set_title(f"{title} ECE {100 * bins['ece']:.2f}%".strip())
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def plot_curves(records: list[dict[str, Any]], path: str, *, title: str = "") -> None:
+  """Saves loss (train and eval) and accuracy (train and eval) against step as a two-panel PNG."""
+  fig = Figure(figsize=(11, 4))
+  loss_ax, acc_ax = fig.subplots(1, 2)
+  for split, style in (("train", "-"), ("eval", "o-")):
+    rows = [r for r in records if r["split"] == split]
+    steps = [r["step"] for r in rows]
+    if rows:
+      loss_ax.plot(steps, [r["loss"] for r in rows], style, label=split, markersize=3)
+      acc_ax.plot(steps, [r["accuracy"] for r in rows], style, label=split, markersize=3)
+  for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+    ax.set_xlabel("step")
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  loss_ax.set_yscale("log")
+  fig.suptitle(title)
+  fig.tight_layout()
+  _save(fig, path)

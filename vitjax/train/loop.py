@@ -1,0 +1,264 @@
+"""The training recipe: `train_and_evaluate(config, workdir)`, what `--mode=train` runs.
+
+Each package builds its part from the config and checks it as it builds, so a bad value fails before anything
+compiles; the loop then only steps and hands each step to its hooks (hooks.py).
+"""
+
+import functools
+import json
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+from clu import metric_writers
+
+from vitjax import checkpoints, data, losses, models, sharding, transfer
+from vitjax.evaluate import evaluators, plots
+from vitjax.train import history, hooks, mfu, objectives, optim, state, steps
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its checkpoints) and returns the final eval metrics."""
+  source, loss_fn, mesh = (
+    data.from_config(config.data),
+    losses.from_config(config.loss),
+    sharding.mesh_from_config(config),
+  )
+  sharding.first_process_first(lambda: data.prepare(source))
+  num_classes = data.num_classes(source)
+  model = models.from_config(config.model, num_classes=num_classes)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    checkpoints.write_run_info(workdir, config, data.class_names(source))
+  eval_ds = _eval_dataset(source, config)
+  image_shape = tuple(eval_ds.element_spec["image"].shape[1:])
+  num_steps = total_steps(config, data.num_examples(source, config.data.train_split))
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
+  train_state, parallel, learning_rate_fn, meta = _initial_state(
+    config, manager, model, mesh, image_shape=image_shape, num_steps=num_steps, rng=init_rng
+  )
+  setting = objectives.Setting(loss_fn, num_classes, image_shape, parallel.replicated)
+  train_step = _train_step(config, parallel, objectives.from_config(config, setting), learning_rate_fn)
+  ctx = hooks.Context(num_steps=num_steps, meta=meta, step=meta.pop("step", 0), state=train_state)
+  train_ds = _train_dataset(source, config, start_batch=ctx.step)
+  abstract_batch = parallel.abstract_batch(_shapes(train_ds))
+  flops = mfu.lowered_flops(train_step, train_state, abstract_batch, train_rng) * parallel.programs
+  evaluate = _evaluator(config, parallel, loss_fn, eval_ds)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
+  run_hooks = [
+    _train_log(config, workdir, writer, manager, parallel, start_step=ctx.step, flops=flops),
+    hooks.Preemption(config.log_every),
+    _evaluate_hook(config, workdir, writer, evaluate, _feature_evaluator(config, source, model, parallel, eval_ds)),
+    hooks.EarlyStopping(config.early_stopping, ctx.meta),
+    hooks.Checkpoint(manager, config.checkpoint_every, parallel.to_checkpoint, config.name),
+  ]
+  if config.profile.num_steps:
+    run_hooks.append(hooks.Profile(workdir, first_step=config.profile.first_step, num_steps=config.profile.num_steps))
+  host_batches = data.as_numpy(train_ds)
+  batches = run_hooks[0].timed(
+    sharding.prefetch_to_device(host_batches, parallel.place_batch, size=config.data.prefetch)
+  )
+  try:
+    while ctx.step < num_steps and ctx.stop_reason is None:
+      ctx.state, ctx.step_metrics = train_step(ctx.state, next(batches), train_rng)
+      ctx.step += 1
+      for hook in run_hooks:
+        hook(ctx)
+      for hook in run_hooks:
+        hook.step_done(ctx)
+  finally:
+    for hook in run_hooks:
+      hook.close()
+  results = _finish(config, workdir, ctx, evaluate)
+  writer.close()
+  return results
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
+  """`config.total_steps`, or `config.num_epochs` over the training split in whole steps."""
+  if config.total_steps:
+    return config.total_steps
+  return math.ceil(config.num_epochs * num_train_examples / config.batch_size)
+
+
+def _initial_state(config, manager, model, mesh, *, image_shape, num_steps, rng):
+  """(state restored from `manager` or freshly initialised (from `config.pretrained` if set), the parallelism
+  strategy, the learning-rate schedule, the checkpoint's bookkeeping)."""
+  abstract_params = jax.eval_shape(functools.partial(models.init_variables, model, image_shape=image_shape), rng)
+  tx, learning_rate_fn = optim.from_config(config, total_steps=num_steps, params=abstract_params["params"])
+  init = functools.partial(state.create_train_state, model, tx, image_shape=image_shape, ema=config.ema_decay > 0)
+  abstract_state = jax.eval_shape(init, rng)
+  parallel = sharding.create(config.parallelism, mesh, abstract_state)
+  if jax.process_index() == 0:
+    logging.info(
+      "Model %s, %.3f forward GFLOPs/image; %d steps of %d images on %d devices.\n%s",
+      config.model.name,
+      models.forward_gflops(model, image_size=image_shape[0]),
+      num_steps,
+      config.batch_size,
+      jax.device_count(),
+      models.parameter_overview(abstract_params["params"]),
+    )
+  restored = checkpoints.restore_latest(manager, parallel.restore_target(abstract_state))
+  if restored:
+    train_state, meta = restored
+    logging.info("Resumed from step %d.", int(train_state.step))
+  else:
+    train_state, meta = parallel.init(init, rng), {}
+    if config.pretrained.path:
+      train_state = _load_pretrained(config.pretrained, train_state)
+  meta = {k: meta[k] for k in ("step", "train_seconds", "best_metric", "evals_without_improvement") if k in meta}
+  return parallel.from_checkpoint(train_state), parallel, learning_rate_fn, meta
+
+
+def _load_pretrained(config: ml_collections.ConfigDict, train_state: state.TrainState) -> state.TrainState:
+  """Replaces the initial parameters (and their average) with those of `config.path` (`config.pretrained`)."""
+  shardings = jax.tree.map(lambda x: x.sharding, train_state.params)
+  params = transfer.load_pretrained(
+    config.path,
+    jax.device_get(train_state.params),
+    dont_load=tuple(config.dont_load),
+    head_bias_init=config.head_bias_init,
+    keep_pre_logits=config.keep_pre_logits,
+  )
+  params = jax.device_put(params, shardings)
+  return train_state.replace(params=params, ema_params=params if train_state.ema_params is not None else None)
+
+
+def _train_step(config, parallel, objective, learning_rate_fn) -> Callable:
+  step = steps.make_train_step(
+    objective=objective,
+    learning_rate_fn=learning_rate_fn,
+    accum_steps=config.accum_steps,
+    ema_decay=config.ema_decay,
+    axis_name=sharding.PMAP_AXIS if config.parallelism == "pmap" else None,
+  )
+  return parallel.train_step(step)
+
+
+def _train_dataset(source: data.Source, config: ml_collections.ConfigDict, *, start_batch: int):
+  return data.train_dataset(
+    source,
+    config.data,
+    batch_size=config.batch_size // jax.process_count(),
+    seed=config.seed,
+    start_batch=start_batch,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+
+def _eval_dataset(source: data.Source, config: ml_collections.ConfigDict, *, split: str | None = None):
+  return data.eval_dataset(
+    source,
+    config.data,
+    split=split,
+    batch_size=config.eval_batch_size // jax.process_count(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+
+def _shapes(ds) -> dict[str, tuple[tuple[int, ...], Any]]:
+  return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
+
+
+def _history_path(workdir: str) -> str | None:
+  """`metrics.jsonl`, written by the first process only."""
+  return os.path.join(workdir, "metrics.jsonl") if jax.process_index() == 0 else None
+
+
+def _train_log(config, workdir, writer, manager, parallel, *, start_step: int, flops: float) -> hooks.TrainLog:
+  """The metrics hook, after dropping history records that a resumed run is about to write again."""
+  path = _history_path(workdir)
+  if path:
+    history.truncate(path, after_step=start_step)
+  return hooks.TrainLog(
+    writer=writer,
+    history_path=path,
+    intervals=(config.log_every, config.eval_every, config.checkpoint_every),
+    batch_size=config.batch_size,
+    host_metrics=parallel.host_metrics,
+    last_checkpoint=manager.latest_step,
+    flops_per_step=flops,
+    peak_flops=mfu.job_peak(config.model.dtype or "float32"),
+  )
+
+
+def _evaluate_hook(config, workdir, writer, evaluate, feature_evaluator) -> hooks.Evaluate:
+  extra = ((config.evaluators.every, feature_evaluator),) if config.evaluators.every else ()
+  return hooks.Evaluate(config.eval_every, evaluate, writer, _history_path(workdir), extra=extra)
+
+
+def _evaluator(config, parallel, loss_fn, eval_ds) -> Callable[[Any], dict[str, float]]:
+  """`evaluate(state)`: loss and accuracy over the eval split, also of the moving average (`ema_`) if kept."""
+  axis = sharding.PMAP_AXIS if config.parallelism == "pmap" else None
+  eval_steps = {"": parallel.eval_step(steps.make_eval_step(loss_fn=loss_fn, axis_name=axis))}
+  if config.ema_decay:
+    eval_steps["ema_"] = parallel.eval_step(steps.make_eval_step(loss_fn=loss_fn, use_ema=True, axis_name=axis))
+
+  def evaluate(train_state) -> dict[str, float]:
+    results = {}
+    for prefix, eval_step in eval_steps.items():
+      total = None
+      for batch in data.as_numpy(eval_ds):
+        batch_metrics = parallel.host_metrics(eval_step(train_state, parallel.place_batch(batch)))
+        total = batch_metrics if total is None else total.merge(batch_metrics)
+      metrics = {name: float(value) for name, value in total.compute().items()}
+      results.update({prefix + k: v for k, v in {**metrics, "num_examples": int(total.loss.count)}.items()})
+    return results
+
+  return evaluate
+
+
+def _feature_evaluator(config, source, model, parallel, eval_ds) -> Callable[[Any], dict[str, float]]:
+  """Few-shot ridge probes and k-NN on the pre-logits features of the current parameters."""
+  options = config.evaluators
+
+  def evaluate(train_state) -> dict[str, float]:
+    probe_ds = _eval_dataset(source, config, split=options.train_split or config.data.train_split)
+    current = parallel.to_checkpoint(train_state)
+    return evaluators.feature_metrics(
+      model.apply,
+      state.variables(current.params, current.batch_stats),
+      data.as_numpy(probe_ds),
+      data.as_numpy(eval_ds),
+      shots=tuple(options.shots),
+      knn_k=options.knn_k,
+      l2_reg=options.l2_reg,
+      seed=config.seed,
+      place_batch=functools.partial(sharding.to_global, sharding=parallel.batch),
+    )
+
+  return evaluate
+
+
+def _finish(config, workdir: str, ctx: hooks.Context, evaluate: Callable) -> dict[str, Any]:
+  """The run's results (evaluating the restored state if nothing was left to train), `results.json` and the
+  curves plot."""
+  if ctx.stop_reason:
+    logging.warning("Stopped at step %d (%s); re-running the same command resumes.", ctx.step, ctx.stop_reason)
+  results = {
+    "config": config.name,
+    "model": config.model.name,
+    "dataset": config.data.dataset,
+    "split": config.data.eval_split,
+    "step": ctx.step,
+    "train_seconds": round(ctx.meta.get("train_seconds", 0.0), 2),
+    "finished": ctx.step >= ctx.num_steps,
+    "stop_reason": ctx.stop_reason,
+    **(ctx.eval_metrics if ctx.eval_metrics is not None else evaluate(ctx.state)),
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    title = f"{config.name}: {config.model.name} on {config.data.dataset}"
+    plots.plot_curves(
+      history.read(os.path.join(workdir, "metrics.jsonl")), os.path.join(workdir, "curves.png"), title=title
+    )
+  return results

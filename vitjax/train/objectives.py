@@ -1,0 +1,188 @@
+"""Training objectives: what the train step minimises, as plug-ins chosen by `config.objective`.
+
+An objective maps `(forward, params, batch, rng)` to `(loss, metrics, batch_stats)`: the scalar loss to
+differentiate with respect to `params`, scalar metrics to log beside it, and the BatchNorm statistics after its
+forward passes. `forward` is the model in training mode. A new objective (adversarial training, domain-adversarial,
+rotation prediction) is a factory registered here with `register`; the loop and the steps need no edit.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vitjax import losses, models, transfer
+from vitjax.train.state import variables
+
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+  """The model in training mode: `forward(params, images, rng) -> (logits, batch_stats)`.
+
+  BatchNorm statistics are threaded explicitly (models without them carry an empty dict); `rng` drives dropout
+  and stochastic depth. `features=True` also returns the pre-logits the model sows, for objectives with heads of
+  their own.
+  """
+
+  apply_fn: Callable
+  batch_stats: Any
+
+  def __call__(self, params: Any, images: jax.Array, rng: jax.Array, *, features: bool = False):
+    mutable = (["batch_stats"] if self.batch_stats else []) + (["intermediates"] if features else [])
+    out = self.apply_fn(
+      variables(params, self.batch_stats), images, train=True, rngs={"dropout": rng}, mutable=mutable or False
+    )
+    logits, updates = out if mutable else (out, {})
+    batch_stats = updates.get("batch_stats", self.batch_stats)
+    if features:
+      return logits, updates["intermediates"]["pre_logits"][0], batch_stats
+    return logits, batch_stats
+
+
+class Objective(Protocol):
+  def __call__(
+    self, forward: Forward, params: Any, batch: Batch, rng: jax.Array
+  ) -> tuple[jax.Array, dict[str, jax.Array], Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """What an objective's factory may use besides the config: the run's loss and the shape of its problem."""
+
+  loss_fn: losses.LossFn
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  replicated: jax.sharding.Sharding | None = None
+
+
+Factory = Callable[[ml_collections.ConfigDict, Setting], Objective]
+_FACTORIES: dict[str, Factory] = {}
+
+
+def register(name: str) -> Callable[[Factory], Factory]:
+  """Registers `factory(config, setting) -> objective` as `config.objective=name`."""
+
+  def decorator(factory: Factory) -> Factory:
+    _FACTORIES[name] = factory
+    return factory
+
+  return decorator
+
+
+def names() -> list[str]:
+  return sorted(_FACTORIES)
+
+
+def from_config(config: ml_collections.ConfigDict, setting: Setting) -> Objective:
+  """The objective `config.objective` names, built (and its options checked) by its factory."""
+  if config.objective not in _FACTORIES:
+    raise ValueError(f"Unknown config.objective={config.objective!r}; choose one of: {', '.join(names())}.")
+  if config.distill.checkpoint and config.objective != "distill":
+    raise ValueError("config.distill.checkpoint is set: train with config.objective='distill', or unset it.")
+  return _FACTORIES[config.objective](config, setting)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of examples whose top logit is the top target (hard, smoothed, mixed or multi-hot labels)."""
+  return jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
+
+
+def supervised(loss_fn: losses.LossFn) -> Objective:
+  """The mean of `loss_fn(logits, labels)` over the batch."""
+
+  def objective(forward: Forward, params: Any, batch: Batch, rng: jax.Array):
+    logits, batch_stats = forward(params, batch["image"], rng)
+    loss = loss_fn(logits, batch["labels"]).mean()
+    return loss, {"accuracy": accuracy(logits, batch["labels"])}, batch_stats
+
+  return objective
+
+
+def distillation(loss_fn: Callable, teacher_fn: Callable[[jax.Array], jax.Array]) -> Objective:
+  """The mean of `loss_fn(logits, labels, teacher_logits)`, the teacher seeing the very images (augmentations,
+  Mixup) the student sees."""
+
+  def objective(forward: Forward, params: Any, batch: Batch, rng: jax.Array):
+    logits, batch_stats = forward(params, batch["image"], rng)
+    loss = loss_fn(logits, batch["labels"], teacher_fn(batch["image"])).mean()
+    return loss, {"accuracy": accuracy(logits, batch["labels"])}, batch_stats
+
+  return objective
+
+
+@register("supervised")
+def _supervised(config: ml_collections.ConfigDict, setting: Setting) -> Objective:
+  del config
+  return supervised(setting.loss_fn)
+
+
+@register("distill")
+def _distill(config: ml_collections.ConfigDict, setting: Setting) -> Objective:
+  if config.parallelism != "jit":
+    raise ValueError("config.objective='distill' needs config.parallelism='jit'.")
+  return distillation(distillation_loss(config.distill, setting.loss_fn), teacher_from_config(config.distill, setting))
+
+
+def distillation_loss(config: ml_collections.ConfigDict, base_loss: losses.LossFn) -> Callable:
+  """`loss(student_logits, labels, teacher_logits)` per example, bound to `config.distill` and the run's loss."""
+  if config.kind not in losses.DISTILLATION_KINDS:
+    kinds = ", ".join(losses.DISTILLATION_KINDS)
+    raise ValueError(f"Unknown config.distill.kind={config.kind!r}; choose one of: {kinds}.")
+
+  def loss_fn(student_logits: jax.Array, labels: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+    return losses.distillation(
+      student_logits,
+      labels,
+      teacher_logits,
+      base_loss=base_loss,
+      kind=config.kind,
+      alpha=config.alpha,
+      temperature=config.temperature,
+    )
+
+  return loss_fn
+
+
+def load_teacher(
+  model_config: ml_collections.ConfigDict,
+  checkpoint: str,
+  *,
+  num_classes: int,
+  image_shape: tuple[int, int, int],
+  sharding: jax.sharding.Sharding | None = None,
+) -> Callable[[jax.Array], jax.Array]:
+  """`teacher_logits(images)`: the model of `model_config` with every variable from `checkpoint`, in eval mode.
+
+  `checkpoint` is anything `transfer.load_variables` reads (a public `.npz` with its head, or a run of this
+  project). `sharding` (e.g. replicated over the mesh) places the teacher's variables once; images may carry
+  extra leading axes, which the logits keep.
+  """
+  model = models.from_config(model_config, num_classes=num_classes)
+  abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape=image_shape))
+  teacher_variables, _ = transfer.load_variables(checkpoint, abstract)
+  teacher_variables = jax.device_put(teacher_variables, sharding)
+  apply = jax.jit(lambda v, images: model.apply(v, images, train=False))
+
+  def teacher_logits(images: jax.Array) -> jax.Array:
+    logits = apply(teacher_variables, images.reshape(-1, *images.shape[-3:]))
+    return logits.reshape(*images.shape[:-3], logits.shape[-1])
+
+  return teacher_logits
+
+
+def teacher_from_config(config: ml_collections.ConfigDict, setting: Setting) -> Callable[[jax.Array], jax.Array]:
+  """`load_teacher` for the `config.distill` block: `model` (as `config.model`) and `checkpoint`."""
+  if not config.checkpoint or not config.model.name:
+    raise ValueError("config.objective='distill' needs config.distill.checkpoint and config.distill.model.name.")
+  return load_teacher(
+    config.model,
+    config.checkpoint,
+    num_classes=setting.num_classes,
+    image_shape=setting.image_shape,
+    sharding=setting.replicated,
+  )

@@ -1,0 +1,117 @@
+"""Train and eval steps: pure functions of (state, batch, rng), compiled by the caller (jit or pmap).
+
+What the train step minimises is its `objective` (objectives.py); the step owns what every objective shares:
+gradient accumulation, averaging over pmap devices, the optimizer update, the parameters' moving average, and the
+learning rate and norms it reports.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vitjax.evaluate.metrics import EvalMetrics
+from vitjax.train.objectives import Forward, Objective
+from vitjax.train.state import TrainState, variables
+
+Batch = dict[str, jax.Array]
+
+
+def _microbatches(batch: Batch, accum_steps: int) -> Batch:
+  """(B, ...) -> (accum_steps, B / accum_steps, ...), microbatch k taking rows k, k + accum_steps, ...
+
+  Interleaving keeps each microbatch spread over all devices of a batch-sharded array: no data moves.
+  """
+
+  def split(x):
+    return x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1)
+
+  return jax.tree.map(split, batch)
+
+
+def _gradients(objective: Objective, state: TrainState, batch_stats: Any, batch: Batch, rng: jax.Array):
+  """(gradients, metrics with the loss, updated BatchNorm statistics) of `objective` on one (micro)batch."""
+
+  def loss_fn(params):
+    loss, metrics, new_batch_stats = objective(Forward(state.apply_fn, batch_stats), params, batch, rng)
+    return loss, ({"loss": loss, **metrics}, new_batch_stats)
+
+  (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  return grads, metrics, batch_stats
+
+
+def _accumulated_gradients(objective: Objective, state: TrainState, batch: Batch, rng: jax.Array, accum_steps: int):
+  """`_gradients` averaged over `accum_steps` microbatches: equal to one step on the whole batch (BatchNorm
+  statistics are updated microbatch after microbatch)."""
+
+  def accumulate(carry, xs):
+    grads_sum, batch_stats = carry
+    micro, index = xs
+    grads, metrics, batch_stats = _gradients(objective, state, batch_stats, micro, jax.random.fold_in(rng, index))
+    return (jax.tree.map(jnp.add, grads_sum, grads), batch_stats), metrics
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  xs = (_microbatches(batch, accum_steps), jnp.arange(accum_steps))
+  (grads, batch_stats), metrics = jax.lax.scan(accumulate, (zeros, state.batch_stats), xs)
+  mean = lambda x: x.mean(axis=0)
+  return jax.tree.map(lambda g: g / accum_steps, grads), jax.tree.map(mean, metrics), batch_stats
+
+
+def make_train_step(
+  *,
+  objective: Objective,
+  learning_rate_fn: optax.Schedule,
+  accum_steps: int = 1,
+  ema_decay: float = 0.0,
+  axis_name: str | None = None,
+) -> Callable:
+  """Returns `train_step(state, batch, rng) -> (state, metrics)` minimising `objective`.
+
+  With `accum_steps > 1` the batch is processed as that many microbatches whose gradients are averaged.
+  `axis_name` names the pmap axis to average gradients and metrics over; under jit it stays None.
+  """
+
+  def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:  # Different dropout on every device.
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    if accum_steps == 1:
+      grads, metrics, batch_stats = _gradients(objective, state, state.batch_stats, batch, rng)
+    else:
+      grads, metrics, batch_stats = _accumulated_gradients(objective, state, batch, rng, accum_steps)
+    if axis_name is not None:
+      grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), axis_name)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    if ema_decay:
+      ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_state.params)
+      new_state = new_state.replace(ema_params=ema)
+    metrics = {
+      **metrics,
+      "learning_rate": learning_rate_fn(state.step),
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(new_state.params),
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(*, loss_fn: Callable, use_ema: bool = False, axis_name: str | None = None) -> Callable:
+  """Returns `eval_step(state, batch) -> EvalMetrics`; examples with `mask == 0` are padding and ignored."""
+
+  def eval_step(state: TrainState, batch: Batch) -> EvalMetrics:
+    params = state.ema_params if use_ema else state.params
+    logits = state.apply_fn(variables(params, state.batch_stats), batch["image"], train=False)
+    kwargs = dict(
+      logits=logits.astype(jnp.float32),
+      labels=jnp.argmax(batch["labels"], -1),
+      loss=loss_fn(logits, batch["labels"]),
+      mask=batch["mask"],
+    )
+    if axis_name is not None:
+      return EvalMetrics.gather_from_model_output(axis_name=axis_name, **kwargs)
+    return EvalMetrics.single_from_model_output(**kwargs)
+
+  return eval_step

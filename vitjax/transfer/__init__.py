@@ -1,0 +1,21 @@
+"""Weights from elsewhere: public ViT, hybrid and BiT `.npz` files and other runs, mapped onto this project's models."""
+
+from vitjax.transfer.importer import (
+  LoadReport,
+  canonical_names,
+  load_pretrained,
+  load_variables,
+  match_params,
+  read_checkpoint,
+)
+from vitjax.transfer.posemb import resize_posemb
+
+__all__ = [
+  "LoadReport",
+  "canonical_names",
+  "load_pretrained",
+  "load_variables",
+  "match_params",
+  "read_checkpoint",
+  "resize_posemb",
+]
