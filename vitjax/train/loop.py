@@ -23,11 +23,9 @@ from vitjax.train import history, hooks, mfu, objectives, optim, state, steps
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its checkpoints) and returns the final eval metrics."""
-  source, loss_fn, mesh = (
-    data.from_config(config.data),
-    losses.from_config(config.loss),
-    sharding.mesh_from_config(config),
-  )
+  source = data.from_config(config.data)
+  loss_fn = losses.from_config(config.loss)
+  mesh = sharding.mesh_from_config(config)
   sharding.first_process_first(lambda: data.prepare(source))
   num_classes = data.num_classes(source)
   model = models.from_config(config.model, num_classes=num_classes)
@@ -50,22 +48,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   flops = mfu.lowered_flops(train_step, train_state, abstract_batch, train_rng) * parallel.programs
   evaluate = _evaluator(config, parallel, loss_fn, eval_ds)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
-  run_hooks = [
-    _train_log(config, workdir, writer, manager, parallel, start_step=ctx.step, flops=flops),
-    hooks.Preemption(config.log_every),
-    _evaluate_hook(config, workdir, writer, evaluate, _feature_evaluator(config, source, model, parallel, eval_ds)),
-    hooks.EarlyStopping(config.early_stopping, ctx.meta),
-    hooks.Checkpoint(manager, config.checkpoint_every, parallel.to_checkpoint, config.name),
-  ]
-  if config.profile.num_steps:
-    run_hooks.append(hooks.Profile(workdir, first_step=config.profile.first_step, num_steps=config.profile.num_steps))
-  host_batches = data.as_numpy(train_ds)
-  batches = run_hooks[0].timed(
-    sharding.prefetch_to_device(host_batches, parallel.place_batch, size=config.data.prefetch)
-  )
+  features = _feature_evaluator(config, source, model, parallel, eval_ds)
+  run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, features, flops=flops)
+  batches = sharding.prefetch_to_device(data.as_numpy(train_ds), parallel.place_batch, size=config.data.prefetch)
+  _run(train_step, run_hooks[0].timed(batches), train_rng, ctx, run_hooks)
+  writer.close()
+  return _finish(config, workdir, ctx, evaluate)
+
+
+def _run(train_step: Callable, batches, rng: jax.Array, ctx: hooks.Context, run_hooks: list[hooks.Hook]) -> None:
+  """Steps until the last step or a hook's stop, handing every step to every hook; hooks close however it ends."""
   try:
-    while ctx.step < num_steps and ctx.stop_reason is None:
-      ctx.state, ctx.step_metrics = train_step(ctx.state, next(batches), train_rng)
+    while ctx.step < ctx.num_steps and ctx.stop_reason is None:
+      ctx.state, ctx.step_metrics = train_step(ctx.state, next(batches), rng)
       ctx.step += 1
       for hook in run_hooks:
         hook(ctx)
@@ -74,9 +69,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     for hook in run_hooks:
       hook.close()
-  results = _finish(config, workdir, ctx, evaluate)
-  writer.close()
-  return results
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -166,6 +158,20 @@ def _eval_dataset(source: data.Source, config: ml_collections.ConfigDict, *, spl
 
 def _shapes(ds) -> dict[str, tuple[tuple[int, ...], Any]]:
   return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
+
+
+def _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, features, *, flops: float) -> list[hooks.Hook]:
+  """The periodic actions of the run, in the order they see each step; the train log first (it times the input)."""
+  run_hooks = [
+    _train_log(config, workdir, writer, manager, parallel, start_step=ctx.step, flops=flops),
+    hooks.Preemption(config.log_every),
+    _evaluate_hook(config, workdir, writer, evaluate, features),
+    hooks.EarlyStopping(config.early_stopping, ctx.meta),
+    hooks.Checkpoint(manager, config.checkpoint_every, parallel.to_checkpoint, config.name),
+  ]
+  if config.profile.num_steps:
+    run_hooks.append(hooks.Profile(workdir, first_step=config.profile.first_step, num_steps=config.profile.num_steps))
+  return run_hooks
 
 
 def _history_path(workdir: str) -> str | None:
