@@ -16,6 +16,7 @@ RUNLOCAL = "runlocal"
 RUNLOCAL_BATCH = 16  # Train and eval batch: a multiple of 8 so that it divides over 1 or 8 (simulated) devices.
 RUNLOCAL_STEPS = 20
 RUNLOCAL_EVAL_EXAMPLES = 64
+RUNLOCAL_BASELINE_TRAIN_EXAMPLES = 256  # --mode=baseline fits on a stratified sample of this many.
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -55,6 +56,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.eval = _eval()
   config.distill = _distill()
+  config.baseline = _baseline()
   # Few-shot ridge probes and k-NN on pre-logits features every `every` steps (0: never), fitted on train_split
   # (None: data.train_split) with eval preprocessing and scored on data.eval_split.
   config.evaluators = ml_collections.ConfigDict(
@@ -188,6 +190,61 @@ def _distill() -> ml_collections.ConfigDict:
   )
 
 
+def _baseline() -> ml_collections.ConfigDict:
+  """`config.baseline`: `--mode=baseline`, hand-crafted features with scikit-learn classifiers on config.data's
+  train and eval splits, every feature x classifier pair fitted and reported."""
+  baseline = ml_collections.ConfigDict()
+  # Features by name, several joined with "+" ("hog+lbp"): hog, lbp, color_hist, gabor, sift_bow, raw_pixels.
+  baseline.features = ("hog",)
+  # svm_linear, svm_rbf, random_forest, knn, naive_bayes (Gaussian), logistic.
+  baseline.classifiers = ("svm_rbf",)
+  baseline.image_size = 32  # Side of the square images the features see: pp_eval's output resized on the host.
+  # Above this many training examples, a stratified sample of this size is fitted on (memory, SVM time); reading
+  # holds at most 3x this many images (uint8, image_size) at once.
+  baseline.max_train_examples = 20_000
+  baseline.batch_size = 256  # Images read, resized and featurised at a time.
+  baseline.n_jobs = 1  # Cores for random forest, k-NN, the search and scikit-learn's OpenMP/BLAS threads; -1: all.
+  # GridSearchCV of each classifier over `grid` by stratified `cv_folds`-fold CV on the training sample only.
+  baseline.search = False
+  baseline.cv_folds = 3
+  baseline.hog = ml_collections.ConfigDict({"orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2})
+  # Uniform LBP with 8 * radius neighbours per radius; one histogram per radius and cell of a grid x grid split.
+  baseline.lbp = ml_collections.ConfigDict({"radii": (1, 2, 3), "grid": 1})
+  # space "hsv" or "rgb"; mode "joint" (bins**3 cells) or "per_channel" (3 * bins).
+  baseline.color_hist = ml_collections.ConfigDict({"space": "hsv", "mode": "joint", "bins": 8})
+  # Mean and std of the energy of each zero-mean Gabor filter (frequencies in cycles/pixel x orientations) per
+  # cell of a grid x grid split.
+  baseline.gabor = ml_collections.ConfigDict({"frequencies": (0.1, 0.2, 0.3), "orientations": 4, "grid": 1})
+  # mode "dense" (a keypoint of diameter `size` every `step` pixels) or "keypoint" (OpenCV's detector); a k-means
+  # vocabulary of `vocabulary_size` words fitted on at most `max_descriptors` descriptors of training images.
+  baseline.sift_bow = ml_collections.ConfigDict(
+    {"mode": "dense", "step": 4, "size": 8, "vocabulary_size": 100, "max_descriptors": 100_000, "tfidf": False}
+  )
+  baseline.raw_pixels = ml_collections.ConfigDict({"grayscale": False})  # True: the luminance only.
+  # Constructor arguments of each classifier (scikit-learn's names), and the values the search tries.
+  baseline.params = ml_collections.ConfigDict(
+    {
+      "svm_linear": {"C": 1.0},
+      "svm_rbf": {"C": 10.0, "gamma": "scale"},
+      "random_forest": {"n_estimators": 300, "max_features": "sqrt"},
+      "knn": {"n_neighbors": 5, "weights": "distance"},
+      "naive_bayes": {"var_smoothing": 1e-9},
+      "logistic": {"C": 1.0, "max_iter": 2000},
+    }
+  )
+  baseline.grid = ml_collections.ConfigDict(
+    {
+      "svm_linear": {"C": (0.01, 0.1, 1.0)},
+      "svm_rbf": {"C": (1.0, 10.0, 100.0)},
+      "random_forest": {"max_features": ("sqrt", "log2")},
+      "knn": {"n_neighbors": (1, 5, 15)},
+      "naive_bayes": {"var_smoothing": (1e-9, 1e-6, 1e-3)},
+      "logistic": {"C": (0.1, 1.0, 10.0)},
+    }
+  )
+  return baseline
+
+
 def split_runlocal(arg: str | None) -> tuple[str, bool]:
   """(the config argument without its `runlocal` option, whether it had one): any config takes `runlocal`, alone or
   after its other options (``cifar10,freeze6,runlocal``)."""
@@ -214,5 +271,6 @@ def runlocal(config: ml_collections.ConfigDict, updates: Mapping[str, Any] | Non
   config.evaluators.every = 0  # Feature evaluators off: they fit probes on the whole training split.
   config.data.eval_split = first_examples(config.data.eval_split, RUNLOCAL_EVAL_EXAMPLES)
   config.data.shuffle_buffer = 256
+  config.baseline.max_train_examples = min(config.baseline.max_train_examples, RUNLOCAL_BASELINE_TRAIN_EXAMPLES)
   config.update_from_flattened_dict(dict(updates or {}))
   return config

@@ -10,13 +10,14 @@ import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 
-from configs import bit_r50x1, common, finetune, quickstart, vit_b16
+from configs import baseline_digits, bit_r50x1, common, finetune, quickstart, vit_b16
 from vitjax.train.loop import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every config's runlocal variant: (config module, argument, the model it trains).
 RUNLOCAL = {
   "quickstart": (quickstart, "runlocal", "vit_micro16"),
+  "baseline_digits": (baseline_digits, "runlocal", "vit_micro16"),  # The quickstart's run plus config.baseline.
   "vit_b16": (vit_b16, "cifar10,runlocal", "vit_ti16"),
   "vit_b16_freeze6": (vit_b16, "cifar10,freeze6,runlocal", "vit_ti16"),
   "bit_r50x1": (bit_r50x1, "cifar10,runlocal", "bit_r50x1"),
@@ -69,6 +70,13 @@ def test_quickstart_argument_fails_naming_the_choices():
     quickstart.get_config("cifar10")
 
 
+def test_baseline_digits_argument_fails_naming_the_choices():
+  assert baseline_digits.get_config().name == "baseline_digits"
+  assert baseline_digits.get_config("runlocal").baseline.max_train_examples == common.RUNLOCAL_BASELINE_TRAIN_EXAMPLES
+  with pytest.raises(ValueError, match="Unknown argument 'svm' for baseline_digits; choose one of: runlocal"):
+    baseline_digits.get_config("svm")
+
+
 def test_runlocal_from_the_command_line_with_checked_overrides():
   config = _parse_config_flag(
     f"--config={REPO}/configs/vit_b16.py:cifar10,freeze6,runlocal", "--config.model.name=vit_s16"
@@ -96,7 +104,7 @@ def _mock_cifar10(data_dir: str) -> contextlib.AbstractContextManager:
   return tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir)
 
 
-@pytest.mark.parametrize("name", ["quickstart", "vit_b16", "bit_r50x1"])
+@pytest.mark.parametrize("name", ["quickstart", "baseline_digits", "vit_b16", "bit_r50x1"])
 def test_runlocal_trains_end_to_end(name, digits_dir, tmp_path):
   module, arg, _ = RUNLOCAL[name]
   config = module.get_config(arg)

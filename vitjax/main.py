@@ -14,7 +14,12 @@ config_flags.DEFINE_config_file(
   "config", None, "Config file, optionally with an argument: configs/vit_b16.py:cifar10.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and results; re-running resumes.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or evaluate the latest checkpoint.")
+flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval", "baseline"],
+  "train (and evaluate), evaluate the latest checkpoint, or fit and compare the classical baselines.",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs outside TPU/SLURM.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -58,7 +63,7 @@ def main(argv):
   initialize_distributed()
   import jax
 
-  from vitjax import data
+  from vitjax import classical, data
   from vitjax.evaluate import report
   from vitjax.train import hooks, loop
 
@@ -70,12 +75,12 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  run = loop.train_and_evaluate if FLAGS.mode == "train" else report.evaluate_checkpoint
+  run = {"train": loop.train_and_evaluate, "eval": report.evaluate_checkpoint, "baseline": classical.run_baseline}
   try:
-    results = run(FLAGS.config, FLAGS.workdir)
+    results = run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
   except (ValueError, data.DatasetUnavailableError, hooks.NonFiniteLossError) as e:
     sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 and FLAGS.mode != "baseline":  # The baselines print their own table.
     print(
       f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "
       f"examples at step {results['step']} ({results['train_seconds']:.0f}s of training).",

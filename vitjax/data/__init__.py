@@ -7,6 +7,7 @@ functions take that source.
 # Importing the op modules registers their preprocessing ops, so that every spec can name them.
 from vitjax.data import augment, decoding, geometric, photometric  # noqa: F401
 from vitjax.data.catalog import EMBEDDED, FOLDERS, builder_by_name, from_config
+from vitjax.data.photometric import pixel_affine
 from vitjax.data.pipeline import (
   as_numpy,
   class_names,
@@ -33,6 +34,7 @@ __all__ = [
   "from_config",
   "num_classes",
   "num_examples",
+  "pixel_affine",
   "prepare",
   "train_dataset",
 ]

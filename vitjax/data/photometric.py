@@ -2,9 +2,10 @@
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
-from vitjax.data.preprocess import Op, check_range, image_op, register, to_dtype
+from vitjax.data.preprocess import Op, calls, check_range, image_op, register, to_dtype
 
 
 @register("color_jitter")
@@ -108,3 +109,17 @@ def normalize(mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float,
     return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
   return image_op(fn)
+
+
+def pixel_affine(spec: str) -> tuple[np.ndarray, np.ndarray]:
+  """(scale, offset), per channel or scalar, of the map ``out = scale * pixel + offset`` that the value ops of
+  ``spec`` (``value_range``, ``normalize``) apply to [0, 255] pixels, so that a host can get the pixels back."""
+  scale, offset = np.ones(1), np.zeros(1)
+  for name, args in calls(spec):
+    if name == "value_range":
+      factor = (args["high"] - args["low"]) / (args["in_high"] - args["in_low"])
+      scale, offset = scale * factor, args["low"] + (offset - args["in_low"]) * factor
+    elif name == "normalize":
+      mean, std = np.asarray(args["mean"], np.float64), np.asarray(args["std"], np.float64)
+      scale, offset = scale / (255.0 * std), (offset / 255.0 - mean) / std
+  return scale, offset

@@ -15,6 +15,7 @@ This module holds the registry and the parser; the ops register themselves in ``
 """
 
 import ast
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -44,7 +45,7 @@ def names() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def _parse_call(text: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+def parse_call(text: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
   """Splits ``"name(1, b=2)"`` into its name and literal arguments."""
   try:
     node = ast.parse(text.strip(), mode="eval").body
@@ -62,13 +63,27 @@ def _parse_call(text: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
   return node.func.id, args, kwargs
 
 
-def _calls(spec: str) -> list[str]:
+def op_texts(spec: str) -> list[str]:
+  """The ops of ``spec`` as written, in order: ``"resize(32)|flip_lr"`` -> ``["resize(32)", "flip_lr"]``."""
   return list(filter(None, (part.strip() for part in spec.split("|"))))
 
 
 def op_names(spec: str) -> list[str]:
   """The names of the ops in ``spec``, in order."""
-  return [_parse_call(text)[0] for text in _calls(spec)]
+  return [parse_call(text)[0] for text in op_texts(spec)]
+
+
+def calls(spec: str) -> list[tuple[str, dict[str, Any]]]:
+  """Each op of ``spec`` in order, with every argument of its factory bound by name (defaults included)."""
+  out = []
+  for text in op_texts(spec):
+    name, args, kwargs = parse_call(text)
+    if name not in _REGISTRY:
+      raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
+    bound = inspect.signature(_REGISTRY[name]).bind(*args, **kwargs)
+    bound.apply_defaults()
+    out.append((name, dict(bound.arguments)))
+  return out
 
 
 def decodes(spec: str) -> bool:
@@ -80,8 +95,8 @@ def decodes(spec: str) -> bool:
 def parse(spec: str) -> Op:
   """Builds one function ``(features, seed) -> features`` from a pipe-separated spec of ops."""
   ops = []
-  for text in _calls(spec):
-    name, args, kwargs = _parse_call(text)
+  for text in op_texts(spec):
+    name, args, kwargs = parse_call(text)
     if name not in _REGISTRY:
       raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
     try:

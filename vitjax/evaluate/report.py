@@ -168,10 +168,15 @@ def ensemble_logits(
   return total / len(members), targets, members
 
 
+def split_file_name(split: str) -> str:
+  """A split as it appears in report file names: ``test[:64]`` -> ``test_64``."""
+  return re.sub(r"[^\w.-]+", "_", split).strip("_")
+
+
 def write_report(results: dict[str, Any], workdir: str, *, class_names: list[str]) -> None:
   """`eval_<split>.json` with every metric (per-class ones keyed by class name), and for single-label data
   `confusion_<split>.json` / `.png` and `reliability_<split>.png`."""
-  split = re.sub(r"[^\w.-]+", "_", results["split"]).strip("_")
+  split = split_file_name(results["split"])
   title = f"{results['model']} on {results['dataset']}:{results['split']}"
   report = dict(results)
   per_class = ("precision", "recall", "f1", "support", "average_precision")
