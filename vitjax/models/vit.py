@@ -193,7 +193,7 @@ class MAPHead(nn.Module):
     )
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
     x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, name="MlpBlock_0")(y, deterministic=True)
-    return x[:, 0]
+    return jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)  # A slice, not a gather: see VisionTransformer.
 
 
 class VisionTransformer(nn.Module):
@@ -258,7 +258,8 @@ class VisionTransformer(nn.Module):
     )(x, train=train)
 
     if self.classifier == "token":
-      x = x[:, 0]
+      # A static slice: `x[:, 0]` lowers to a gather, which TFLite cannot convert once the batch is polymorphic.
+      x = jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)
     elif self.classifier == "gap":
       x = jnp.mean(x, axis=1)
     else:

@@ -1,0 +1,114 @@
+"""Images from files and arrays to a model's input: the run's own eval preprocessing, split where pixels turn float.
+
+The ops of `pp_eval` up to its final `value_range` or `normalize` (decoding, resizing, cropping, `to_rgb`) run on the
+host in TensorFlow exactly as in evaluation and keep uint8 pixels; that final op runs in JAX, inside the model
+function, so that the same function serves Python callers and exported models that take uint8 batches.
+"""
+
+import glob
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+from vitjax.data import preprocess
+
+# The ops that may end a spec and move into the model function (photometric.value_range and normalize).
+NORMALIZATIONS = ("value_range", "normalize")
+
+
+class UnreadableFileError(ValueError):
+  """A file that is missing, unreadable or not an image TensorFlow can decode; the message says which and why."""
+
+
+def find_files(pattern: str) -> list[str]:
+  """Every file that `pattern` names, sorted: the file itself, a folder's files (recursively, hidden ones left out),
+  or the matches of a glob (`**` recursive). Non-image files are kept, so that a caller can report them."""
+  if os.path.isfile(pattern):
+    return [pattern]
+  if os.path.isdir(pattern):
+    found = []
+    for root, dirs, names in os.walk(pattern):
+      dirs[:] = [d for d in dirs if not d.startswith(".")]
+      found.extend(os.path.join(root, name) for name in names if not name.startswith("."))
+    return sorted(found)
+  matches = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
+  if not matches:
+    raise ValueError(f"No image file, folder or glob match at {pattern!r}.")
+  return matches
+
+
+def read_file(path: str) -> bytes:
+  """The bytes of `path`, or an UnreadableFileError naming the reason."""
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise UnreadableFileError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def decode(contents: bytes, path: str = "<bytes>") -> np.ndarray:
+  """uint8 RGB pixels (height, width, 3) of an encoded JPEG, PNG, GIF, BMP or WebP image (first frame)."""
+  try:
+    return tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+    raise UnreadableFileError(f"not a decodable image: {path}: {_reason(e)}") from None
+
+
+class Preprocessing:
+  """A run's `pp_eval`, split into host ops (uint8 in, uint8 out) and the final normalisation, as a JAX function."""
+
+  def __init__(self, spec: str):
+    texts, calls = preprocess.op_texts(spec), preprocess.calls(spec)
+    self.spec = spec
+    # (name, every argument by name) of the final normalisation op, if the spec ends with one.
+    self.normalization = calls[-1] if calls and calls[-1][0] in NORMALIZATIONS else None
+    self.host_spec = "|".join(texts[:-1] if self.normalization else texts)
+    self.decodes = preprocess.decodes(spec)
+    op = preprocess.parse(self.host_spec)
+    no_seed = tf.zeros([2], tf.int64)  # Evaluation ops are deterministic.
+    run = lambda image: op({"image": image}, no_seed)["image"]  # noqa: E731
+    self._from_pixels = tf.function(run, input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
+    self._from_bytes = tf.function(run, input_signature=[tf.TensorSpec([], tf.string)]) if self.decodes else None
+    self.input_shape = self._probe_input_shape()
+
+  def file(self, path: str) -> np.ndarray:
+    """The host-preprocessed pixels of the image file at `path` (UnreadableFileError if it is not one)."""
+    contents = read_file(path)
+    if self._from_bytes is None:
+      return self.pixels(decode(contents, path))
+    try:
+      return self._from_bytes(tf.constant(contents)).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+      raise UnreadableFileError(f"not a decodable image: {path}: {_reason(e)}") from None
+
+  def pixels(self, image: np.ndarray) -> np.ndarray:
+    """The host-preprocessed form of one uint8 image, (height, width) or (height, width, channels)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+      raise ValueError(f"Images must be uint8 arrays of shape (H, W) or (H, W, C), got {image.dtype} {image.shape}.")
+    return self._from_pixels(tf.constant(image if image.ndim == 3 else image[..., None])).numpy()
+
+  def normalize(self, images: jax.Array) -> jax.Array:
+    """The spec's final `value_range` or `normalize` in JAX (float32 out), the same arithmetic as the TF op."""
+    x = jnp.asarray(images).astype(jnp.float32)
+    if self.normalization is None:
+      return x
+    name, a = self.normalization
+    if name == "value_range":
+      return a["low"] + (x - a["in_low"]) * ((a["high"] - a["low"]) / (a["in_high"] - a["in_low"]))
+    return (x / 255.0 - jnp.asarray(a["mean"], jnp.float32)) / jnp.asarray(a["std"], jnp.float32)
+
+  def _probe_input_shape(self) -> tuple[int, ...] | None:
+    """(height, width, channels) the host ops give whatever the input size, or None if they keep the input size."""
+    shapes = {self.pixels(np.zeros(size, np.uint8)).shape for size in ((61, 47, 3), (37, 53, 3))}
+    return shapes.pop() if len(shapes) == 1 else None
+
+
+def _reason(error: tf.errors.OpError) -> str:
+  """TensorFlow's message for a failed decode, without the op and device names it wraps it in."""
+  lines = error.message.strip().splitlines()
+  return re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]", "", lines[0] if lines else type(error).__name__).strip()

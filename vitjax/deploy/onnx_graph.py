@@ -1,0 +1,82 @@
+"""ONNX files from float TFLite ones (tf2onnx), and their int8 static quantisation (onnxruntime).
+
+TFLite gives batch-polymorphic matmuls a shape computed by `UNSORTED_SEGMENT_PROD` with segment id -1 for the
+dimensions to leave out; tf2onnx 1.17 counts those into segment 0, so a ViT's reshapes fail at run time for any
+batch. `_segment_product` converts that op correctly for constant segment ids, the only kind TFLite emits there.
+"""
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+import tf2onnx
+from onnxruntime import quantization
+
+OPSET = 17
+# The op types whose weights and inputs int8 quantisation stores as int8 (with per-channel weight scales).
+INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
+
+
+def from_tflite(tflite_path: str, onnx_path: str, *, input_name: str, output_name: str) -> None:
+  """Converts a single-input, single-output float TFLite file to ONNX, naming its input and output."""
+  model, _ = tf2onnx.convert.from_tflite(
+    tflite_path, opset=OPSET, custom_op_handlers={"UnsortedSegmentProd": (_segment_product, [])}
+  )
+  _rename(model.graph, model.graph.input[0].name, input_name)
+  _rename(model.graph, model.graph.output[0].name, output_name)
+  onnx.checker.check_model(model)
+  onnx.save(model, onnx_path)
+
+
+def quantize_int8(source: str, target: str, representative: np.ndarray, *, input_name: str) -> None:
+  """Static int8 quantisation (QDQ format) of the `INT8_OP_TYPES`, activation ranges calibrated on
+  `representative` (uint8 images the model takes); the other ops stay float32."""
+  quantization.quantize_static(
+    source,
+    target,
+    _Calibration(representative, input_name),
+    quant_format=quantization.QuantFormat.QDQ,
+    op_types_to_quantize=list(INT8_OP_TYPES),
+    per_channel=True,
+    activation_type=quantization.QuantType.QInt8,
+    weight_type=quantization.QuantType.QInt8,
+  )
+
+
+class _Calibration(quantization.CalibrationDataReader):
+  """Feeds the representative images one at a time."""
+
+  def __init__(self, images: np.ndarray, input_name: str):
+    self._batches: Iterator[dict[str, np.ndarray]] = ({input_name: image[None]} for image in images)
+
+  def get_next(self) -> dict[str, np.ndarray] | None:
+    return next(self._batches, None)
+
+
+def _segment_product(ctx, node, name, args) -> None:
+  """tf2onnx handler: UnsortedSegmentProd with constant segment ids as one ReduceProd per segment, concatenated;
+  ids outside [0, num_segments), -1 above all, are left out as TensorFlow leaves them out."""
+  del name, args
+  data = node.input[0]
+  ids = node.inputs[1].get_tensor_value(as_list=True)
+  num_segments = int(node.inputs[2].get_tensor_value(as_list=False))
+  parts = []
+  for segment in range(num_segments):
+    members = np.array([i for i, s in enumerate(ids) if s == segment], np.int64)
+    indices = ctx.make_const(tf2onnx.utils.make_name(f"{node.name}_segment"), members).output[0]
+    gathered = ctx.make_node("Gather", [data, indices], attr={"axis": 0}).output[0]
+    # An empty segment reduces to 1, the product's identity, as in TensorFlow.
+    parts.append(ctx.make_node("ReduceProd", [gathered], attr={"axes": [0], "keepdims": 1}).output[0])
+  ctx.replace_inputs(node, parts)
+  node.type = "Concat"
+  node.set_attr("axis", 0)
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+  """Renames value `old` everywhere in `graph` (its declaration, and every node that reads or writes it)."""
+  for value in (*graph.input, *graph.output):
+    if value.name == old:
+      value.name = new
+  for node in graph.node:
+    node.input[:] = [new if x == old else x for x in node.input]
+    node.output[:] = [new if x == old else x for x in node.output]

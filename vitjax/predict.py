@@ -1,0 +1,58 @@
+"""Command-line prediction: ``python -m vitjax.predict --workdir=RUN --input=PATH --output=predictions.csv``.
+
+PATH is an image file, a folder (searched recursively) or a glob. Every file gets a CSV row; files that cannot be
+read get an empty label and the reason in `error`, and the run goes on.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter off the console.
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A training run's directory (or an .npz file, with --model and --class_names).")
+flags.DEFINE_string("input", None, "An image file, a folder (searched recursively) or a glob ('photos/**/*.jpg').")
+flags.DEFINE_string("output", "predictions.csv", "The CSV file to write.")
+flags.DEFINE_integer("top_k", 5, "How many (label, probability) pairs each row lists.")
+flags.DEFINE_integer("batch_size", 32, "Images per model call.")
+flags.DEFINE_integer("step", None, "The checkpoint step to use (default: the newest).")
+flags.DEFINE_bool("ema", None, "Use the moving average of the parameters (default: when the run kept one).")
+flags.DEFINE_string("model", None, "For an .npz file: the registered model name.")
+flags.DEFINE_list("class_names", None, "For an .npz file: the class names, in label order.")
+flags.mark_flags_as_required(["workdir", "input"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # The libraries' INFO lines say nothing a user of this command needs.
+  if not os.path.exists(FLAGS.workdir):  # Before the imports below, which take seconds.
+    sys.exit(f"error: No run workdir or checkpoint file at {FLAGS.workdir!r}.")
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")  # Host preprocessing only: leave accelerator memory to JAX.
+  from vitjax.deploy import predictions
+  from vitjax.deploy.classifier import Classifier
+  from vitjax.deploy.inputs import find_files
+
+  try:
+    paths = find_files(FLAGS.input)
+    classifier = Classifier.load(
+      FLAGS.workdir,
+      step=FLAGS.step,
+      ema=FLAGS.ema,
+      model=FLAGS.model,
+      class_names=FLAGS.class_names,
+      batch_size=FLAGS.batch_size,
+    )
+    summary = predictions.write_csv(classifier, paths, FLAGS.output, top_k=FLAGS.top_k)
+  except ValueError as e:
+    sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem.
+  print(summary.line(FLAGS.output), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
