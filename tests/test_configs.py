@@ -7,10 +7,9 @@ import re
 
 import pytest
 import tensorflow_datasets as tfds
-from absl import flags
-from ml_collections import config_flags
 
 from configs import baseline_digits, bit_r50x1, common, finetune, quickstart, vit_b16
+from tests.test_train import _parse_config_flag
 from vitjax.train.loop import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,15 +23,6 @@ RUNLOCAL = {
 }
 FINETUNE = {"vit_b16": vit_b16, "bit_r50x1": bit_r50x1}
 CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
-
-
-def _parse_config_flag(*args):
-  """The config that `--config=...` flags give, as on the command line."""
-  argv = ["prog", *args]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
-  values(argv)
-  return values.config
 
 
 @pytest.mark.parametrize("name", RUNLOCAL)
