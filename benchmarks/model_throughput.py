@@ -1,6 +1,7 @@
 """Model throughput on this machine: forward and train-step images/s, GFLOPs, fraction of the matmul peak.
 
     python benchmarks/model_throughput.py --model vit_b16 --image_size 224 --batch_size 8
+    python benchmarks/model_throughput.py --model all_conv --batch_size 16  # every convolutional family; a table
 
 The float32 matmul peak is measured in the same run (a large `jnp.dot`), so the achieved fraction compares
 like with like; on a chip of the training loop's peak table (vitjax/train/mfu.py) the train step's MFU against the
@@ -29,6 +30,18 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vitjax import models  # noqa: E402
 from vitjax.train import mfu  # noqa: E402
+
+# `--model all_conv`: one model per convolutional family, those registered.
+CONV_MODELS = (
+  "resnet50",
+  "alexnet",
+  "vgg16",
+  "densenet121",
+  "efficientnet_b0",
+  "mobilenet_v2",
+  "mobilenet_v3_large",
+  "convnext_tiny",
+)
 
 
 def cpu_ticks() -> tuple[int, int, int]:
@@ -169,9 +182,32 @@ def published_mfu(train_flops_per_s: float, *, dtype: str) -> dict[str, float]:
   return dict(published_peak_tflops=peak / 1e12, train_mfu=round(train_flops_per_s / peak, 3))
 
 
+def model_names(spec: str) -> list[str]:
+  """`all_conv` or comma-separated registered names -> the names to measure."""
+  if spec == "all_conv":
+    return [name for name in CONV_MODELS if name in models.names()]
+  return spec.split(",")
+
+
+def markdown_table(results: list[dict]) -> str:
+  """The results as a Markdown table: forward and train img/s and their shares of the matmul peak."""
+  lines = [
+    "| model | batch | fwd img/s | train img/s | fwd GFLOP/img | fwd share of peak | train share of peak |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for r in results:
+    lines.append(
+      f"| {r['model']} | {r['batch_size']} | {r['forward_images_per_s']} | {r['train_images_per_s']} | "
+      f"{r['forward_gflops_per_image']} | {r['forward_fraction_of_peak']:.1%} | {r['train_fraction_of_peak']:.1%} |"
+    )
+  return "\n".join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="vit_b16", help=f"registered name, e.g. {', '.join(models.names()[:4])}")
+  parser.add_argument(
+    "--model", default="vit_b16", help=f"registered name(s), comma-separated, or all_conv ({', '.join(CONV_MODELS)})"
+  )
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per section (median reported)")
@@ -184,16 +220,21 @@ def main() -> None:
   )
   parser.add_argument("--patience", type=float, default=600.0, help="seconds to wait for an idle machine")
   args = parser.parse_args()
-  result = benchmark(
-    model_name=args.model,
-    image_size=args.image_size,
-    batch_size=args.batch_size,
-    steps=args.steps,
-    dtype=args.dtype,
-    max_other_share=args.max_other_share,
-    patience_s=args.patience,
-  )
-  print(json.dumps(result))
+  results = []
+  for name in model_names(args.model):
+    result = benchmark(
+      model_name=name,
+      image_size=args.image_size,
+      batch_size=args.batch_size,
+      steps=args.steps,
+      dtype=args.dtype,
+      max_other_share=args.max_other_share,
+      patience_s=args.patience,
+    )
+    print(json.dumps(result), flush=True)
+    results.append(result)
+  if len(results) > 1:
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":

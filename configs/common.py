@@ -37,7 +37,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optimizer = _optimizer()
   config.schedule = _schedule()
   # The training objective by registered name: "supervised" (the loss on the labels), or "distill" (knowledge
-  # distillation from the teacher of config.distill, which then needs distill.checkpoint).
+  # distillation from the teacher of config.distill, which then needs distill.checkpoint); robust training:
+  # "pgd_at", "trades", "fast_fgsm" (adversarial examples of config.adversarial) or "gaussian_noise"; domain
+  # adaptation with config.data.target: "dann", "source_only" (config.adapt); self-supervised: "rotation", "simclr",
+  # "mae" (config.ssl).
   config.objective = "supervised"
 
   config.parallelism = "jit"  # or "pmap".
@@ -56,7 +59,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.eval = _eval()
   config.distill = _distill()
+  config.adapt = _adapt()
+  config.ssl = _ssl()
   config.baseline = _baseline()
+  config.adversarial = _adversarial()
+  config.robustness = _robustness()
+  config.explain = _explain()
   # Few-shot ridge probes and k-NN on pre-logits features every `every` steps (0: never), fitted on train_split
   # (None: data.train_split) with eval preprocessing and scored on data.eval_split.
   config.evaluators = ml_collections.ConfigDict(
@@ -85,13 +93,22 @@ def _model() -> ml_collections.ConfigDict:
       "name": "vit_b16",
       "classifier": placeholder(str),  # ViT: "token", "gap" or "map".
       "representation_size": placeholder(int),  # ViT: a pre-logits layer of this width before the head.
-      "posemb": placeholder(str),  # ViT: "learn" or "sincos2d".
-      "dropout_rate": placeholder(float),  # ViT.
+      "posemb": placeholder(str),  # ViT: "learn", "sincos2d" or "rope2d".
+      "dropout_rate": placeholder(float),  # ViT; AlexNet, VGG, DenseNet, EfficientNet: before the head.
       "attention_dropout_rate": placeholder(float),  # ViT.
       "stochastic_depth": placeholder(float),  # ViT: the last block's drop-path rate (linear over depth).
       "head_bias_init": placeholder(float),  # Every family: the head's initial bias.
+      "num_registers": placeholder(int),  # ViT: register tokens after the class token (no position embedding).
+      "gelu_approximate": placeholder(bool),  # ViT: tanh GELU (True, vit_jax/big_vision) or exact (False, timm).
+      "qk_norm": placeholder(bool),  # ViT: LayerNorm on queries and keys over the head dimension.
+      "layerscale": placeholder(float),  # ViT: per-channel residual scales starting at this value (e.g. 1e-5).
+      "patch_sizes": placeholder(tuple),  # ViT (FlexiViT): a patch size drawn per training step; eval: patch_size.
+      "remat": placeholder(str),  # ViT: "none", "full" or a jax.checkpoint_policies name ("dots_saveable").
+      "scan": placeholder(bool),  # ViT: blocks as one nn.scan, parameters stacked under Transformer/encoderblock.
+      "attention": placeholder(str),  # ViT: "xla" (jax.nn.dot_product_attention), "cudnn" (GPU), "explicit".
       "width": placeholder(int),  # ResNet: channels of the stem, doubled per stage.
       "zero_init_last_bn": placeholder(bool),  # ResNet: every residual branch starts at zero.
+      "shortcut": placeholder(str),  # CIFAR ResNets: "zero_pad" (the paper's option A) or "projection" (option B).
       "dtype": "float32",  # Compute dtype; "bfloat16" keeps float32 parameters and optimizer state.
     }
   )
@@ -119,6 +136,16 @@ def _data() -> ml_collections.ConfigDict:
   data.cache = False  # Keep decoded examples in host memory after the first pass (small datasets only).
   data.threads = 0  # tf.data threads on this host; 0: TF's default (one per core).
   data.prefetch = 2  # Batches kept in flight on the devices.
+  # A second, unlabelled source streamed beside the first as batch["target_image"] (domain adaptation,
+  # self-supervision): a TFDS or embedded name (e.g. the synthetic shifts vitjax_digits_inverted, _rotated,
+  # _noised, _colour) or "folder" reading target_folder; None: no second stream. Its labels, if any, never train:
+  # they only score target_eval_split ("" : none), reported as eval/target_*.
+  data.target = placeholder(str)
+  data.target_folder = placeholder(str)
+  data.target_split = "train"
+  data.target_eval_split = "test"
+  data.target_pp = "resize(32)|to_rgb|value_range(-1, 1)"
+  data.target_pp_eval = "resize(32)|to_rgb|value_range(-1, 1)"
   return data
 
 
@@ -186,6 +213,134 @@ def _distill() -> ml_collections.ConfigDict:
       "kind": "soft",
       "alpha": 0.5,
       "temperature": 1.0,
+    }
+  )
+
+
+def _adversarial() -> ml_collections.ConfigDict:
+  """`config.adversarial`: the perturbations of the robust training objectives, in pixel levels (1/255 of the
+  range) on the images of data.pp_train, whatever its final normalisation."""
+  # epsilon: the L-inf budget of "pgd_at", "trades" and "fast_fgsm" (which steps 1.25 epsilon once); steps and
+  # step_size: PGD's ascent ("pgd_at", and "trades" maximising the KL); trades_beta: TRADES' weight of the KL
+  # term; noise_stddev: the standard deviation of "gaussian_noise".
+  return ml_collections.ConfigDict(
+    {"epsilon": 8.0, "steps": 7, "step_size": 2.0, "trades_beta": 6.0, "noise_stddev": 16.0}
+  )
+
+
+def _robustness() -> ml_collections.ConfigDict:
+  """`config.robustness`: what `--mode=robustness` measures on data.eval_split (robustness.json)."""
+  robustness = ml_collections.ConfigDict()
+  # Attacks ("fgsm", "pgd_linf", "pgd_l2") at radii in pixel levels (1/255 of the range; for pgd_l2 the L2 norm
+  # of the pixel change); PGD takes `steps` steps of relative_step_size * epsilon from a random start.
+  robustness.attacks = ("fgsm", "pgd_linf", "pgd_l2")
+  robustness.epsilons = (1.0, 2.0, 4.0, 8.0, 16.0)
+  robustness.l2_epsilons = (32.0, 64.0, 128.0, 256.0)
+  robustness.steps = 10
+  robustness.relative_step_size = 0.25
+  robustness.random_start = True
+  # Common corruptions (ImageNet-C kinds that apply to any image) at severities 1..5 on pp_eval's pixels; ()
+  # skips them. reference: a workdir whose robustness.json holds the same corruptions, for mean corruption error.
+  robustness.corruptions = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "gaussian_blur",
+    "defocus_blur",
+    "motion_blur",
+    "brightness",
+    "contrast",
+    "saturate",
+    "jpeg",
+    "pixelate",
+    "grayscale",
+  )
+  robustness.reference = placeholder(str)
+  # Held-out labelled examples for temperature scaling and the label-shift confusion matrix; None: the last
+  # `calibration_fraction` of data.train_split.
+  robustness.calibration_split = placeholder(str)
+  robustness.calibration_fraction = 0.2
+  # Label shift: the eval split resampled (with replacement, `num_examples`, 0: its size) to a class prior
+  # "dirichlet" (drawn with concentration `alpha`), "tweak_one" (class 0 gets `rho`, the rest share the
+  # remainder) or "uniform"; `trials` draws, averaged.
+  robustness.label_shift = ml_collections.ConfigDict(
+    {"prior": "dirichlet", "alpha": 1.0, "rho": 0.5, "num_examples": 0, "trials": 10}
+  )
+  # MC dropout: `passes` stochastic forward passes; dropout_rate None: the run's own (0 gives no spread).
+  robustness.mc_dropout = ml_collections.ConfigDict({"passes": 20, "dropout_rate": placeholder(float)})
+  robustness.max_batches = 0  # > 0: only the first this many eval batches (a quick look at a large split).
+  return robustness
+
+
+def _explain() -> ml_collections.ConfigDict:
+  """`config.explain`: what `--mode=explain` attributes, on which images, with which settings (explain.json and
+  PNG grids under workdir/explain)."""
+  explain = ml_collections.ConfigDict()
+  # gradients, smoothgrad, integrated_gradients, grad_cam, attention_rollout, attention_last, occlusion, lime,
+  # class_model; those a model cannot give (attention maps of a ResNet) are skipped with a warning.
+  explain.methods = (
+    "gradients",
+    "smoothgrad",
+    "integrated_gradients",
+    "grad_cam",
+    "attention_rollout",
+    "attention_last",
+    "occlusion",
+    "lime",
+    "class_model",
+  )
+  explain.files = ()  # Image files, folders or globs to explain; () takes the first num_images of data.eval_split.
+  explain.num_images = 8
+  # Grad-CAM's module path ("layer4", "Transformer/encoderblock_3"); None: the last conv stage with more than one
+  # position (ResNet, BiT, hybrid), else the last transformer block.
+  explain.layer = placeholder(str)
+  explain.batch_size = 32  # Images per forward/backward pass inside a method (SmoothGrad, IG, occlusion, LIME).
+  # Gaussian blur of the blurred IG baseline and of the insertion curve's start, as a fraction of the shorter side.
+  explain.blur_sigma = 0.1
+  explain.smoothgrad = ml_collections.ConfigDict({"samples": 32, "noise": 0.15})  # noise: std / pixel range.
+  # Trapezoid steps along the path from each baseline ("black", "blur"); 128 keeps completeness within 1%.
+  explain.integrated_gradients = ml_collections.ConfigDict({"steps": 128, "baselines": ("black", "blur")})
+  # Square window and stride as fractions of the shorter side; covered pixels take the value `fill` (0-255).
+  explain.occlusion = ml_collections.ConfigDict({"window": 0.25, "stride": 0.125, "fill": 0.0})
+  # Random on/off samples of about `segments` SLIC superpixels; LIME's kernel width on the cosine distance; the
+  # ridge penalty of the weighted linear fit.
+  explain.lime = ml_collections.ConfigDict(
+    {"samples": 512, "segments": 50, "compactness": 10.0, "kernel_width": 0.25, "ridge": 1.0}
+  )
+  explain.faithfulness = ml_collections.ConfigDict({"steps": 32})  # Points of the deletion and insertion curves.
+  # Class-model images (class_model): class names or indices, or "LAYER:CHANNEL" for a channel of a module;
+  # (): the classes predicted for the explained images. Gradient ascent of `steps` steps of `learning_rate`
+  # pixels, the image rolled by up to `jitter` pixels each step and blurred by `blur_sigma` pixels every
+  # `blur_every` steps.
+  explain.visualize_class = ()
+  explain.visualize = ml_collections.ConfigDict(
+    {"steps": 256, "learning_rate": 2.0, "jitter": 2, "blur_sigma": 0.5, "blur_every": 4}
+  )
+  return explain
+
+
+def _adapt() -> ml_collections.ConfigDict:
+  """`config.adapt`: the domain-adaptation objectives "dann" and "source_only" (both need config.data.target)."""
+  # dann: a domain classifier MLP (hidden widths) on the pre-logits behind a gradient reversal layer whose strength
+  # rises as 2 / (1 + exp(-gamma p)) - 1 over training progress p; its loss weighs domain_weight against the
+  # source loss.
+  return ml_collections.ConfigDict({"hidden": (256, 256), "gamma": 10.0, "domain_weight": 1.0})
+
+
+def _ssl() -> ml_collections.ConfigDict:
+  """`config.ssl`: the self-supervised objectives "rotation", "simclr" and "mae" (labels unused)."""
+  return ml_collections.ConfigDict(
+    {
+      "use_target": True,  # Also learn from batch["target_image"] when config.data.target is set.
+      "hidden": (256,),  # Hidden widths of the rotation head and of SimCLR's projection MLP.
+      "projection_dim": 64,  # SimCLR: width of the projection the NT-Xent loss compares.
+      "temperature": 0.2,  # SimCLR: NT-Xent temperature.
+      "crop_min_scale": 0.3,  # SimCLR views: smallest crop area (fraction), then flip and colour jitter.
+      "jitter": 0.4,  # SimCLR views: brightness / contrast / saturation change, relative.
+      "mask_ratio": 0.75,  # MAE: fraction of patches masked, per example.
+      "decoder_width": 64,  # MAE: the light decoder's width, depth (transformer blocks) and heads.
+      "decoder_depth": 2,
+      "decoder_heads": 4,
     }
   )
 

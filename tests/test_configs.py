@@ -8,7 +8,7 @@ import re
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import baseline_digits, bit_r50x1, common, finetune, quickstart, vit_b16
+from configs import adapt_digits, baseline_digits, bit_r50x1, common, finetune, quickstart, robust_digits, vit_b16
 from tests.test_train import _parse_config_flag
 from vitjax.train.loop import train_and_evaluate
 
@@ -20,6 +20,8 @@ RUNLOCAL = {
   "vit_b16": (vit_b16, "cifar10,runlocal", "vit_ti16"),
   "vit_b16_freeze6": (vit_b16, "cifar10,freeze6,runlocal", "vit_ti16"),
   "bit_r50x1": (bit_r50x1, "cifar10,runlocal", "bit_r50x1"),
+  "robust_digits": (robust_digits, "trades,runlocal", "vit_micro16"),  # The quickstart's run, adversarially trained.
+  "adapt_digits": (adapt_digits, "inverted,dann,runlocal", "vit_micro8"),  # Two streams, DANN's heads.
 }
 FINETUNE = {"vit_b16": vit_b16, "bit_r50x1": bit_r50x1}
 CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
@@ -67,6 +69,13 @@ def test_baseline_digits_argument_fails_naming_the_choices():
     baseline_digits.get_config("svm")
 
 
+def test_adapt_digits_arguments_fail_naming_the_choices():
+  assert adapt_digits.get_config("colour,mae").name == "adapt_digits_colour_mae"
+  assert adapt_digits.get_config("colour,mae").evaluators.every > 0  # Probes track self-supervised encoders.
+  with pytest.raises(ValueError, match="Bad argument 'blurred,dann' for adapt_digits: give SHIFT,OBJECTIVE"):
+    adapt_digits.get_config("blurred,dann,runlocal")
+
+
 def test_runlocal_from_the_command_line_with_checked_overrides():
   config = _parse_config_flag(
     f"--config={REPO}/configs/vit_b16.py:cifar10,freeze6,runlocal", "--config.model.name=vit_s16"
@@ -94,7 +103,7 @@ def _mock_cifar10(data_dir: str) -> contextlib.AbstractContextManager:
   return tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir)
 
 
-@pytest.mark.parametrize("name", ["quickstart", "baseline_digits", "vit_b16", "bit_r50x1"])
+@pytest.mark.parametrize("name", ["quickstart", "baseline_digits", "vit_b16", "bit_r50x1", "adapt_digits"])
 def test_runlocal_trains_end_to_end(name, digits_dir, tmp_path):
   module, arg, _ = RUNLOCAL[name]
   config = module.get_config(arg)

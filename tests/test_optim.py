@@ -136,10 +136,39 @@ def test_layerwise_decay_scales_by_depth():
   assert scales["embedding"]["kernel"] == scales["cls"] == 0.5**5
 
 
-def test_resnet_stages_get_stage_wise_depth():
-  assert optim.layer_index("block3/unit2/conv1/kernel", 4) == 3
-  assert optim.layer_index("conv_root/kernel", 4) == 0
-  assert optim.layer_index("head/kernel", 4) == 5
+@pytest.mark.parametrize(
+  "name, depth",
+  [
+    ("block3/unit2/conv1/kernel", 3),  # BiT
+    ("conv_root/kernel", 0),
+    ("layer2/block1/conv1/kernel", 2),  # ResNet v1.5: the stage, not the block inside it
+    ("conv1/kernel", 0),
+    ("bn1/scale", 0),
+    ("stages_3/blocks_2/conv_dw/kernel", 4),  # ConvNeXt
+    ("stem_conv/kernel", 0),
+    ("blocks_6_0/conv_pwl/kernel", 7),  # EfficientNet
+    ("conv_stem/kernel", 0),
+    ("bn2/scale", 5),  # EfficientNet's last BatchNorm, after conv_head
+    ("denseblock4/denselayer3/conv1/kernel", 4),
+    ("transition2/conv/kernel", 2),
+    ("norm5/scale", 5),
+    ("layers_1/blocks_0/attn/qkv/kernel", 2),  # Swin
+    ("patch_embed/proj/kernel", 0),
+    ("MixerBlock_3/token_mixing/Dense_0/kernel", 4),
+    ("features_0/kernel", 1),  # VGG / AlexNet layers
+    ("head/kernel", 5),
+  ],
+)
+def test_every_family_gets_stage_wise_depth(name, depth):
+  assert optim.layer_index(name, 4) == depth
+
+
+def test_layerwise_decay_of_a_convnet_follows_its_stages():
+  model = models.build("resnet18", num_classes=10)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
+  scales = optim.layerwise_scales(params, 0.5)
+  assert scales["conv1"]["kernel"] == 0.5**5 and scales["head"]["kernel"] == 1.0
+  assert [scales[f"layer{k}"]["block1"]["conv2"]["kernel"] for k in (1, 2, 3, 4)] == [0.5**4, 0.5**3, 0.5**2, 0.5]
 
 
 def test_gradient_accumulation_equals_the_big_batch():

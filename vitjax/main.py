@@ -17,8 +17,9 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and r
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "baseline"],
-  "train (and evaluate), evaluate the latest checkpoint, or fit and compare the classical baselines.",
+  ["train", "eval", "baseline", "robustness", "explain"],
+  "train (and evaluate), evaluate the latest checkpoint, fit and compare the classical baselines, or measure the "
+  "latest checkpoint's robustness (attacks, corruptions, label shift, uncertainty), or explain its predictions.",
 )
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs outside TPU/SLURM.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
@@ -65,6 +66,8 @@ def main(argv):
 
   from vitjax import classical, data
   from vitjax.evaluate import report
+  from vitjax.explain import run_explain
+  from vitjax.robustness.report import evaluate_robustness
   from vitjax.train import hooks, loop
 
   logging.info(
@@ -76,11 +79,13 @@ def main(argv):
     jax.devices()[0].platform,
   )
   run = {"train": loop.train_and_evaluate, "eval": report.evaluate_checkpoint, "baseline": classical.run_baseline}
+  run["robustness"] = evaluate_robustness
+  run["explain"] = run_explain
   try:
     results = run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
   except (ValueError, data.DatasetUnavailableError, hooks.NonFiniteLossError) as e:
     sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.
-  if jax.process_index() == 0 and FLAGS.mode != "baseline":  # The baselines print their own table.
+  if jax.process_index() == 0 and FLAGS.mode not in ("baseline", "explain"):  # These print their own table.
     print(
       f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "
       f"examples at step {results['step']} ({results['train_seconds']:.0f}s of training).",

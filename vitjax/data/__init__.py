@@ -6,7 +6,7 @@ functions take that source.
 
 # Importing the op modules registers their preprocessing ops, so that every spec can name them.
 from vitjax.data import augment, decoding, geometric, photometric  # noqa: F401
-from vitjax.data.catalog import EMBEDDED, FOLDERS, builder_by_name, from_config
+from vitjax.data.catalog import EMBEDDED, FOLDERS, builder_by_name, from_config, target_from_config
 from vitjax.data.photometric import pixel_affine
 from vitjax.data.pipeline import (
   as_numpy,
@@ -16,7 +16,9 @@ from vitjax.data.pipeline import (
   num_classes,
   num_examples,
   prepare,
+  target_config,
   train_dataset,
+  with_target,
 )
 from vitjax.data.source import DatasetUnavailableError, Source, UnreadableImageError
 
@@ -36,5 +38,8 @@ __all__ = [
   "num_examples",
   "pixel_affine",
   "prepare",
+  "target_config",
+  "target_from_config",
   "train_dataset",
+  "with_target",
 ]

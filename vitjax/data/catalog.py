@@ -4,14 +4,20 @@
 before any data is read or any model is built.
 """
 
+import functools
+
 import ml_collections
 import tensorflow_datasets as tfds
 
-from vitjax.data import digits, folders, mixing, preprocess
+from vitjax.data import digits, folders, mixing, preprocess, shifts
 from vitjax.data.source import Source
 from vitjax.data.tfds_source import TfdsSource
 
-EMBEDDED = {"vitjax_digits": digits.VitjaxDigits}
+EMBEDDED = {
+  "vitjax_digits": digits.VitjaxDigits,
+  # Synthetic domain shifts of the digits (shifts.py): vitjax_digits_inverted, _rotated, _noised, _colour.
+  **{f"vitjax_digits_{name}": functools.partial(shifts.VitjaxDigitsShifted, config=name) for name in shifts.SHIFTS},
+}
 FOLDERS = {"folder": folders.FolderSource, "multilabel_folder": folders.CsvFolderSource}
 
 
@@ -38,6 +44,27 @@ def from_config(config: ml_collections.ConfigDict) -> Source:
     label_key=config.label_key,
     classes=config.classes,
   )
+
+
+def target_from_config(config: ml_collections.ConfigDict) -> Source | None:
+  """The second, unlabelled source ``config.target`` names (a TFDS or embedded name, or a folder kind reading
+  ``config.target_folder``), or None when there is none; its labels, if any, only score the target eval split."""
+  if not config.target:
+    return None
+  for key in ("target_pp", "target_pp_eval"):
+    try:
+      preprocess.parse(config[key])
+    except ValueError as e:
+      raise ValueError(f"config.data.{key}={config[key]!r}: {e}") from None
+  if config.target in FOLDERS:
+    return FOLDERS[config.target](
+      config.target_folder,
+      train_split=config.target_split,
+      splits=[config.target_eval_split] if config.target_eval_split else [],
+      classes=config.classes,
+      strict=config.strict,
+    )
+  return builder_by_name(config.target, data_dir=config.data_dir, classes=config.classes)
 
 
 def builder_by_name(

@@ -11,7 +11,8 @@ from vitjax.data.preprocess import Op, image_op, pair, register
 
 def rgb(image: tf.Tensor) -> tf.Tensor:
   """Three channels: grayscale repeated, an alpha channel dropped."""
-  three = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3])
+  # `tf.tile` rather than `grayscale_to_rgb`, which rejects a statically 3-channel image even in the untaken branch.
+  three = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
   return tf.ensure_shape(three, image.shape[:-1].concatenate([3]))
 
 

@@ -12,6 +12,7 @@ Everything is driven by the data config (``config.data``, every key declared in 
   folder, strict                            the root of a folder dataset; fail on a corrupt file instead of skipping
   train_split, eval_split, classes          TFDS-style split strings; the label ids (or names) to keep, in order
   pp_train, pp_eval                         preprocessing specs (``preprocess``)
+  target, target_split, target_pp, ...      a second, unlabelled source streamed beside the first (``with_target``)
   mixup                                     batch mixing (``mixing.Mixing``)
   shuffle_buffer, cache, threads            host memory and CPU use
 """
@@ -128,6 +129,27 @@ def train_dataset(
       num_parallel_calls=tf.data.AUTOTUNE,
     )
   return ds.with_options(_options(config)).prefetch(tf.data.AUTOTUNE)
+
+
+def target_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The data config as the target source sees it: its splits and preprocessing in the places of the labelled
+  source's, and no batch mixing (the target has no labels to mix)."""
+  view = config.copy_and_resolve_references()
+  view.train_split, view.eval_split = config.target_split, config.target_eval_split
+  view.pp_train, view.pp_eval = config.target_pp, config.target_pp_eval
+  view.mixup.mixup_alpha = view.mixup.cutmix_alpha = 0.0
+  return view
+
+
+def with_target(train: tf.data.Dataset, target: tf.data.Dataset) -> tf.data.Dataset:
+  """Training batches with the target stream's images beside them as ``target_image`` (its labels dropped).
+
+  Both streams are functions of their own position, so zipping them keeps resume exact: a run restarted at batch
+  ``k`` builds both from ``k``.
+  """
+  return tf.data.Dataset.zip(train, target).map(
+    lambda batch, other: {**batch, "target_image": other["image"]}, num_parallel_calls=tf.data.AUTOTUNE
+  )
 
 
 def eval_batches(builder: Source, split: str, *, batch_size: int, process_count: int = 1) -> int:

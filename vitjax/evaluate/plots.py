@@ -84,7 +84,8 @@ def plot_curves(records: list[dict[str, Any]], path: str, *, title: str = "") ->
     steps = [r["step"] for r in rows]
     if rows:
       loss_ax.plot(steps, [r["loss"] for r in rows], style, label=split, markersize=3)
-      acc_ax.plot(steps, [r["accuracy"] for r in rows], style, label=split, markersize=3)
+      # Self-supervised objectives log no train accuracy: their curve stays empty.
+      acc_ax.plot(steps, [r.get("accuracy", float("nan")) for r in rows], style, label=split, markersize=3)
   for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
     ax.set_xlabel("step")
     ax.set_ylabel(name)
@@ -92,5 +93,34 @@ def plot_curves(records: list[dict[str, Any]], path: str, *, title: str = "") ->
     ax.legend()
   loss_ax.set_yscale("log")
   fig.suptitle(title)
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def plot_image_grid(
+  panels: Sequence[tuple[str, np.ndarray | None, np.ndarray | None, bool]],
+  path: str,
+  *,
+  title: str = "",
+  columns: int = 5,
+) -> None:
+  """Titled images in rows of `columns`, each (title, image [H, W, C] uint8 or None, heat map [H, W] or None,
+  signed): a heat map lies over a grey copy of its image, unsigned ones from zero to their maximum, signed ones on
+  a blue-white-red scale symmetric around zero, so that colours compare within a panel."""
+  rows = -(-len(panels) // columns)
+  fig = Figure(figsize=(2.2 * min(columns, len(panels)), 2.7 * rows + 0.4))
+  axes = np.asarray(fig.subplots(rows, min(columns, len(panels)), squeeze=False)).reshape(-1)
+  for ax, (name, image, heat, signed) in zip(axes, panels):
+    if image is not None:
+      shown = image.mean(axis=-1) if heat is not None else image
+      ax.imshow(shown.astype(np.uint8), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    if heat is not None:
+      limit = float(np.max(np.abs(heat))) or 1.0
+      scale = dict(cmap="bwr", vmin=-limit, vmax=limit) if signed else dict(cmap="inferno", vmin=0.0, vmax=limit)
+      ax.imshow(heat, alpha=0.6 if image is not None else 1.0, interpolation="nearest", **scale)
+    ax.set_title(name, fontsize=8)
+  for ax in axes:
+    ax.axis("off")
+  fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   _save(fig, path)

@@ -15,10 +15,34 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from vitjax.models import hybrid, resnet, vit
+from vitjax.models import (
+  alexnet,
+  cifar_resnet,
+  coatnet,
+  convnext,
+  deit,
+  densenet,
+  efficientnet,
+  hybrid,
+  mixer,
+  mobilenet,
+  resnet,
+  swin,
+  vgg,
+  vit,
+)
 from vitjax.models.analysis import forward_gflops, parameter_overview
+from vitjax.models.flexi import resize_patch_embedding
 
-__all__ = ["build", "from_config", "init_variables", "names", "forward_gflops", "parameter_overview"]
+__all__ = [
+  "build",
+  "from_config",
+  "init_variables",
+  "names",
+  "forward_gflops",
+  "parameter_overview",
+  "resize_patch_embedding",
+]
 
 _VIT_NAME = re.compile(rf"vit_({'|'.join(vit.VARIANTS)})([1-9]\d*)")
 
@@ -57,6 +81,25 @@ _FIXED: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
   "r50_vit_l32": (hybrid.HybridVisionTransformer, _hybrid("l", patch_size=1, resnet_stages=(3, 4, 6, 3))),
   "r26_vit_s32": (hybrid.HybridVisionTransformer, _hybrid("s", patch_size=1, resnet_stages=(2, 2, 2, 2))),
   "r_vit_ti16": (hybrid.HybridVisionTransformer, _hybrid("ti", patch_size=8, resnet_stages=())),
+  # Classic convnets: torchvision's AlexNet, timm's VGG and DenseNet, He et al.'s CIFAR ResNets (6n + 2 layers).
+  "alexnet": (alexnet.AlexNet, {}),
+  **{f"vgg{depth}": (vgg.VGG, dict(stages=stages)) for depth, stages in vgg.STAGES.items()},
+  **{f"vgg{depth}_bn": (vgg.VGG, dict(stages=stages, batch_norm=True)) for depth, stages in vgg.STAGES.items()},
+  **{f"densenet{depth}": (densenet.DenseNet, kwargs) for depth, kwargs in densenet.VARIANTS.items()},
+  **{f"resnet{6 * n + 2}": (cifar_resnet.CifarResNet, dict(stage_sizes=(n, n, n))) for n in (3, 5, 7, 9, 18)},
+  # timm's efficientnet_b*, mobilenetv2_100, mobilenetv3_*_100 and convnext_*.
+  **{f"efficientnet_{v}": (efficientnet.EfficientNet, efficientnet.variant_args(v)) for v in efficientnet.VARIANTS},
+  "mobilenet_v2": (efficientnet.EfficientNet, efficientnet.MOBILENETV2_ARGS),
+  **{f"mobilenet_v3_{v}": (mobilenet.MobileNetV3, kwargs) for v, kwargs in mobilenet.VARIANTS.items()},
+  **{f"convnext_{v}": (convnext.ConvNeXt, convnext.variant_args(v)) for v in convnext.VARIANTS},
+  # timm's deit_*_distilled_patch16_224, swin_*_patch4_window7_224, mixer_*16_224 and coatnet_0_224.
+  **{
+    f"deit_{v}16_distilled": (deit.DistilledVisionTransformer, dict(vit.VARIANTS[v], patch_size=16))
+    for v in ("ti", "s", "b")
+  },
+  **{f"swin_{v}": (swin.SwinTransformer, kwargs) for v, kwargs in swin.VARIANTS.items()},
+  **{f"mixer_{v}16": (mixer.MlpMixer, dict(kwargs, patch_size=16)) for v, kwargs in mixer.VARIANTS.items()},
+  "coatnet_0": (coatnet.CoAtNet, {}),
 }
 
 

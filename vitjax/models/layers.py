@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vitjax.models.convolution import conv2d
+
 Array = jax.Array
 Dtype = Any
 Padding = str | Sequence[tuple[int, int]]
@@ -19,11 +21,11 @@ class DropPath(nn.Module):
   Survivors are scaled by 1 / (1 - rate) so the expected output equals the input.
   """
 
-  rate: float
+  rate: float | Array  # An array when the rate is traced (per-block rates of scanned ViT blocks).
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
-    if deterministic or self.rate == 0.0:
+    if deterministic or (isinstance(self.rate, float | int) and self.rate == 0.0):
       return x
     keep = 1.0 - self.rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -47,9 +49,9 @@ def standardize_kernel(kernel: Array, *, eps: float, eps_on_std: bool) -> Array:
 class Conv(nn.Module):
   """2-D convolution with the parameters of `nn.Conv` (`kernel` (kh, kw, in, out), `bias`).
 
-  1x1 kernels run as an einsum (strided ones as a slice first): on CPU that is several
-  times faster than `lax.conv`, above all for the weight gradient. `standardize`, when
-  given, maps the stored kernel to the one used (weight-standardised convolutions).
+  `convolution.conv2d` picks the kernel by shape: 1x1 ones as a matmul, small maps on CPU as shifted-slice
+  matmuls, the rest `lax.conv`. `standardize`, when given, maps the stored kernel to the one used
+  (weight-standardised convolutions).
   """
 
   features: int
@@ -61,59 +63,21 @@ class Conv(nn.Module):
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros
   standardize: Callable[[Array], Array] | None = None
+  # Grouped convolution: kernel (kh, kw, in // groups, out); in = out = groups is a depthwise convolution.
+  feature_group_count: int = 1
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kh, kw = self.kernel_size
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), jnp.float32)
+    in_per_group = x.shape[-1] // self.feature_group_count
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, in_per_group, self.features), jnp.float32)
     if self.standardize is not None:
       kernel = self.standardize(kernel)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if (kh, kw) == (1, 1) and _is_zero_padding(self.padding):
-      sh, sw = self.strides
-      x = x[:, ::sh, ::sw]
-      y = _pointwise(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], self.features)
-    else:
-      y = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=self.strides, padding=self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-      )
+    y = conv2d(x, kernel, strides=self.strides, padding=self.padding, groups=self.feature_group_count)
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
-
-
-@jax.custom_vjp
-def _pointwise(x: Array, w: Array) -> Array:
-  """x (rows, in) @ w (in, out) whose weight gradient transposes the narrower operand explicitly.
-
-  Left to itself XLA computes the weight gradient (a contraction over the long row axis) by writing
-  the incoming gradient transposed, a strided pass that cost more than the matmuls of ResNet-50's
-  1x1 convolutions; transposing the narrower operand first gives a plain matmul instead.
-  """
-  return x @ w
-
-
-def _pointwise_fwd(x, w):
-  return x @ w, (x, w)
-
-
-def _pointwise_bwd(residuals, dy):
-  x, w = residuals
-  if x.shape[1] <= dy.shape[1]:
-    dw = jax.lax.optimization_barrier(x.T) @ dy
-  else:
-    dw = (jax.lax.optimization_barrier(dy.T) @ x).T
-  return dy @ w.T, dw
-
-
-_pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
-
-
-def _is_zero_padding(padding: Padding) -> bool:
-  """True when a 1x1 convolution with this padding adds no border (SAME and VALID both do not)."""
-  if isinstance(padding, str):
-    return padding in ("SAME", "VALID")
-  return all(lo == 0 and hi == 0 for lo, hi in padding)
 
 
 def _column_sum(x: Array) -> Array:

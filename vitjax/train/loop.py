@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import optax
 from absl import logging
 from clu import metric_writers
 
@@ -20,13 +21,17 @@ from vitjax import checkpoints, data, losses, models, sharding, transfer
 from vitjax.evaluate import evaluators, plots
 from vitjax.train import history, hooks, mfu, objectives, optim, state, steps
 
+# Offset of the target stream's seed from config.seed: its shuffle and augmentation differ from the source's.
+TARGET_SEED = 7_919
+
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its checkpoints) and returns the final eval metrics."""
-  source = data.from_config(config.data)
+  source, target = data.from_config(config.data), data.target_from_config(config.data)
   loss_fn = losses.from_config(config.loss)
   mesh = sharding.mesh_from_config(config)
-  sharding.first_process_first(lambda: data.prepare(source))
+  for each_source in (source, target) if target else (source,):
+    sharding.first_process_first(functools.partial(data.prepare, each_source))
   num_classes = data.num_classes(source)
   model = models.from_config(config.model, num_classes=num_classes)
   os.makedirs(workdir, exist_ok=True)
@@ -36,20 +41,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   image_shape = tuple(eval_ds.element_spec["image"].shape[1:])
   num_steps = total_steps(config, data.num_examples(source, config.data.train_split))
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  setting = objectives.Setting(loss_fn, num_classes, image_shape, sharding.replicated(mesh), num_steps)
+  objective = objectives.from_config(config, setting)
   manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   train_state, parallel, learning_rate_fn, meta = _initial_state(
-    config, manager, model, mesh, image_shape=image_shape, num_steps=num_steps, rng=init_rng
+    config, manager, model, mesh, objective, image_shape=image_shape, num_steps=num_steps, rng=init_rng
   )
-  setting = objectives.Setting(loss_fn, num_classes, image_shape, parallel.replicated)
-  train_step = _train_step(config, parallel, objectives.from_config(config, setting), learning_rate_fn)
+  train_step = _train_step(config, parallel, objective, learning_rate_fn)
   ctx = hooks.Context(num_steps=num_steps, meta=meta, step=meta.pop("step", 0), state=train_state)
-  train_ds = _train_dataset(source, config, start_batch=ctx.step)
+  train_ds = _train_dataset(source, target, config, start_batch=ctx.step)
   abstract_batch = parallel.abstract_batch(_shapes(train_ds))
   flops = mfu.lowered_flops(train_step, train_state, abstract_batch, train_rng) * parallel.programs
   evaluate = _evaluator(config, parallel, loss_fn, eval_ds)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
-  features = _feature_evaluator(config, source, model, parallel, eval_ds)
-  run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, features, flops=flops)
+  extra = _extra_evaluators(config, source, target, model, parallel, loss_fn, eval_ds)
+  run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, flops=flops)
   batches = sharding.prefetch_to_device(data.as_numpy(train_ds), parallel.place_batch, size=config.data.prefetch)
   _run(train_step, run_hooks[0].timed(batches), train_rng, ctx, run_hooks)
   writer.close()
@@ -78,12 +84,20 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
   return math.ceil(config.num_epochs * num_train_examples / config.batch_size)
 
 
-def _initial_state(config, manager, model, mesh, *, image_shape, num_steps, rng):
-  """(state restored from `manager` or freshly initialised (from `config.pretrained` if set), the parallelism
-  strategy, the learning-rate schedule, the checkpoint's bookkeeping)."""
+def _initial_state(config, manager, model, mesh, objective, *, image_shape, num_steps, rng):
+  """(state restored from `manager` or freshly initialised (from `config.pretrained` if set), with the heads of
+  `objective` if it has any, the parallelism strategy, the learning-rate schedule, the checkpoint's bookkeeping)."""
   abstract_params = jax.eval_shape(functools.partial(models.init_variables, model, image_shape=image_shape), rng)
   tx, learning_rate_fn = optim.from_config(config, total_steps=num_steps, params=abstract_params["params"])
-  init = functools.partial(state.create_train_state, model, tx, image_shape=image_shape, ema=config.ema_decay > 0)
+  init = functools.partial(
+    state.create_train_state,
+    model,
+    tx,
+    image_shape=image_shape,
+    ema=config.ema_decay > 0,
+    heads_init=objectives.heads_init(objective),
+    heads_tx=_heads_optimizer(config, num_steps),
+  )
   abstract_state = jax.eval_shape(init, rng)
   parallel = sharding.create(config.parallelism, mesh, abstract_state)
   if jax.process_index() == 0:
@@ -122,6 +136,15 @@ def _load_pretrained(config: ml_collections.ConfigDict, train_state: state.Train
   return train_state.replace(params=params, ema_params=params if train_state.ema_params is not None else None)
 
 
+def _heads_optimizer(config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  """The model's optimizer recipe (rule, schedule, clipping, weight decay) for the objective's heads, without the
+  freezing and layer-wise rates that name the model's own parameters."""
+  heads_config = config.copy_and_resolve_references()
+  heads_config.optimizer.freeze = None
+  heads_config.optimizer.layerwise_decay = 1.0
+  return optim.from_config(heads_config, total_steps=num_steps)[0]
+
+
 def _train_step(config, parallel, objective, learning_rate_fn) -> Callable:
   step = steps.make_train_step(
     objective=objective,
@@ -133,22 +156,25 @@ def _train_step(config, parallel, objective, learning_rate_fn) -> Callable:
   return parallel.train_step(step)
 
 
-def _train_dataset(source: data.Source, config: ml_collections.ConfigDict, *, start_batch: int):
-  return data.train_dataset(
-    source,
-    config.data,
+def _train_dataset(source: data.Source, target: data.Source | None, config, *, start_batch: int):
+  """This process's training batches from `start_batch` on, with the target stream's images beside them if any."""
+  kwargs = dict(
     batch_size=config.batch_size // jax.process_count(),
-    seed=config.seed,
     start_batch=start_batch,
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
+  ds = data.train_dataset(source, config.data, seed=config.seed, **kwargs)
+  if target is None:
+    return ds
+  target_ds = data.train_dataset(target, data.target_config(config.data), seed=config.seed + TARGET_SEED, **kwargs)
+  return data.with_target(ds, target_ds)
 
 
-def _eval_dataset(source: data.Source, config: ml_collections.ConfigDict, *, split: str | None = None):
+def _eval_dataset(source: data.Source, config: ml_collections.ConfigDict, *, split: str | None = None, view=None):
   return data.eval_dataset(
     source,
-    config.data,
+    view or config.data,
     split=split,
     batch_size=config.eval_batch_size // jax.process_count(),
     process_index=jax.process_index(),
@@ -160,12 +186,12 @@ def _shapes(ds) -> dict[str, tuple[tuple[int, ...], Any]]:
   return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
 
 
-def _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, features, *, flops: float) -> list[hooks.Hook]:
+def _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, *, flops: float) -> list[hooks.Hook]:
   """The periodic actions of the run, in the order they see each step; the train log first (it times the input)."""
   run_hooks = [
     _train_log(config, workdir, writer, manager, parallel, start_step=ctx.step, flops=flops),
     hooks.Preemption(config.log_every),
-    _evaluate_hook(config, workdir, writer, evaluate, features),
+    hooks.Evaluate(config.eval_every, evaluate, writer, _history_path(workdir), extra=extra),
     hooks.EarlyStopping(config.early_stopping, ctx.meta),
     hooks.Checkpoint(manager, config.checkpoint_every, parallel.to_checkpoint, config.name),
   ]
@@ -196,9 +222,17 @@ def _train_log(config, workdir, writer, manager, parallel, *, start_step: int, f
   )
 
 
-def _evaluate_hook(config, workdir, writer, evaluate, feature_evaluator) -> hooks.Evaluate:
-  extra = ((config.evaluators.every, feature_evaluator),) if config.evaluators.every else ()
-  return hooks.Evaluate(config.eval_every, evaluate, writer, _history_path(workdir), extra=extra)
+def _extra_evaluators(config, source, target, model, parallel, loss_fn, eval_ds) -> tuple[tuple[int, Callable], ...]:
+  """(interval, evaluator) pairs beside the main evaluation: the feature probes when `config.evaluators.every`,
+  and loss and accuracy on the target's labelled eval split (`target_*`) at every evaluation when there is one."""
+  extra = []
+  if config.evaluators.every:
+    extra.append((config.evaluators.every, _feature_evaluator(config, source, model, parallel, eval_ds)))
+  if target is not None and config.data.target_eval_split:
+    target_ds = _eval_dataset(target, config, view=data.target_config(config.data))
+    evaluate_target = _evaluator(config, parallel, loss_fn, target_ds)
+    extra.append((config.eval_every, lambda s: {f"target_{k}": v for k, v in evaluate_target(s).items()}))
+  return tuple(extra)
 
 
 def _evaluator(config, parallel, loss_fn, eval_ds) -> Callable[[Any], dict[str, float]]:

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import optax
 
 from vitjax.evaluate.metrics import EvalMetrics
-from vitjax.train.objectives import Forward, Objective
+from vitjax.train import objectives
+from vitjax.train.objectives import Forward, HeadObjective, Objective
 from vitjax.train.state import TrainState, variables
 
 Batch = dict[str, jax.Array]
@@ -31,18 +32,24 @@ def _microbatches(batch: Batch, accum_steps: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def _gradients(objective: Objective, state: TrainState, batch_stats: Any, batch: Batch, rng: jax.Array):
-  """(gradients, metrics with the loss, updated BatchNorm statistics) of `objective` on one (micro)batch."""
+def _gradients(objective: Objective | HeadObjective, state: TrainState, batch_stats: Any, batch: Batch, rng: jax.Array):
+  """(gradients of (model params, objective heads), metrics with the loss, updated BatchNorm statistics) of
+  `objective` on one (micro)batch; the heads' gradients are None for an objective without heads."""
 
-  def loss_fn(params):
-    loss, metrics, new_batch_stats = objective(Forward(state.apply_fn, batch_stats), params, batch, rng)
+  def loss_fn(trainable):
+    params, heads = trainable
+    forward = Forward(state.apply_fn, batch_stats)
+    loss, metrics, new_batch_stats = objectives.evaluate(objective, forward, params, heads, batch, rng, state.step)
     return loss, ({"loss": loss, **metrics}, new_batch_stats)
 
-  (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  trainable = (state.params, state.objective_params)
+  (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
   return grads, metrics, batch_stats
 
 
-def _accumulated_gradients(objective: Objective, state: TrainState, batch: Batch, rng: jax.Array, accum_steps: int):
+def _accumulated_gradients(
+  objective: Objective | HeadObjective, state: TrainState, batch: Batch, rng: jax.Array, accum_steps: int
+):
   """`_gradients` averaged over `accum_steps` microbatches: equal to one step on the whole batch (BatchNorm
   statistics are updated microbatch after microbatch)."""
 
@@ -52,7 +59,7 @@ def _accumulated_gradients(objective: Objective, state: TrainState, batch: Batch
     grads, metrics, batch_stats = _gradients(objective, state, batch_stats, micro, jax.random.fold_in(rng, index))
     return (jax.tree.map(jnp.add, grads_sum, grads), batch_stats), metrics
 
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  zeros = jax.tree.map(jnp.zeros_like, (state.params, state.objective_params))
   xs = (_microbatches(batch, accum_steps), jnp.arange(accum_steps))
   (grads, batch_stats), metrics = jax.lax.scan(accumulate, (zeros, state.batch_stats), xs)
   mean = lambda x: x.mean(axis=0)
@@ -61,7 +68,7 @@ def _accumulated_gradients(objective: Objective, state: TrainState, batch: Batch
 
 def make_train_step(
   *,
-  objective: Objective,
+  objective: Objective | HeadObjective,
   learning_rate_fn: optax.Schedule,
   accum_steps: int = 1,
   ema_decay: float = 0.0,
@@ -83,7 +90,8 @@ def make_train_step(
       grads, metrics, batch_stats = _accumulated_gradients(objective, state, batch, rng, accum_steps)
     if axis_name is not None:
       grads, metrics, batch_stats = jax.lax.pmean((grads, metrics, batch_stats), axis_name)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    grads, objective_grads = grads
+    new_state = state.apply_gradients(grads=grads, objective_grads=objective_grads, batch_stats=batch_stats)
     if ema_decay:
       ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_state.params)
       new_state = new_state.replace(ema_params=ema)
@@ -93,6 +101,8 @@ def make_train_step(
       "grad_norm": optax.tree.norm(grads),
       "param_norm": optax.tree.norm(new_state.params),
     }
+    if objective_grads is not None:
+      metrics["objective_grad_norm"] = optax.tree.norm(objective_grads)
     return new_state, metrics
 
   return train_step

@@ -1,4 +1,5 @@
-"""Import of pretrained checkpoints: public ViT, hybrid and BiT `.npz` files, and this project's Orbax runs.
+"""Import of pretrained checkpoints: public ViT, hybrid and BiT `.npz` files, timm `.safetensors` state dicts (mapped
+by `transfer.timm`), and this project's Orbax runs.
 
 `load_pretrained(path, params)` returns `params` with every parameter the checkpoint holds, after mapping the public
 names onto this project's tree (GUIDE section 3), resizing position embeddings to the model's grid and replacing
@@ -18,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from vitjax import checkpoints
+from vitjax.transfer import timm
 from vitjax.transfer.posemb import resize_posemb
 
 Flat = dict[str, Any]
@@ -31,6 +33,7 @@ _OLD_BLOCK_NAMES = {
 }
 _OLD_BLOCK_PATTERN = re.compile(rf"(encoderblock(?:_\d+)?)/({'|'.join(_OLD_BLOCK_NAMES)})/")
 _STACKED_BLOCKS = "Transformer/encoderblock/"
+_BLOCK_KEY = re.compile(r"Transformer/encoderblock_(\d+)/(.+)")
 _NORM_PARAM = re.compile(r"(^|/)(gn\w*|group_norm|LayerNorm\w*|encoder_norm)/(scale|bias)$")
 
 
@@ -66,8 +69,9 @@ def load_pretrained(
 ) -> Any:
   """`params` (the freshly initialised tree of the target model) filled from the checkpoint at `path`.
 
-  `path` is a public `.npz` file, or an Orbax checkpoint of this project (a workdir, its `checkpoints` folder, one
-  step of it, or a plain saved pytree; full train states contribute their `params`). Keys fully matching a
+  `path` is a public `.npz` file, a timm `.safetensors` state dict, or an Orbax checkpoint of this project (a
+  workdir, its `checkpoints` folder, one step of it, or a plain saved pytree; full train states contribute their
+  `params`). Keys fully matching a
   `dont_load` regex keep the model's value, except the head, which restarts at zero kernel and `head_bias_init`
   bias. `pre_logits` is taken from the checkpoint only with `keep_pre_logits`. Returns host numpy arrays in the
   structure of `params`; leaves of `params` may be `jax.ShapeDtypeStruct`s for keys that are loaded.
@@ -105,7 +109,7 @@ def load_variables(path: str, variables: Any, *, params_key: str = "params") -> 
 
 def read_checkpoint(path: str, *, params_key: str = "params") -> tuple[Flat, dict[str, Any], dict[str, Any]]:
   """(flat `/`-separated params under this project's names, other variable collections such as `batch_stats`,
-  run metadata) of a public `.npz` file or an Orbax checkpoint folder.
+  run metadata) of a public `.npz` file, a timm `.safetensors` file or an Orbax checkpoint folder.
 
   A folder holding a train state or a variables dict contributes its `params_key` entry; any other saved pytree
   is taken to be the parameters themselves.
@@ -118,6 +122,9 @@ def read_checkpoint(path: str, *, params_key: str = "params") -> tuple[Flat, dic
       raise ValueError(f"Checkpoint {path!r} has no {params_key!r} (it has: {', '.join(sorted(tree))}).")
     collections = {"batch_stats": tree["batch_stats"]} if tree.get("batch_stats") else {}
     return flax.traverse_util.flatten_dict(tree[params_key], sep="/"), collections, meta
+  timm.refuse_pickle(path)
+  if timm.is_safetensors(path):
+    return *timm.read(path), {}
   if not os.path.exists(path):
     raise ValueError(f"No checkpoint at {path!r}.")
   with open(path, "rb") as f:
@@ -148,6 +155,37 @@ def canonical_names(flat: Flat) -> Flat:
   return out
 
 
+def blocks_like(source: Flat, target: Flat) -> Flat:
+  """`source` with its ViT encoder blocks in `target`'s layout: one key per block (`encoderblock_{i}`), or stacked
+  on a leading depth axis (`encoderblock`, a model with `scan`), so per-block and scanned runs load into each other.
+
+  Blocks are stacked only when they are numbered 0..n-1 without gaps; otherwise they stay per block, and the
+  mismatch is reported by key.
+  """
+  per_block = {}
+  for key, value in source.items():
+    if key.startswith(_STACKED_BLOCKS):
+      rest = key[len(_STACKED_BLOCKS) :]
+      per_block.update({f"Transformer/encoderblock_{i}/{rest}": layer for i, layer in enumerate(value)})
+    else:
+      per_block[key] = value
+  if not any(key.startswith(_STACKED_BLOCKS) for key in target):
+    return per_block
+  out, layers = {}, {}
+  for key, value in per_block.items():
+    match = _BLOCK_KEY.fullmatch(key)
+    if match:
+      layers.setdefault(match[2], {})[int(match[1])] = value
+    else:
+      out[key] = value
+  for rest, by_index in layers.items():
+    if sorted(by_index) == list(range(len(by_index))):
+      out[_STACKED_BLOCKS + rest] = np.stack([np.asarray(by_index[i]) for i in range(len(by_index))])
+    else:
+      out.update({f"Transformer/encoderblock_{i}/{rest}": v for i, v in by_index.items()})
+  return out
+
+
 def match_params(
   source: Flat, target: Flat, *, dont_load: Iterable[str], head_bias_init: float = 0.0, keep_pre_logits: bool
 ) -> tuple[Flat, LoadReport]:
@@ -156,6 +194,7 @@ def match_params(
   Raises ValueError naming the first key (in the order of `target`) that is missing from the checkpoint or has a
   shape no known transformation explains, or else the first checkpoint key the model has no place for.
   """
+  source = blocks_like(source, target)
   patterns = [re.compile(p) for p in dont_load]
   skip = lambda key: any(p.fullmatch(key) for p in patterns)  # noqa: E731
   report, out, problems = LoadReport(), {}, []

@@ -1,0 +1,62 @@
+"""Domain shift on the embedded digits: labelled clean digits as the source, one synthetic shift of the same digits
+(vitjax/data/shifts.py: inverted, rotated, noised, colour) as the unlabelled target, and an objective:
+
+    python -m vitjax.main --config=configs/adapt_digits.py:inverted,dann --workdir=/tmp/adapt-inverted-dann
+
+OBJECTIVE is one of
+  source_only   the source labels alone (the target batch is only measured)
+  dann          domain-adversarial training (config.adapt)
+  rotation, simclr, mae
+                self-supervised pre-training on source and target images, labels unused (config.ssl); then
+                fine-tune it with `source_only` and --config.pretrained.path=<that workdir>
+
+Every run reports eval/accuracy on the clean test digits and eval/target_accuracy on the 360 shifted test digits
+(their labels score, never train). benchmarks/domain_shift.py runs the whole comparison; its measured table is in
+benchmarks/RESULTS.md. Smoke run: append `,runlocal`.
+"""
+
+from configs import common
+
+SHIFTS = ("inverted", "rotated", "noised", "colour")
+OBJECTIVES = ("source_only", "dann", "rotation", "simclr", "mae")
+SELF_SUPERVISED = ("rotation", "simclr", "mae")
+
+
+def get_config(arg: str | None = None):
+  """`SHIFT,OBJECTIVE[,runlocal]`."""
+  rest, local = common.split_runlocal(arg)
+  options = rest.split(",") if rest else []
+  if len(options) != 2 or options[0] not in SHIFTS or options[1] not in OBJECTIVES:
+    raise ValueError(
+      f"Bad argument {rest!r} for adapt_digits: give SHIFT,OBJECTIVE with SHIFT one of {', '.join(SHIFTS)} and "
+      f"OBJECTIVE one of {', '.join(OBJECTIVES)} (e.g. inverted,dann)."
+    )
+  shift, objective = options
+  config = common.get_base_config()
+  config.name = f"adapt_digits_{shift}_{objective}"
+  config.objective = objective
+  config.model.name = "vit_micro8"
+  config.model.classifier = "gap"
+  config.model.posemb = "sincos2d"
+  config.model.dropout_rate = 0.0
+  config.model.stochastic_depth = 0.0
+  config.data.dataset = "vitjax_digits"
+  config.data.pp_train = "pad_and_crop(1)|resize(32, method='nearest')|to_rgb|value_range(-1, 1)"
+  config.data.pp_eval = "resize(32, method='nearest')|to_rgb|value_range(-1, 1)"
+  config.data.cache = True
+  # The shifted digits are stored at 32x32 RGB already.
+  config.data.target = f"vitjax_digits_{shift}"
+  config.data.target_pp = config.data.target_pp_eval = "value_range(-1, 1)"
+  config.batch_size = 64
+  config.eval_batch_size = 120
+  config.total_steps = 600
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.weight_decay = 0.05
+  config.schedule.warmup_steps = 50
+  config.log_every = 100
+  config.eval_every = config.checkpoint_every = 300
+  if objective in SELF_SUPERVISED:
+    config.evaluators.every = config.eval_every  # k-NN and few-shot probes track the encoder.
+    config.evaluators.shots = (10,)
+  return common.runlocal(config) if local else config

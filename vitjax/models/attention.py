@@ -1,0 +1,87 @@
+"""Multi-head dot-product attention with flax's parameter layout, optional query/key normalisation and 2-D RoPE,
+computed either explicitly (attention weights recorded) or through `jax.nn.dot_product_attention`."""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vitjax.models import rope
+
+Array = jax.Array
+Dtype = Any
+
+# "explicit": einsum + float32 softmax; "xla" / "cudnn": `jax.nn.dot_product_attention` with that implementation
+# (cuDNN's fused kernel needs an NVIDIA GPU and bfloat16 or float16 compute).
+IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Multi-head attention with flax's parameter layout (`query/key/value` (D, H, D/H), `out` (H, D/H, D)).
+
+  Logits are scaled by 1/sqrt(head_dim) and the softmax runs in float32 whatever the compute dtype. `qk_norm`
+  LayerNorms queries and keys over head_dim (`query_norm`, `key_norm`, epsilon 1e-6, as timm) before scaling;
+  `rope_grid` (h, w) rotates the queries and keys of the last h*w tokens (module `rope`). The attention weights
+  are sown as `intermediates/attention_weights` (batch, heads, q, k) on the explicit path, which runs whenever
+  `intermediates` is mutable, attention dropout is active, or `implementation` is "explicit".
+  """
+
+  num_heads: int
+  dropout_rate: float = 0.0
+  qk_norm: bool = False
+  rope_grid: tuple[int, int] | None = None
+  implementation: str = "xla"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, *, deterministic: bool) -> Array:
+    dim = inputs_q.shape[-1]
+    if dim % self.num_heads:
+      raise ValueError(f"Hidden size {dim} is not divisible by {self.num_heads} heads")
+    head_dim = dim // self.num_heads
+    dense = lambda name: nn.DenseGeneral(  # noqa: E731
+      features=(self.num_heads, head_dim),
+      axis=-1,
+      dtype=self.dtype,
+      name=name,
+      kernel_init=nn.initializers.xavier_uniform(),
+    )
+    query, key, value = dense("query")(inputs_q), dense("key")(inputs_kv), dense("value")(inputs_kv)
+    if self.qk_norm:
+      query = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="query_norm")(query)
+      key = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="key_norm")(key)
+    if self.rope_grid is not None:
+      angles = rope.rope_2d_angles(height=self.rope_grid[0], width=self.rope_grid[1], head_dim=head_dim)
+      query = rope.apply_rope(query, angles, num_prefix=query.shape[1] - len(angles))
+      key = rope.apply_rope(key, angles, num_prefix=key.shape[1] - len(angles))
+    query = query / jnp.asarray(math.sqrt(head_dim), self.dtype)
+    explicit = (
+      self.implementation == "explicit"
+      or self.is_mutable_collection("intermediates")
+      or (self.dropout_rate > 0 and not deterministic)
+    )
+    if explicit:
+      x = self._explicit(query, key, value, deterministic=deterministic)
+    else:
+      x = jax.nn.dot_product_attention(query, key, value, scale=1.0, implementation=self._fused_implementation())
+    return nn.DenseGeneral(
+      features=dim, axis=(-2, -1), dtype=self.dtype, name="out", kernel_init=nn.initializers.xavier_uniform()
+    )(x)
+
+  def _explicit(self, query: Array, key: Array, value: Array, *, deterministic: bool) -> Array:
+    """Softmax(q k^T) v with the weights sown and attention dropout applied."""
+    logits = jnp.einsum("nqhd,nkhd->nhqk", query, key)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    self.sow("intermediates", "attention_weights", weights)
+    weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
+    return jnp.einsum("nhqk,nkhd->nqhd", weights, value)
+
+  def _fused_implementation(self) -> str | None:
+    """`jax.nn.dot_product_attention`'s implementation argument; an unknown name fails here."""
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(
+        f"Unknown attention implementation {self.implementation!r}; choose one of: {', '.join(IMPLEMENTATIONS)}"
+      )
+    return None if self.implementation == "xla" else self.implementation

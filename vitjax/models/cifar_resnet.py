@@ -1,0 +1,122 @@
+"""The CIFAR ResNets of He et al. 2016 (section 4.2): ResNet-20, -32, -44, -56 and -110.
+
+A 3x3 stem of 16 channels (no max-pool), three stages of n basic blocks at widths 16, 32, 64 (depth 6n + 2), global
+average pooling and the classifier. Where a stage halves the resolution and doubles the width, the shortcut is
+either the paper's option A (`shortcut="zero_pad"`: the identity subsampled by 2 and padded with zero channels, no
+parameters) or option B (`"projection"`: a strided 1x1 convolution and BatchNorm).
+
+Tree: `conv1`, `bn1`, `layer{1,2,3}/block{j}/{conv1,bn1,conv2,bn2[,downsample_conv,downsample_bn]}`, `head`.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vitjax.models.layers import BatchNorm, Conv
+
+Array = jax.Array
+Dtype = Any
+
+SHORTCUTS = ("zero_pad", "projection")
+
+# He et al.'s init (as fb.resnet.torch and torchvision): normal with variance 2 / (k * k * out channels).
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def zero_pad_shortcut(x: Array, features: int, strides: int) -> Array:
+  """Option A: every `strides`-th pixel, with the missing channels as zeros split evenly on both sides of the input's
+  (as the widely used PyTorch reproduction, whose option-A weights therefore load unchanged)."""
+  x = x[:, ::strides, ::strides]
+  extra = features - x.shape[-1]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class BasicBlock(nn.Module):
+  """3x3 conv (strided) - BN - ReLU - 3x3 conv - BN, plus the shortcut, then ReLU."""
+
+  features: int
+  strides: int
+  shortcut: str
+  train: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    conv = functools.partial(Conv, kernel_init=_conv_init, dtype=self.dtype)
+    norm = functools.partial(
+      BatchNorm, use_running_average=not self.train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+    )
+    s, pad = (self.strides, self.strides), ((1, 1), (1, 1))
+    y = nn.relu(norm(name="bn1")(conv(self.features, (3, 3), s, padding=pad, name="conv1")(x)))
+    y = norm(name="bn2")(conv(self.features, (3, 3), padding=pad, name="conv2")(y))
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      if self.shortcut == "projection":
+        shortcut = conv(self.features, (1, 1), s, padding="VALID", name="downsample_conv")(x)
+        shortcut = norm(name="downsample_bn")(shortcut)
+      else:
+        shortcut = zero_pad_shortcut(x, self.features, self.strides)
+    return nn.relu(y + shortcut)
+
+
+class Stage(nn.Module):
+  """`num_blocks` basic blocks named `block0`, `block1`, ...; the first one strides."""
+
+  num_blocks: int
+  features: int
+  strides: int
+  shortcut: str
+  train: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    for j in range(self.num_blocks):
+      strides = self.strides if j == 0 else 1
+      x = BasicBlock(self.features, strides, self.shortcut, self.train, self.dtype, name=f"block{j}")(x)
+    return x
+
+
+class CifarResNet(nn.Module):
+  """He et al.'s CIFAR ResNet: images -> float32 logits; any input size (global pooling).
+
+  `stage_sizes` (n, n, n) gives depth 6n + 2; `width` is the first stage's channels, doubled per stage.
+  BatchNorm: epsilon 1e-5, momentum 0.9 (torch's 0.1), statistics in `batch_stats`.
+  """
+
+  num_classes: int | None
+  stage_sizes: Sequence[int] = (3, 3, 3)
+  width: int = 16
+  shortcut: str = "zero_pad"
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self) -> None:
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f"Unknown shortcut={self.shortcut!r} for a CIFAR ResNet; use one of: {', '.join(SHORTCUTS)}.")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool) -> Array:
+    x = Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_conv_init, dtype=self.dtype, name="conv1")(
+      images
+    )
+    x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
+    x = nn.relu(x)
+    for i, num_blocks in enumerate(self.stage_sizes):
+      strides = 1 if i == 0 else 2
+      x = Stage(num_blocks, self.width * 2**i, strides, self.shortcut, train, self.dtype, name=f"layer{i + 1}")(x)
+    x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    self.sow("intermediates", "pre_logits", x)
+    if not self.num_classes:
+      return x
+    return nn.Dense(
+      self.num_classes,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.constant(self.head_bias_init),
+      name="head",
+    )(x)

@@ -1,0 +1,150 @@
+"""ConvNeXt (Liu et al. 2022) exactly as timm defines `convnext_{tiny,small,base,large}`.
+
+Tree (timm's names with `_` for `.` inside a module): `stem_conv` (4x4, stride 4, timm's `stem.0`), `stem_norm`
+(`stem.1`); stages `stages_{i}` with `downsample_norm`, `downsample_conv` (2x2, stride 2; stages 1-3, timm's
+`stages.{i}.downsample.{0,1}`) and blocks `blocks_{j}`: `conv_dw` (7x7 depthwise, bias), `norm`, `mlp_fc1`,
+`mlp_fc2`, `gamma` (layer scale); then `head_norm` (timm's `head.norm`) on the pooled features and `head`
+(`head.fc`). Every LayerNorm has epsilon 1e-6 over channels; GELU is the exact (erf) one.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitjax.models.layers import Conv, DropPath
+
+Array = jax.Array
+Dtype = Any
+
+# (blocks per stage, channels per stage, drop-path rate of the paper's ImageNet-1k recipe).
+VARIANTS = {
+  "tiny": ((3, 3, 9, 3), (96, 192, 384, 768), 0.1),
+  "small": ((3, 3, 27, 3), (96, 192, 384, 768), 0.4),
+  "base": ((3, 3, 27, 3), (128, 256, 512, 1024), 0.5),
+  "large": ((3, 3, 27, 3), (192, 384, 768, 1536), 0.5),
+}
+
+# timm's trunc_normal_(std=0.02) truncates at +-2 absolute, i.e. 100 standard deviations: a plain normal.
+_init = nn.initializers.normal(0.02)
+
+
+def variant_args(variant: str) -> dict[str, Any]:
+  """Module arguments of ConvNeXt-`variant` ("tiny", "small", "base", "large")."""
+  depths, dims, drop_path = VARIANTS[variant]
+  return dict(depths=depths, dims=dims, stochastic_depth=drop_path)
+
+
+def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)
+
+
+class ConvNeXtBlock(nn.Module):
+  """Depthwise 7x7 conv -> LayerNorm -> Dense 4x -> GELU -> Dense -> layer scale, plus the input."""
+
+  drop_path: float = 0.0
+  layer_scale_init: float | None = 1e-6
+  train: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dim = x.shape[-1]
+    dense = lambda features, name: nn.Dense(features, kernel_init=_init, dtype=self.dtype, name=name)  # noqa: E731
+    y = Conv(
+      dim,
+      (7, 7),
+      padding=((3, 3), (3, 3)),
+      use_bias=True,
+      feature_group_count=dim,
+      kernel_init=_init,
+      dtype=self.dtype,
+      name="conv_dw",
+    )(x)
+    y = _layer_norm("norm", self.dtype)(y)
+    y = dense(dim, "mlp_fc2")(nn.gelu(dense(4 * dim, "mlp_fc1")(y), approximate=False))
+    if self.layer_scale_init is not None:
+      y = y * self.param("gamma", nn.initializers.constant(self.layer_scale_init), (dim,), jnp.float32)
+    return x + DropPath(self.drop_path)(y, deterministic=not self.train)
+
+
+class ConvNeXtStage(nn.Module):
+  """An optional downsampling (LayerNorm, 2x2 stride-2 conv) and the stage's blocks `blocks_{j}`."""
+
+  features: int
+  drop_paths: Sequence[float]
+  downsample: bool
+  layer_scale_init: float | None = 1e-6
+  train: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.downsample:
+      x = _layer_norm("downsample_norm", self.dtype)(x)
+      x = Conv(
+        self.features,
+        (2, 2),
+        (2, 2),
+        padding="VALID",
+        use_bias=True,
+        kernel_init=_init,
+        dtype=self.dtype,
+        name="downsample_conv",
+      )(x)
+    for j, rate in enumerate(self.drop_paths):
+      x = ConvNeXtBlock(rate, self.layer_scale_init, self.train, self.dtype, name=f"blocks_{j}")(x)
+    return x
+
+
+class ConvNeXt(nn.Module):
+  """timm's ConvNeXt: images -> float32 logits.
+
+  `stochastic_depth`: drop-path rate rising linearly from 0 at the first block to this at the last (timm);
+  `layer_scale_init` the initial layer scale (None: no layer scale); `dropout_rate` before the head.
+  """
+
+  num_classes: int | None
+  depths: Sequence[int] = (3, 3, 9, 3)
+  dims: Sequence[int] = (96, 192, 384, 768)
+  stochastic_depth: float = 0.0
+  layer_scale_init: float | None = 1e-6
+  dropout_rate: float = 0.0
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool) -> Array:
+    x = Conv(
+      self.dims[0],
+      (4, 4),
+      (4, 4),
+      padding="VALID",
+      use_bias=True,
+      kernel_init=_init,
+      dtype=self.dtype,
+      name="stem_conv",
+    )(images.astype(self.dtype))
+    x = _layer_norm("stem_norm", self.dtype)(x)
+    rates = np.linspace(0.0, self.stochastic_depth, sum(self.depths)).tolist()
+    start = 0
+    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+      x = ConvNeXtStage(
+        dim, tuple(rates[start : start + depth]), i > 0, self.layer_scale_init, train, self.dtype, name=f"stages_{i}"
+      )(x)
+      start += depth
+    x = jnp.mean(x, axis=(1, 2))
+    x = _layer_norm("head_norm", self.dtype)(x).astype(jnp.float32)
+    self.sow("intermediates", "pre_logits", x)
+    if not self.num_classes:
+      return x
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    return nn.Dense(
+      self.num_classes,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.constant(self.head_bias_init),
+      name="head",
+    )(x)

@@ -1,0 +1,122 @@
+"""2-D convolution kernels chosen by shape: 1x1 as a matmul, small feature maps as shifted-slice matmuls on CPU.
+
+XLA's CPU convolution is fast on large maps but slow on small ones (a 3x3 convolution on a 2x2 map with 256
+channels ran at about 1% of the matmul peak, its input gradient as slowly), and its 1x1 weight gradient writes the
+incoming gradient transposed. The paths here compute the same function as `lax.conv_general_dilated` (the same
+sums in another order) as large matmuls instead; other backends keep `lax.conv` wherever the choice matters.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Padding = str | Sequence[tuple[int, int]]
+
+# Output maps of at most this many positions run as shifted-slice matmuls on CPU; from ResNet-18 at 32 pixels
+# (outputs of 4x4 and smaller) and ResNet-50 at 224 (7x7 and larger, where lax.conv is as fast or faster).
+SMALL_MAP_POSITIONS = 16
+
+
+def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Padding, groups: int = 1) -> Array:
+  """NHWC input, HWIO kernel -> NHWC output, as `lax.conv_general_dilated` computes it, by the fastest path known."""
+  kh, kw = kernel.shape[:2]
+  pads = explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
+  if groups == 1 and (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads):
+    sh, sw = strides
+    x = x[:, ::sh, ::sw]
+    return pointwise(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
+  if groups == 1 and uses_shifted_matmul(x.shape, (kh, kw), strides, pads):
+    return shifted_matmul_conv(x, kernel, strides=strides, pads=pads)
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=strides,
+    padding=pads,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=groups,
+  )
+
+
+def explicit_padding(
+  spatial: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Padding
+) -> tuple[tuple[int, int], ...]:
+  """(low, high) padding per spatial axis, with "SAME" and "VALID" resolved as `lax.conv` resolves them."""
+  if isinstance(padding, str):
+    return tuple(jax.lax.padtype_to_pads(tuple(spatial), tuple(window), tuple(strides), padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def uses_shifted_matmul(
+  x_shape: Sequence[int], window: Sequence[int], strides: Sequence[int], pads: Sequence[tuple[int, int]]
+) -> bool:
+  """True on CPU for outputs of at most `SMALL_MAP_POSITIONS` positions; read at trace time, so a function traced
+  for another backend keeps `lax.conv`."""
+  out = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x_shape[1:3], window, strides, pads)]
+  return out[0] * out[1] <= SMALL_MAP_POSITIONS and jax.default_backend() == "cpu"
+
+
+def shifted_matmul_conv(x: Array, kernel: Array, *, strides: tuple[int, int], pads: Sequence[tuple[int, int]]) -> Array:
+  """Convolution as one matmul: the kernel taps' strided views of the padded input, side by side on channels
+  (im2col), times the kernel as a (taps * in, out) matrix. Taps that read only padding for every output position
+  are left out (their weight gradient is zero all the same): on a 1x1 map a padded 3x3 convolution is a 1x1 one.
+  """
+  n, h, w, _ = x.shape
+  (kh, kw), (sh, sw) = kernel.shape[:2], strides
+  (top, bottom), (left, right) = pads
+  oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+  rows, cols = _live_taps(h, oh, kh, sh, top), _live_taps(w, ow, kw, sw, left)
+  kernel = kernel[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+  x = _pad(x, pads, 0.0)
+  views = [_view(x, (i, j), (oh, ow), strides) for i in rows for j in cols]
+  patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+  out = pointwise(patches.reshape(n * oh * ow, -1), kernel.reshape(-1, kernel.shape[-1]))
+  return out.reshape(n, oh, ow, kernel.shape[-1])
+
+
+def _pad(x: Array, pads: Sequence[tuple[int, int]], value: float) -> Array:
+  """x padded on its two spatial axes by `pads` with `value`."""
+  (top, bottom), (left, right) = pads
+  return jax.lax.pad(x, jnp.asarray(value, x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+
+
+def _view(x: Array, tap: tuple[int, int], out: Sequence[int], strides: Sequence[int]) -> Array:
+  """What kernel offset `tap` reads of padded NHWC `x` for each of the `out` output positions."""
+  (i, j), (oh, ow), (sh, sw) = tap, out, strides
+  return jax.lax.slice(
+    x, (0, i, j, 0), (x.shape[0], i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, x.shape[3]), (1, sh, sw, 1)
+  )
+
+
+def _live_taps(size: int, out: int, window: int, stride: int, low: int) -> range:
+  """The kernel offsets along one axis that read at least one input element (not padding) for some output."""
+  live = [i for i in range(window) if any(low <= i + stride * o < low + size for o in range(out))]
+  return range(live[0], live[-1] + 1) if live else range(window)
+
+
+@jax.custom_vjp
+def pointwise(x: Array, w: Array) -> Array:
+  """x (rows, in) @ w (in, out) whose weight gradient transposes the narrower operand explicitly.
+
+  Left to itself XLA computes the weight gradient (a contraction over the long row axis) by writing
+  the incoming gradient transposed, a strided pass that cost more than the matmuls of ResNet-50's
+  1x1 convolutions; transposing the narrower operand first gives a plain matmul instead.
+  """
+  return x @ w
+
+
+def _pointwise_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _pointwise_bwd(residuals, dy):
+  x, w = residuals
+  if x.shape[1] <= dy.shape[1]:
+    dw = jax.lax.optimization_barrier(x.T) @ dy
+  else:
+    dw = (jax.lax.optimization_barrier(dy.T) @ x).T
+  return dy @ w.T, dw
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)

@@ -1,0 +1,81 @@
+"""DeiT with distillation token (Touvron et al. 2021), as timm's `deit_*_distilled_patch16_224`.
+
+The ViT tree (`embedding`, `cls`, `Transformer/...`, `head`) plus a distillation token `dist` (1, 1, D), a position
+embedding over the patches and both tokens, and a second classifier `head_dist` reading the distillation token.
+The logits are the mean of both heads (timm without distillation: a supervised objective trains both heads on the
+labels); in train mode both heads' logits are also sown (`intermediates/class_logits`, `distill_logits`), so that
+the distillation objective trains the class head on the labels and the distillation head from the teacher.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vitjax.models import vit
+from vitjax.models.layers import Conv
+
+Array = jax.Array
+Dtype = Any
+
+
+class DistilledVisionTransformer(nn.Module):
+  """DeiT classifier: images (N, H, W, C) -> float32 logits (N, num_classes); features when `num_classes` is 0."""
+
+  num_classes: int | None
+  patch_size: int
+  hidden_size: int
+  mlp_dim: int
+  num_heads: int
+  num_layers: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool) -> Array:
+    p = self.patch_size
+    if images.shape[1] % p or images.shape[2] % p:
+      raise ValueError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
+    x = Conv(self.hidden_size, (p, p), (p, p), padding="VALID", use_bias=True, dtype=self.dtype, name="embedding")(
+      images.astype(self.dtype)
+    )
+    n, h, w, c = x.shape
+    tokens = [
+      jnp.tile(self.param(name, nn.initializers.normal(stddev=0.02), (1, 1, c), jnp.float32).astype(x.dtype), (n, 1, 1))
+      for name in ("cls", "dist")
+    ]
+    x = jnp.concatenate([*tokens, x.reshape(n, h * w, c)], axis=1)
+    x = vit.Encoder(
+      num_layers=self.num_layers,
+      mlp_dim=self.mlp_dim,
+      num_heads=self.num_heads,
+      dropout_rate=self.dropout_rate,
+      attention_dropout_rate=self.attention_dropout_rate,
+      stochastic_depth=self.stochastic_depth,
+      gelu_approximate=False,  # timm's DeiT: the exact GELU.
+      dtype=self.dtype,
+      name="Transformer",
+    )(x, train=train)
+    # Static slices, not gathers (see VisionTransformer).
+    cls, dist = (jax.lax.index_in_dim(x, i, axis=1, keepdims=False).astype(jnp.float32) for i in (0, 1))
+    self.sow("intermediates", "pre_logits", (cls + dist) / 2)
+    if not self.num_classes:
+      return (cls + dist) / 2
+    heads = {
+      name: nn.Dense(
+        self.num_classes,
+        kernel_init=nn.initializers.zeros,
+        bias_init=nn.initializers.constant(self.head_bias_init),
+        name=name,
+      )
+      for name in ("head", "head_dist")
+    }
+    logits, distill_logits = heads["head"](cls), heads["head_dist"](dist)
+    if train:
+      self.sow("intermediates", "class_logits", logits)
+      self.sow("intermediates", "distill_logits", distill_logits)
+    return (logits + distill_logits) / 2

@@ -1,0 +1,129 @@
+"""DenseNet (Huang et al. 2017) as timm and torchvision define it: DenseNet-121, -169, -201 and -161.
+
+Tree: the torch names without `features.`: `conv0`, `norm0`, `denseblock{i}/denselayer{j}/{norm1,conv1,norm2,conv2}`,
+`transition{i}/{norm,conv}`, `norm5`; the `classifier` Linear is `head`.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vitjax.models.layers import BatchNorm, Conv
+
+Array = jax.Array
+Dtype = Any
+
+# Growth rate and layers per dense block of each registered depth (DenseNet-161 is the wide k = 48 one).
+VARIANTS = {
+  121: dict(growth_rate=32, block_config=(6, 12, 24, 16)),
+  169: dict(growth_rate=32, block_config=(6, 12, 32, 32)),
+  201: dict(growth_rate=32, block_config=(6, 12, 48, 32)),
+  161: dict(growth_rate=48, block_config=(6, 12, 36, 24)),
+}
+
+# torchvision's and timm's init: He normal over fan-in for every convolution.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def _norm(train: bool, dtype: Dtype, name: str) -> BatchNorm:
+  """torch's BatchNorm2d: epsilon 1e-5, momentum 0.1 on the new statistics (0.9 on the old)."""
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+
+
+class DenseLayer(nn.Module):
+  """BN-ReLU-1x1 conv to `bn_size * growth_rate` channels, BN-ReLU-3x3 conv to `growth_rate`, concatenated on."""
+
+  growth_rate: int
+  bn_size: int
+  train: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    conv = functools.partial(Conv, kernel_init=_conv_init, dtype=self.dtype)
+    y = nn.relu(_norm(self.train, self.dtype, "norm1")(x))
+    y = conv(self.bn_size * self.growth_rate, (1, 1), padding="VALID", name="conv1")(y)
+    y = nn.relu(_norm(self.train, self.dtype, "norm2")(y))
+    y = conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+    return jnp.concatenate([x, y], axis=-1)
+
+
+class DenseBlock(nn.Module):
+  """`num_layers` dense layers named `denselayer1`, `denselayer2`, ..."""
+
+  num_layers: int
+  growth_rate: int
+  bn_size: int
+  train: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    for j in range(self.num_layers):
+      x = DenseLayer(self.growth_rate, self.bn_size, self.train, self.dtype, name=f"denselayer{j + 1}")(x)
+    return x
+
+
+class Transition(nn.Module):
+  """BN-ReLU-1x1 conv to `features` channels (half the input), then 2x2 average pooling."""
+
+  features: int
+  train: bool
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = nn.relu(_norm(self.train, self.dtype, "norm")(x))
+    x = Conv(self.features, (1, 1), padding="VALID", kernel_init=_conv_init, dtype=self.dtype, name="conv")(x)
+    return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+class DenseNet(nn.Module):
+  """DenseNet-BC: 7x7/2 stem of 2k channels, 3x3/2 max-pool, dense blocks joined by halving transitions, BN-ReLU,
+  global average pooling, dropout (timm's `drop_rate`, default 0) and the classifier.
+
+  BatchNorm: epsilon 1e-5, momentum 0.9 (torch's 0.1), statistics in `batch_stats`.
+  """
+
+  num_classes: int | None
+  growth_rate: int = 32
+  block_config: Sequence[int] = (6, 12, 24, 16)
+  bn_size: int = 4
+  dropout_rate: float = 0.0
+  head_bias_init: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool) -> Array:
+    x = Conv(
+      2 * self.growth_rate,
+      (7, 7),
+      (2, 2),
+      padding=((3, 3), (3, 3)),
+      kernel_init=_conv_init,
+      dtype=self.dtype,
+      name="conv0",
+    )(images)
+    x = nn.relu(_norm(train, self.dtype, "norm0")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i, num_layers in enumerate(self.block_config):
+      block = DenseBlock(num_layers, self.growth_rate, self.bn_size, train, self.dtype, name=f"denseblock{i + 1}")
+      x = block(x)
+      if i < len(self.block_config) - 1:
+        x = Transition(x.shape[-1] // 2, train, self.dtype, name=f"transition{i + 1}")(x)
+    x = nn.relu(_norm(train, self.dtype, "norm5")(x))
+    x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    self.sow("intermediates", "pre_logits", x)
+    if not self.num_classes:
+      return x
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    return nn.Dense(
+      self.num_classes,
+      kernel_init=nn.initializers.zeros,
+      bias_init=nn.initializers.constant(self.head_bias_init),
+      name="head",
+    )(x)

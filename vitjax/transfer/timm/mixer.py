@@ -1,0 +1,38 @@
+"""timm's MlpMixer state dict -> `models.mixer.MlpMixer` (`mixer_s16`, `mixer_b16`, `mixer_l16`).
+
+`stem.proj` is `stem`; block i's `norm1`, `mlp_tokens.fc1/fc2`, `norm2`, `mlp_channels.fc1/fc2` are
+`MixerBlock_{i}/{LayerNorm_0, token_mixing/Dense_0/1, LayerNorm_1, channel_mixing/Dense_0/1}`; `norm` is
+`pre_head_layer_norm`: the names of the public Mixer `.npz` files.
+"""
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from vitjax.transfer.timm import layout
+
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+_BLOCK_MODULES = {
+  "norm1": "LayerNorm_0",
+  "mlp_tokens.fc1": "token_mixing/Dense_0",
+  "mlp_tokens.fc2": "token_mixing/Dense_1",
+  "norm2": "LayerNorm_1",
+  "mlp_channels.fc1": "channel_mixing/Dense_0",
+  "mlp_channels.fc2": "channel_mixing/Dense_1",
+}
+
+
+def matches(state: Mapping[str, np.ndarray]) -> bool:
+  return "stem.proj.weight" in state and "blocks.0.mlp_tokens.fc1.weight" in state
+
+
+def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  out = {**layout.conv(state, "stem.proj", "stem"), **layout.norm(state, "norm", "pre_head_layer_norm")}
+  for i in sorted({int(m[1]) for m in map(_BLOCK.match, state) if m}):
+    for source, target in _BLOCK_MODULES.items():
+      mapping = layout.norm if source.startswith("norm") else layout.dense
+      out.update(mapping(state, f"blocks.{i}.{source}", f"MixerBlock_{i}/{target}"))
+  if "head.weight" in state:
+    out.update(layout.dense(state, "head", "head"))
+  return out
