@@ -61,6 +61,8 @@ def test_small_maps_take_the_matmul_path_on_cpu_and_large_ones_lax_conv():
   assert "conv_general_dilated" in primitives(conv, jnp.zeros((2, 5, 4, 8)))  # 20.
   grouped = lambda x: convolution.conv2d(x, kernel[..., :1, :], strides=(1, 1), padding="SAME", groups=8)  # noqa: E731
   assert "conv_general_dilated" in primitives(grouped, jnp.zeros((2, 2, 2, 8)))
+  patchify = lambda x: convolution.conv2d(x, jnp.zeros((16, 16, 3, 8)), strides=(16, 16), padding="VALID")  # noqa: E731
+  assert "conv_general_dilated" in primitives(patchify, jnp.zeros((2, 32, 32, 3)))  # A ViT's patch embedding.
 
 
 def test_conv_layer_equals_flax_conv():

@@ -17,6 +17,9 @@ Padding = str | Sequence[tuple[int, int]]
 # Output maps of at most this many positions run as shifted-slice matmuls on CPU; from ResNet-18 at 32 pixels
 # (outputs of 4x4 and smaller) and ResNet-50 at 224 (7x7 and larger, where lax.conv is as fast or faster).
 SMALL_MAP_POSITIONS = 16
+# Kernels of more taps keep lax.conv: a ViT's patch embedding (16x16 taps on a 2x2 output) is one strided conv that
+# exporters quantise as such, and large stems measured no faster as shifted matmuls.
+MAX_SHIFTED_TAPS = 9
 
 
 def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Padding, groups: int = 1) -> Array:
@@ -51,10 +54,11 @@ def explicit_padding(
 def uses_shifted_matmul(
   x_shape: Sequence[int], window: Sequence[int], strides: Sequence[int], pads: Sequence[tuple[int, int]]
 ) -> bool:
-  """True on CPU for outputs of at most `SMALL_MAP_POSITIONS` positions; read at trace time, so a function traced
-  for another backend keeps `lax.conv`."""
+  """True on CPU for outputs of at most `SMALL_MAP_POSITIONS` positions of kernels of at most `MAX_SHIFTED_TAPS`
+  taps; the backend is read at trace time, so a function traced for another backend keeps `lax.conv`."""
   out = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x_shape[1:3], window, strides, pads)]
-  return out[0] * out[1] <= SMALL_MAP_POSITIONS and jax.default_backend() == "cpu"
+  small = out[0] * out[1] <= SMALL_MAP_POSITIONS and window[0] * window[1] <= MAX_SHIFTED_TAPS
+  return small and jax.default_backend() == "cpu"
 
 
 def shifted_matmul_conv(x: Array, kernel: Array, *, strides: tuple[int, int], pads: Sequence[tuple[int, int]]) -> Array:
