@@ -1,8 +1,8 @@
 """Source-only against DANN against self-supervised pre-training then fine-tuning, on synthetic digits shifts.
 
-    python benchmarks/domain_shift.py --shifts=inverted,noised --seeds=0,1,2 --steps=400 --workdir=/tmp/shift
+    python benchmarks/domain_shift.py --shifts=rotated,noised --seeds=0,1,2 --steps=600 --workdir=/tmp/shift
 
-Every run is configs/adapt_digits.py with the same step budget: `source_only` and `dann` train once; each
+Every run is configs/adapt_digits.py with the same step budget: `--methods` (source_only, dann) train once; each
 self-supervised objective (`--ssl`, default rotation, simclr and mae) pre-trains on source and target images for
 `--steps` steps and is then fine-tuned with `source_only` from its workdir for `--steps` more. The table gives the
 accuracy on the 360 shifted test digits (labels never train) as mean +- standard deviation over the seeds, and the
@@ -26,15 +26,20 @@ from vitjax.evaluate import evaluators  # noqa: E402
 from vitjax.train import loop  # noqa: E402
 
 
-def _config(args, shift: str, objective: str, *, seed: int, pretrained: str | None = None):
+def model_name(args, objective: str) -> str:
+  """The model an objective trains: `--model`, else the config's (MAE's ViT has smaller patches)."""
+  return args.model or adapt_digits.get_config(f"rotated,{objective}").model.name
+
+
+def _config(args, shift: str, objective: str, *, seed: int, model: str, pretrained: str | None = None):
   config = adapt_digits.get_config(f"{shift},{objective}")
   config.seed, config.total_steps = seed, args.steps
   config.eval_every = config.checkpoint_every = args.steps
   config.schedule.warmup_steps = min(config.schedule.warmup_steps, args.steps // 10)
   config.data.data_dir = args.data_dir
-  config.adapt.domain_weight = args.domain_weight
-  if args.model:
-    config.model.name = args.model
+  config.model.name = model
+  if args.domain_weight is not None:
+    config.adapt.domain_weight = args.domain_weight
   if objective in adapt_digits.SELF_SUPERVISED:
     config.evaluators.every = args.steps
   if pretrained:
@@ -42,8 +47,8 @@ def _config(args, shift: str, objective: str, *, seed: int, pretrained: str | No
   return config
 
 
-def _one(args, shift: str, seed: int, objective: str, name: str, pretrained: str | None = None) -> dict:
-  config = _config(args, shift, objective, seed=seed, pretrained=pretrained)
+def _one(args, shift: str, seed: int, objective: str, name: str, model: str, pretrained: str | None = None) -> dict:
+  config = _config(args, shift, objective, seed=seed, model=model, pretrained=pretrained)
   return _run(config, os.path.join(args.workdir, f"{shift}_{name}_{seed}"))
 
 
@@ -89,15 +94,18 @@ def measure(args) -> tuple[dict, dict]:
   accuracy, probes = {}, {}
   for shift in args.shifts:
     for seed in args.seeds:
-      for method in ("source_only", "dann"):
-        accuracy.setdefault((shift, method), []).append(_one(args, shift, seed, method, method))
+      for method in args.methods:
+        runs = accuracy.setdefault((shift, method), [])
+        runs.append(_one(args, shift, seed, method, method, model_name(args, method)))
       for ssl in args.ssl:
-        probes.setdefault((shift, ssl), []).append(_one(args, shift, seed, ssl, ssl))
+        model = model_name(args, ssl)
+        probes.setdefault((shift, f"{ssl} ({model})"), []).append(_one(args, shift, seed, ssl, ssl, model))
         pretrained = os.path.join(args.workdir, f"{shift}_{ssl}_{seed}")
-        finetuned = _one(args, shift, seed, "source_only", f"{ssl}_ft", pretrained=pretrained)
-        accuracy.setdefault((shift, f"{ssl} + fine-tune"), []).append(finetuned)
-      config = _config(args, shift, "rotation", seed=seed)
-      probes.setdefault((shift, "random init"), []).append(random_encoder_probes(config, seed))
+        finetuned = _one(args, shift, seed, "source_only", f"{ssl}_ft", model, pretrained=pretrained)
+        accuracy.setdefault((shift, f"{ssl} + fine-tune ({model})"), []).append(finetuned)
+      for model in sorted({model_name(args, ssl) for ssl in args.ssl}):
+        config = _config(args, shift, "rotation", seed=seed, model=model)
+        probes.setdefault((shift, f"random init ({model})"), []).append(random_encoder_probes(config, seed))
   return accuracy, probes
 
 
@@ -115,14 +123,15 @@ def tables(accuracy: dict, probes: dict) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shifts", default="inverted,noised", type=lambda s: s.split(","))
+  parser.add_argument("--shifts", default="rotated,noised", type=lambda s: s.split(","))
+  parser.add_argument("--methods", default="source_only,dann", type=lambda s: [x for x in s.split(",") if x])
   parser.add_argument("--ssl", default="rotation,simclr,mae", type=lambda s: [x for x in s.split(",") if x])
   parser.add_argument("--seeds", default="0,1,2", type=lambda s: [int(x) for x in s.split(",")])
-  parser.add_argument("--steps", default=400, type=int)
+  parser.add_argument("--steps", default=600, type=int)
   parser.add_argument("--workdir", default="/tmp/domain_shift")
   parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--model", default="", help="Another model than the config's, e.g. vit_micro16.")
-  parser.add_argument("--domain_weight", default=0.1, type=float, help="DANN's config.adapt.domain_weight.")
+  parser.add_argument("--model", default="", help="One model for every run instead of the config's.")
+  parser.add_argument("--domain_weight", default=None, type=float, help="DANN's config.adapt.domain_weight.")
   args = parser.parse_args()
   accuracy, probes = measure(args)
   table = tables(accuracy, probes)

@@ -6,13 +6,14 @@ The folder holds one subfolder per class, either directly (``ROOT/<class>/<image
 order is held out for evaluation) or under split folders (``ROOT/train/<class>/<image>`` and ``ROOT/test``, ``val``,
 ``validation`` or ``valid`` beside it). A few images are opened to see their size and colour:
 - small images (both sides at most 64 pixels, e.g. 28x28 grey scans or 32x32 photos): a CIFAR-style ResNet-20 at
-  the images' own size, 4-pixel pad-and-crop and horizontal flips, SGD with Nesterov momentum, cosine decay;
+  the images' own size, pad-and-crop by an eighth of the side, horizontal flips for colour images only (grey ones
+  are mostly digits, letters and scans, which a mirror changes), SGD with Nesterov momentum, cosine decay;
 - larger ones: ResNet-50 on 224-pixel Inception crops with flips and ImageNet mean/std, evaluated on a central crop
   of a 256-pixel resize (the Flax ImageNet recipe; from scratch this needs an accelerator or pretrained weights:
   ``--config.pretrained.path=resnet50.safetensors``).
 The number of epochs falls with the folder's size (about 300,000 training images seen in all for small images,
-between 3 and 100 epochs). On 60,000 28x28 grey images (an MNIST-sized folder) ResNet-20 trains 5 epochs; time and
-accuracy on this machine are in benchmarks/RESULTS.md. Every choice can be overridden with ``--config.KEY=VALUE``.
+between 3 and 100 epochs: 5 on an MNIST-sized folder of 60,000). Time and accuracy on a folder of real handwritten
+digits are in benchmarks/RESULTS.md. Every choice can be overridden with ``--config.KEY=VALUE``.
 """
 
 import os
@@ -26,6 +27,7 @@ EVAL_SPLITS = ("test", "val", "validation", "valid")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SMALL = 64  # Pixels: images whose sides are all at most this train at their own size with a CIFAR-style ResNet.
 PROBE_IMAGES = 32
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL's single-channel modes (with or without alpha).
 
 
 def get_config(arg: str | None = None):
@@ -35,7 +37,8 @@ def get_config(arg: str | None = None):
     raise ValueError("configs/folder.py needs the image folder: --config=configs/folder.py:/path/to/images")
   root = os.path.abspath(os.path.expanduser(root))
   folder, train_split, eval_split, class_dirs = _layout(root)
-  sizes = [_image_size(path) for path in _probe_files(class_dirs)]
+  probed = [_image_info(path) for path in _probe_files(class_dirs)]
+  sizes, colour = [size for size, _ in probed], any(is_colour for _, is_colour in probed)
   config = common.get_base_config()
   config.name = f"folder_{os.path.basename(root)}"
   config.data.dataset = "folder"
@@ -43,16 +46,19 @@ def get_config(arg: str | None = None):
   config.data.train_split, config.data.eval_split = train_split, eval_split
   num_train = sum(len(_images(d)) for d in class_dirs)
   if max(max(size) for size in sizes) <= SMALL:
-    _small_images(config, side=round(statistics.median(max(size) for size in sizes)), num_train=num_train)
+    side = round(statistics.median(max(size) for size in sizes))
+    _small_images(config, side=side, colour=colour, num_train=num_train)
   else:
     _large_images(config, num_train=num_train)
   return common.runlocal(config) if local else config
 
 
-def _small_images(config, *, side: int, num_train: int) -> None:
-  """CIFAR recipe (He et al. 2016): ResNet-20, pad-and-crop + flip, SGD 0.1 for batch 128, weight decay 5e-4."""
+def _small_images(config, *, side: int, colour: bool, num_train: int) -> None:
+  """CIFAR recipe (He et al. 2016): ResNet-20, pad-and-crop (+ flip for colour), SGD 0.1 for batch 128, weight
+  decay 5e-4."""
   config.model.name = "resnet20"
-  config.data.pp_train = f"resize({side})|pad_and_crop(4)|flip_lr|value_range(-1, 1)"
+  flip = "flip_lr|" if colour else ""
+  config.data.pp_train = f"resize({side})|pad_and_crop({max(side // 8, 1)})|{flip}value_range(-1, 1)"
   config.data.pp_eval = f"resize({side})|value_range(-1, 1)"
   config.data.cache = num_train * side * side * 3 < 2**31  # Decoded examples kept in memory below 2 GB.
   config.batch_size = config.eval_batch_size = 128
@@ -120,10 +126,11 @@ def _probe_files(class_dirs: list[str]) -> list[str]:
   return files[:PROBE_IMAGES]
 
 
-def _image_size(path: str) -> tuple[int, int]:
-  """(height, width) of an image file, from its header; an unreadable file names itself."""
+def _image_info(path: str) -> tuple[tuple[int, int], bool]:
+  """((height, width), whether it has colour channels) of an image file, from its header; an unreadable file names
+  itself."""
   try:
     with Image.open(path) as image:
-      return image.height, image.width
+      return (image.height, image.width), image.mode not in GREY_MODES
   except OSError as e:
     raise ValueError(f"configs/folder.py: cannot read image {path!r} ({e}).") from None

@@ -21,7 +21,7 @@ RUNLOCAL = {
   "vit_b16_freeze6": (vit_b16, "cifar10,freeze6,runlocal", "vit_ti16"),
   "bit_r50x1": (bit_r50x1, "cifar10,runlocal", "bit_r50x1"),
   "robust_digits": (robust_digits, "trades,runlocal", "vit_micro16"),  # The quickstart's run, adversarially trained.
-  "adapt_digits": (adapt_digits, "inverted,dann,runlocal", "vit_micro8"),  # Two streams, DANN's heads.
+  "adapt_digits": (adapt_digits, "inverted,dann,runlocal", "vit_micro16"),  # Two streams, DANN's heads.
 }
 FINETUNE = {"vit_b16": vit_b16, "bit_r50x1": bit_r50x1}
 CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
