@@ -1,5 +1,7 @@
 """The convolution paths chosen by shape (vitjax/models/convolution.py) compute what `lax.conv` computes."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,8 +61,10 @@ def test_small_maps_take_the_matmul_path_on_cpu_and_large_ones_lax_conv():
   assert jax.default_backend() == "cpu"
   assert "conv_general_dilated" not in primitives(conv, jnp.zeros((2, 4, 4, 8)))  # 16 output positions.
   assert "conv_general_dilated" in primitives(conv, jnp.zeros((2, 5, 4, 8)))  # 20.
-  grouped = lambda x: convolution.conv2d(x, kernel[..., :1, :], strides=(1, 1), padding="SAME", groups=8)  # noqa: E731
+  grouped = lambda x: convolution.conv2d(x, kernel[..., :2, :], strides=(1, 1), padding="SAME", groups=4)  # noqa: E731
   assert "conv_general_dilated" in primitives(grouped, jnp.zeros((2, 2, 2, 8)))
+  depthwise = lambda x: convolution.conv2d(x, kernel[..., :1, :], strides=(1, 1), padding="SAME", groups=8)  # noqa: E731
+  assert "conv_general_dilated" not in primitives(depthwise, jnp.zeros((2, 9, 9, 8)))
   patchify = lambda x: convolution.conv2d(x, jnp.zeros((16, 16, 3, 8)), strides=(16, 16), padding="VALID")  # noqa: E731
   assert "conv_general_dilated" in primitives(patchify, jnp.zeros((2, 32, 32, 3)))  # A ViT's patch embedding.
 
@@ -81,3 +85,40 @@ def test_conv_layer_equals_flax_conv():
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   assert np.abs(ours[1][0]["params"]["kernel"]).max() > 1e-2
+
+
+@pytest.mark.parametrize(
+  "size, window, stride, padding",
+  [
+    (7, 3, 1, "SAME"),  # MobileNet's and EfficientNet's depthwise 3x3.
+    (8, 3, 2, "SAME"),  # Strided, with XLA's asymmetric SAME padding.
+    (6, 7, 1, ((3, 3), (3, 3))),  # ConvNeXt's 7x7 on a map smaller than the window's reach.
+    (9, 5, 2, ((2, 2), (2, 2))),  # EfficientNet's strided 5x5 with timm's symmetric padding.
+  ],
+)
+def test_depthwise_shifted_slices_equal_grouped_lax_conv_with_gradients(size, window, stride, padding):
+  x, kernel = random((2, size, size + 1, 6), 4), random((window, window, 1, 6), 5)
+  strides = (stride, stride)
+  pads = convolution.explicit_padding(x.shape[1:3], (window, window), strides, padding)
+  shifted = lambda x, k: convolution.depthwise_conv(x, k[:, :, 0], strides, pads)  # noqa: E731
+  reference = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+    x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6
+  )
+  ours, ref = jax.jit(lambda x, k: [value_and_grads(f, x, k) for f in (shifted, reference)])(x, kernel)
+  for a, b in zip(ours, ref):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
+  assert np.abs(ours[2]).max() > 1e-2
+
+
+def test_portable_traces_every_convolution_as_lax_conv():
+  # What the exporters trace: TFLite and ONNX turn lax.conv into their own (int8-quantisable) convolution ops.
+  # Traces are cached per function, so each trace here is of a fresh function (as the exporters' are).
+  conv = functools.partial(convolution.conv2d, strides=(1, 1), padding="SAME")
+  small = lambda: lambda x: conv(x, jnp.zeros((3, 3, 8, 8)))  # noqa: E731
+  depthwise = lambda: lambda x: conv(x, jnp.zeros((3, 3, 1, 8)), groups=8)  # noqa: E731
+  with convolution.portable():
+    assert "conv_general_dilated" in primitives(small(), jnp.zeros((2, 2, 2, 8)))
+    assert "conv_general_dilated" in primitives(depthwise(), jnp.zeros((2, 9, 9, 8)))
+  assert "conv_general_dilated" not in primitives(small(), jnp.zeros((2, 2, 2, 8)))
+  assert "conv_general_dilated" not in primitives(depthwise(), jnp.zeros((2, 9, 9, 8)))

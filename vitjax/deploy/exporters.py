@@ -26,6 +26,7 @@ from jax.experimental import jax2tf
 from vitjax import data
 from vitjax.deploy.classifier import Classifier
 from vitjax.deploy.formats import check
+from vitjax.models import convolution
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 # The TFLite ops that int8 quantisation turns integer: every weight and nearly all the arithmetic. The others
@@ -102,7 +103,8 @@ def write_saved_model(classifier: Classifier, path: str, input_shape: tuple[int,
     return {OUTPUT_NAME: convert(module.weights, images)}
 
   module.serve = serve
-  tf.saved_model.save(module, path, signatures={"serving_default": serve})
+  with convolution.portable():  # Traced here: convolutions as the converters' own ops, not CPU-tuned slices.
+    tf.saved_model.save(module, path, signatures={"serving_default": serve})
 
 
 def tflite_model(saved_model: str, *, quantize: str, representative: np.ndarray | None = None) -> bytes:

@@ -1,4 +1,5 @@
-"""2-D convolution kernels chosen by shape: 1x1 as a matmul, small feature maps as shifted-slice matmuls on CPU.
+"""2-D convolution kernels chosen by shape: 1x1 as a matmul; on CPU, small feature maps as shifted-slice matmuls
+and depthwise convolutions as sums of shifted slices.
 
 XLA's CPU convolution is fast on large maps but slow on small ones (a 3x3 convolution on a 2x2 map with 256
 channels ran at about 1% of the matmul peak, its input gradient as slowly), and its 1x1 weight gradient writes the
@@ -6,7 +7,10 @@ incoming gradient transposed. The paths here compute the same function as `lax.c
 sums in another order) as large matmuls instead; other backends keep `lax.conv` wherever the choice matters.
 """
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+import functools
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +21,28 @@ Padding = str | Sequence[tuple[int, int]]
 # Output maps of at most this many positions run as shifted-slice matmuls on CPU; from ResNet-18 at 32 pixels
 # (outputs of 4x4 and smaller) and ResNet-50 at 224 (7x7 and larger, where lax.conv is as fast or faster).
 SMALL_MAP_POSITIONS = 16
-# Kernels of more taps keep lax.conv: a ViT's patch embedding (16x16 taps on a 2x2 output) is one strided conv that
-# exporters quantise as such, and large stems measured no faster as shifted matmuls.
+# Kernels of more taps keep lax.conv: a ViT's patch embedding (16x16 taps on a 2x2 output) and large stems
+# measured no faster as shifted matmuls.
 MAX_SHIFTED_TAPS = 9
+
+_portable = contextvars.ContextVar("portable_convolutions", default=False)
+
+
+@contextlib.contextmanager
+def portable() -> Iterator[None]:
+  """Within it, every convolution traces as `lax.conv` (1x1 ones still as a matmul), the op exporters map to their
+  own convolutions (TFLite's DEPTHWISE_CONV_2D, int8 kernels), whatever backend traces it. JAX caches traces per
+  function, so trace a function here that was not traced outside (the exporters' serving function is new)."""
+  token = _portable.set(True)
+  try:
+    yield
+  finally:
+    _portable.reset(token)
+
+
+def _cpu_paths() -> bool:
+  """True where the CPU-specific paths apply: the CPU backend, outside `portable()`. Read at trace time."""
+  return jax.default_backend() == "cpu" and not _portable.get()
 
 
 def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Padding, groups: int = 1) -> Array:
@@ -32,6 +55,8 @@ def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Paddin
     return pointwise(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
   if groups == 1 and uses_shifted_matmul(x.shape, (kh, kw), strides, pads):
     return shifted_matmul_conv(x, kernel, strides=strides, pads=pads)
+  if groups == x.shape[-1] == kernel.shape[-1] and _cpu_paths():
+    return depthwise_conv(x, kernel[:, :, 0], strides, pads)
   return jax.lax.conv_general_dilated(
     x,
     kernel,
@@ -58,7 +83,7 @@ def uses_shifted_matmul(
   taps; the backend is read at trace time, so a function traced for another backend keeps `lax.conv`."""
   out = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(x_shape[1:3], window, strides, pads)]
   small = out[0] * out[1] <= SMALL_MAP_POSITIONS and window[0] * window[1] <= MAX_SHIFTED_TAPS
-  return small and jax.default_backend() == "cpu"
+  return small and _cpu_paths()
 
 
 def shifted_matmul_conv(x: Array, kernel: Array, *, strides: tuple[int, int], pads: Sequence[tuple[int, int]]) -> Array:
@@ -77,6 +102,54 @@ def shifted_matmul_conv(x: Array, kernel: Array, *, strides: tuple[int, int], pa
   patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
   out = pointwise(patches.reshape(n * oh * ow, -1), kernel.reshape(-1, kernel.shape[-1]))
   return out.reshape(n, oh, ow, kernel.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv(x: Array, kernel: Array, strides: tuple[int, int], pads: Sequence[tuple[int, int]]) -> Array:
+  """Depthwise convolution (`kernel` (kh, kw, channels)) as the sum over taps of the tap's strided view of the padded
+  input times that tap's per-channel weights: elementwise work that XLA's CPU backend fuses, where its grouped
+  `lax.conv` ran 15-40x slower. The weight gradient sums over rows as a matmul with a ones vector (fast on CPU)."""
+  return _depthwise_forward(x, kernel, strides, pads)[0]
+
+
+def _depthwise_forward(x, kernel, strides, pads):
+  (kh, kw), padded = kernel.shape[:2], _pad(x, pads, 0.0)
+  out_shape = _output_shape(x.shape[1:3], (kh, kw), strides, pads)
+  views = [_view(padded, (i, j), out_shape, strides) for i in range(kh) for j in range(kw)]
+  out = sum(view * kernel[t // kw, t % kw] for t, view in enumerate(views))
+  return out, (x, kernel)
+
+
+def _depthwise_backward(strides, pads, residuals, dy):
+  x, kernel = residuals
+  (kh, kw), channels = kernel.shape[:2], kernel.shape[-1]
+  padded = _pad(x, pads, 0.0)
+  ones = jnp.ones((dy.size // channels,), dy.dtype)
+  taps = [
+    ones @ (_view(padded, (i, j), dy.shape[1:3], strides) * dy).reshape(-1, channels)
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  dx = sum(_unview(dy * kernel[i, j], (i, j), padded.shape, strides) for i in range(kh) for j in range(kw))
+  (top, _), (left, _) = pads
+  dx = dx[:, top : top + x.shape[1], left : left + x.shape[2]]
+  return dx, jnp.stack(taps).reshape(kernel.shape)
+
+
+depthwise_conv.defvjp(_depthwise_forward, _depthwise_backward)
+
+
+def _output_shape(spatial, window, strides, pads) -> tuple[int, int]:
+  return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(spatial, window, strides, pads))
+
+
+def _unview(dy: Array, tap: tuple[int, int], padded_shape: Sequence[int], strides: Sequence[int]) -> Array:
+  """The transpose of `_view`: `dy` placed where tap `tap` read the padded input, zeros elsewhere."""
+  (i, j), (sh, sw) = tap, strides
+  oh, ow = dy.shape[1:3]
+  bottom, right = padded_shape[1] - i - (oh - 1) * sh - 1, padded_shape[2] - j - (ow - 1) * sw - 1
+  zero = jnp.asarray(0.0, dy.dtype)
+  return jax.lax.pad(dy, zero, ((0, 0, 0), (i, bottom, sh - 1), (j, right, sw - 1), (0, 0, 0)))
 
 
 def _pad(x: Array, pads: Sequence[tuple[int, int]], value: float) -> Array:
