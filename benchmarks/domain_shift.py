@@ -27,7 +27,7 @@ from vitjax.train import loop  # noqa: E402
 
 
 def model_name(args, objective: str) -> str:
-  """The model an objective trains: `--model`, else the config's (MAE's ViT has smaller patches)."""
+  """The model an objective trains: `--model`, else the config's (MAE and rotation train a ViT of smaller patches)."""
   return args.model or adapt_digits.get_config(f"rotated,{objective}").model.name
 
 
