@@ -114,52 +114,70 @@ def depthwise_conv(x: Array, kernel: Array, strides: tuple[int, int], pads: Sequ
 
 
 def _depthwise_forward(x, kernel, strides, pads):
-  (kh, kw), padded = kernel.shape[:2], _pad(x, pads, 0.0)
-  out_shape = _output_shape(x.shape[1:3], (kh, kw), strides, pads)
-  views = [_view(padded, (i, j), out_shape, strides) for i in range(kh) for j in range(kw)]
+  (kh, kw), out_shape = kernel.shape[:2], _output_shape(x.shape[1:3], kernel.shape[:2], strides, pads)
+  phases = _stride_phases(x, (kh, kw), strides, pads, out_shape)
+  views = [_phase_view(phases, (i, j), strides, out_shape) for i in range(kh) for j in range(kw)]
   out = sum(view * kernel[t // kw, t % kw] for t, view in enumerate(views))
-  return out, (x, kernel)
+  return out, (phases, kernel, x.shape)
 
 
 def _depthwise_backward(strides, pads, residuals, dy):
-  x, kernel = residuals
-  (kh, kw), channels = kernel.shape[:2], kernel.shape[-1]
-  padded = _pad(x, pads, 0.0)
-  taps = [
-    column_sum((_view(padded, (i, j), dy.shape[1:3], strides) * dy).reshape(-1, channels).astype(jnp.float32))
-    for i in range(kh)
-    for j in range(kw)
-  ]
-  dx = sum(_unview(dy * kernel[i, j], (i, j), padded.shape, strides) for i in range(kh) for j in range(kw))
-  (top, _), (left, _) = pads
-  dx = dx[:, top : top + x.shape[1], left : left + x.shape[2]]
+  phases, kernel, x_shape = residuals
+  kh, kw = kernel.shape[:2]
+  taps = [column_sum(_phase_view(phases, (i, j), strides, dy.shape[1:3]), dy) for i in range(kh) for j in range(kw)]
+  dx = _depthwise_input_gradient(dy, kernel, x_shape, strides, pads)
   return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
+
+
+def _stride_phases(x, window, strides, pads, out_shape):
+  """The padded input split by stride phase, (sh, sw, n, rows, cols, c): phase (a, b) holds the padded input's rows
+  a, a + sh, ... and columns b, b + sw, ..., so that each tap reads a unit-stride slice of one phase (XLA wrote every
+  strided view out on its own). With unit strides it is the padded input."""
+  (sh, sw), (top, _), (left, _) = strides, *pads
+  rows, cols = (o + (k - 1) // s for o, k, s in zip(out_shape, window, strides))
+  n, h, w, c = x.shape
+  padded = jax.lax.pad(
+    x, jnp.asarray(0.0, x.dtype), ((0, 0, 0), (top, rows * sh - h - top, 0), (left, cols * sw - w - left, 0), (0, 0, 0))
+  )
+  return padded.reshape(n, rows, sh, cols, sw, c).transpose(2, 4, 0, 1, 3, 5)
+
+
+def _phase_view(phases, tap, strides, out_shape):
+  """What kernel offset `tap` reads for each of the `out_shape` output positions, from `_stride_phases`."""
+  (i, j), (sh, sw), (oh, ow) = tap, strides, out_shape
+  return phases[i % sh, j % sw, :, i // sh : i // sh + oh, j // sw : j // sw + ow]
+
+
+def _depthwise_input_gradient(dy, kernel, x_shape, strides, pads):
+  """The input gradient as a stride-1 depthwise convolution of `dy`, spread out by the strides (zeros between its
+  positions) and padded so that the flipped kernel lines up: one fused sum of shifted slices, like the forward."""
+  (kh, kw), (sh, sw) = kernel.shape[:2], strides
+  (top, _), (left, _) = pads
+  (h, w), (oh, ow) = x_shape[1:3], dy.shape[1:3]
+  low_h, low_w = kh - 1 - top, kw - 1 - left
+  high_h, high_w = h + kh - 1 - low_h - (oh - 1) * sh - 1, w + kw - 1 - low_w - (ow - 1) * sw - 1
+  spread = jax.lax.pad(
+    dy, jnp.asarray(0.0, dy.dtype), ((0, 0, 0), (low_h, high_h, sh - 1), (low_w, high_w, sw - 1), (0, 0, 0))
+  )
+  return _depthwise_forward(spread, kernel[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))[0]
 
 
 depthwise_conv.defvjp(_depthwise_forward, _depthwise_backward)
 
 
-def column_sum(x: Array) -> Array:
-  """Sum over the rows of a (rows, channels) float32 array, as a matmul with a ones vector.
+def column_sum(x: Array, y: Array | None = None) -> Array:
+  """Sum of x (or of the product x * y) over every axis but the last, in float32, as a matmul with a ones vector.
 
-  On CPU, XLA's reductions over the major axis run at about 1 GB/s; the same sum as a matrix-vector
-  product runs on the matmul library at over 10 GB/s. Batch statistics and weight gradients are such reductions.
+  On CPU, XLA's reductions over the major axes run at about 1 GB/s; the same sum as a matrix-vector product runs
+  on the matmul library at over 10 GB/s. Batch statistics and weight gradients are such reductions.
   """
-  return jnp.ones((x.shape[0],), jnp.float32) @ x
+  rows = (x if y is None else x * y).reshape(-1, x.shape[-1]).astype(jnp.float32)
+  return jnp.ones((rows.shape[0],), jnp.float32) @ rows
 
 
 def _output_shape(spatial, window, strides, pads) -> tuple[int, int]:
   """Output (height, width) of a convolution with these explicit paddings."""
   return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(spatial, window, strides, pads))
-
-
-def _unview(dy: Array, tap: tuple[int, int], padded_shape: Sequence[int], strides: Sequence[int]) -> Array:
-  """The transpose of `_view`: `dy` placed where tap `tap` read the padded input, zeros elsewhere."""
-  (i, j), (sh, sw) = tap, strides
-  oh, ow = dy.shape[1:3]
-  bottom, right = padded_shape[1] - i - (oh - 1) * sh - 1, padded_shape[2] - j - (ow - 1) * sw - 1
-  zero = jnp.asarray(0.0, dy.dtype)
-  return jax.lax.pad(dy, zero, ((0, 0, 0), (i, bottom, sh - 1), (j, right, sw - 1), (0, 0, 0)))
 
 
 def _pad(x: Array, pads: Sequence[tuple[int, int]], value: float) -> Array:

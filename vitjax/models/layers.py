@@ -89,7 +89,7 @@ def _batch_norm_train(x: Array, scale: Array, bias: Array, eps: float) -> tuple[
 def _batch_norm_train_fwd(x, scale, bias, eps):
   rows = x.shape[0]
   mean = column_sum(x) / rows
-  var = jnp.maximum(column_sum(jnp.square(x)) / rows - jnp.square(mean), 0.0)
+  var = jnp.maximum(column_sum(x, x) / rows - jnp.square(mean), 0.0)
   inv = jax.lax.rsqrt(var + eps)
   x_hat = (x - mean) * inv
   return (x_hat * scale + bias, mean, var), (x_hat, inv, scale)
@@ -101,7 +101,7 @@ def _batch_norm_train_bwd(eps, residuals, cotangents):
   x_hat, inv, scale = residuals
   dy = cotangents[0]
   dbias = column_sum(dy)
-  dscale = column_sum(dy * x_hat)
+  dscale = column_sum(dy, x_hat)
   dx = (scale * inv) * (dy - (dbias + x_hat * dscale) / x_hat.shape[0])
   return dx, dscale, dbias
 
