@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models.layers import Conv
+from vitjax.models.pooling import max_pool
 
 Array = jax.Array
 Dtype = Any
@@ -57,7 +58,7 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
     conv = functools.partial(Conv, use_bias=True, kernel_init=_torch_default_init, dtype=self.dtype)
-    pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding="VALID")
+    pool = functools.partial(max_pool, window_shape=(3, 3), strides=(2, 2), padding="VALID")
     w = self.widths
     x = nn.relu(conv(w[0], (11, 11), (4, 4), padding=((2, 2), (2, 2)), name="features_0")(images))
     x = pool(x)

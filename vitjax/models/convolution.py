@@ -41,7 +41,7 @@ def portable() -> Iterator[None]:
     _portable.reset(token)
 
 
-def _cpu_paths() -> bool:
+def cpu_paths() -> bool:
   """True where the CPU-specific paths apply: the CPU backend, outside `portable()`. Read at trace time."""
   return jax.default_backend() == "cpu" and not _portable.get()
 
@@ -56,7 +56,7 @@ def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Paddin
     return pointwise(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
   if groups == 1 and uses_shifted_matmul(x.shape, (kh, kw), strides, pads):
     return shifted_matmul_conv(x, kernel, strides=strides, pads=pads)
-  if groups == x.shape[-1] == kernel.shape[-1] and _cpu_paths():
+  if groups == x.shape[-1] == kernel.shape[-1] and cpu_paths():
     return depthwise_conv(x, kernel[:, :, 0], strides, pads)
   return jax.lax.conv_general_dilated(
     x,
@@ -82,9 +82,9 @@ def uses_shifted_matmul(
 ) -> bool:
   """True on CPU for outputs of at most `SMALL_MAP_POSITIONS` positions of kernels of at most `MAX_SHIFTED_TAPS`
   taps; the backend is read at trace time, so a function traced for another backend keeps `lax.conv`."""
-  out = _output_shape(x_shape[1:3], window, strides, pads)
+  out = output_shape(x_shape[1:3], window, strides, pads)
   small = out[0] * out[1] <= SMALL_MAP_POSITIONS and window[0] * window[1] <= MAX_SHIFTED_TAPS
-  return small and _cpu_paths()
+  return small and cpu_paths()
 
 
 def shifted_matmul_conv(x: Array, kernel: Array, *, strides: tuple[int, int], pads: Sequence[tuple[int, int]]) -> Array:
@@ -95,7 +95,7 @@ def shifted_matmul_conv(x: Array, kernel: Array, *, strides: tuple[int, int], pa
   n, h, w, _ = x.shape
   (kh, kw), (sh, sw) = kernel.shape[:2], strides
   (top, _), (left, _) = pads
-  oh, ow = _output_shape((h, w), (kh, kw), strides, pads)
+  oh, ow = output_shape((h, w), (kh, kw), strides, pads)
   rows, cols = _live_taps(h, oh, kh, sh, top), _live_taps(w, ow, kw, sw, left)
   kernel = kernel[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
   x = _pad(x, pads, 0.0)
@@ -114,9 +114,9 @@ def depthwise_conv(x: Array, kernel: Array, strides: tuple[int, int], pads: Sequ
 
 
 def _depthwise_forward(x, kernel, strides, pads):
-  (kh, kw), out_shape = kernel.shape[:2], _output_shape(x.shape[1:3], kernel.shape[:2], strides, pads)
-  phases = _stride_phases(x, (kh, kw), strides, pads, out_shape)
-  views = [_phase_view(phases, (i, j), strides, out_shape) for i in range(kh) for j in range(kw)]
+  (kh, kw), out_shape = kernel.shape[:2], output_shape(x.shape[1:3], kernel.shape[:2], strides, pads)
+  phases = stride_phases(x, (kh, kw), strides, pads, out_shape)
+  views = [phase_view(phases, (i, j), strides, out_shape) for i in range(kh) for j in range(kw)]
   out = sum(view * kernel[t // kw, t % kw] for t, view in enumerate(views))
   return out, (phases, kernel, x.shape)
 
@@ -124,28 +124,37 @@ def _depthwise_forward(x, kernel, strides, pads):
 def _depthwise_backward(strides, pads, residuals, dy):
   phases, kernel, x_shape = residuals
   kh, kw = kernel.shape[:2]
-  taps = [column_sum(_phase_view(phases, (i, j), strides, dy.shape[1:3]), dy) for i in range(kh) for j in range(kw)]
+  taps = [column_sum(phase_view(phases, (i, j), strides, dy.shape[1:3]), dy) for i in range(kh) for j in range(kw)]
   dx = _depthwise_input_gradient(dy, kernel, x_shape, strides, pads)
   return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
 
 
-def _stride_phases(x, window, strides, pads, out_shape):
+def stride_phases(x, window, strides, pads, out_shape, value=0.0):
   """The padded input split by stride phase, (sh, sw, n, rows, cols, c): phase (a, b) holds the padded input's rows
   a, a + sh, ... and columns b, b + sw, ..., so that each tap reads a unit-stride slice of one phase (XLA wrote every
-  strided view out on its own). With unit strides it is the padded input."""
+  strided view out on its own). With unit strides it is the padded input (padded with `value`)."""
   (sh, sw), (top, _), (left, _) = strides, *pads
   rows, cols = (o + (k - 1) // s for o, k, s in zip(out_shape, window, strides))
   n, h, w, c = x.shape
-  padded = jax.lax.pad(
-    x, jnp.asarray(0.0, x.dtype), ((0, 0, 0), (top, rows * sh - h - top, 0), (left, cols * sw - w - left, 0), (0, 0, 0))
-  )
+  edges = ((0, 0, 0), (top, rows * sh - h - top, 0), (left, cols * sw - w - left, 0), (0, 0, 0))
+  padded = jax.lax.pad(x, jnp.asarray(value, x.dtype), edges)
   return padded.reshape(n, rows, sh, cols, sw, c).transpose(2, 4, 0, 1, 3, 5)
 
 
-def _phase_view(phases, tap, strides, out_shape):
-  """What kernel offset `tap` reads for each of the `out_shape` output positions, from `_stride_phases`."""
+def phase_view(phases, tap, strides, out_shape):
+  """What kernel offset `tap` reads for each of the `out_shape` output positions, from `stride_phases`."""
   (i, j), (sh, sw), (oh, ow) = tap, strides, out_shape
   return phases[i % sh, j % sw, :, i // sh : i // sh + oh, j // sw : j // sw + ow]
+
+
+def merge_phases(phases, x_shape, pads):
+  """The inverse of `stride_phases` for gradients: (sh, sw, n, rows, cols, c) back to the (n, h, w, c) input, the
+  padding cut off and input rows or columns that no tap reads (cut off by `stride_phases`) restored as zeros."""
+  sh, sw, n, rows, cols, c = phases.shape
+  (top, _), (left, _) = pads
+  padded = phases.transpose(2, 3, 0, 4, 1, 5).reshape(n, rows * sh, cols * sw, c)
+  edges = ((0, 0, 0), (-top, x_shape[1] + top - rows * sh, 0), (-left, x_shape[2] + left - cols * sw, 0), (0, 0, 0))
+  return jax.lax.pad(padded, jnp.asarray(0.0, padded.dtype), edges)
 
 
 def _depthwise_input_gradient(dy, kernel, x_shape, strides, pads):
@@ -175,7 +184,7 @@ def column_sum(x: Array, y: Array | None = None) -> Array:
   return jnp.ones((rows.shape[0],), jnp.float32) @ rows
 
 
-def _output_shape(spatial, window, strides, pads) -> tuple[int, int]:
+def output_shape(spatial, window, strides, pads) -> tuple[int, int]:
   """Output (height, width) of a convolution with these explicit paddings."""
   return tuple((n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(spatial, window, strides, pads))
 

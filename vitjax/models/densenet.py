@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models.layers import BatchNorm, Conv
+from vitjax.models.pooling import max_pool
 
 Array = jax.Array
 Dtype = Any
@@ -109,7 +110,7 @@ class DenseNet(nn.Module):
       name="conv0",
     )(images)
     x = nn.relu(_norm(train, self.dtype, "norm0")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_layers in enumerate(self.block_config):
       block = DenseBlock(num_layers, self.growth_rate, self.bn_size, train, self.dtype, name=f"denseblock{i + 1}")
       x = block(x)

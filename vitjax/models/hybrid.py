@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models.layers import Conv, standardize_kernel
+from vitjax.models.pooling import max_pool
 from vitjax.models.vit import VisionTransformer
 
 Array = jax.Array
@@ -83,7 +84,7 @@ class HybridVisionTransformer(VisionTransformer):
     width = 64 * self.resnet_width_factor
     x = Conv(width, (7, 7), (2, 2), standardize=vit_standardize, dtype=self.dtype, name="conv_root")(images)
     x = nn.relu(_group_norm(name="gn_root", dtype=self.dtype)(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     for i, num_units in enumerate(self.resnet_stages):
       x = ResNetStage(num_units, width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype, name=f"block{i + 1}")(x)
     return x

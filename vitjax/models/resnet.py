@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models.layers import BatchNorm, Conv, standardize_kernel
+from vitjax.models.pooling import max_pool
 
 Array = jax.Array
 Dtype = Any
@@ -94,7 +95,7 @@ class ResNet(nn.Module):
     )
     x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+    x = max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
     for i, num_blocks in enumerate(self.stage_sizes):
       x = _ResNetStage(
         num_blocks=num_blocks,
@@ -252,7 +253,7 @@ class BiTResNet(nn.Module):
     width = 64 * self.width_factor
     x = _StdConvScope(width, 7, 2, dtype=self.dtype, name="root_block")(images.astype(self.dtype))
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    x = max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
     for i, num_units in enumerate(self.stage_sizes):
       x = _BiTStage(
         num_units=num_units, features=width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype, name=f"block{i + 1}"

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from vitjax.models.alexnet import adaptive_avg_pool
 from vitjax.models.layers import BatchNorm, Conv
+from vitjax.models.pooling import max_pool
 
 Array = jax.Array
 Dtype = Any
@@ -107,6 +108,6 @@ class VGG(nn.Module):
           )(x)
         x = nn.relu(x)
         index += 3 if self.batch_norm else 2
-      x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      x = max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
       index += 1
     return x
