@@ -19,9 +19,9 @@ import jax.numpy as jnp
 Array = jax.Array
 Padding = str | Sequence[tuple[int, int]]
 
-# Output maps of at most this many positions run as shifted-slice matmuls on CPU; from ResNet-18 at 32 pixels
-# (outputs of 4x4 and smaller) and ResNet-50 at 224 (7x7 and larger, where lax.conv is as fast or faster).
-SMALL_MAP_POSITIONS = 16
+# Output maps of at most this many positions run as shifted-slice matmuls on CPU: XLA's convolution ran a 3x3 on a
+# 2x2 map (batch 128, 256 channels) at 7 GFLOP/s against 150 as a matmul; from 4x4 up its own is faster.
+SMALL_MAP_POSITIONS = 4
 # Kernels of more taps keep lax.conv: a ViT's patch embedding (16x16 taps on a 2x2 output) and large stems
 # measured no faster as shifted matmuls.
 MAX_SHIFTED_TAPS = 9
