@@ -2,10 +2,9 @@
 and depthwise convolutions as sums of shifted slices.
 
 XLA's CPU convolution is fast on large maps but slow on small ones (a 3x3 convolution on a 2x2 map with 256
-channels ran at about 1% of the matmul peak, its input gradient as slowly), and its 1x1 weight gradient writes the
-incoming gradient transposed. The paths here compute the same function as `lax.conv_general_dilated` (the same
-sums in another order) as large matmuls or fused elementwise work instead; other backends keep `lax.conv`
-wherever the choice matters.
+channels ran at about 5% of the matmul peak, its input gradient as slowly), and slower still grouped. The paths here
+compute the same function as `lax.conv_general_dilated` (the same sums in another order) as large matmuls or fused
+elementwise work instead; other backends keep `lax.conv` wherever the choice matters.
 """
 
 import contextlib
@@ -53,7 +52,7 @@ def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Paddin
   if groups == 1 and (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads):
     sh, sw = strides
     x = x[:, ::sh, ::sw]
-    return pointwise(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
+    return (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
   if groups == 1 and uses_shifted_matmul(x.shape, (kh, kw), strides, pads):
     return shifted_matmul_conv(x, kernel, strides=strides, pads=pads)
   if groups == x.shape[-1] == kernel.shape[-1] and cpu_paths():
@@ -101,7 +100,7 @@ def shifted_matmul_conv(x: Array, kernel: Array, *, strides: tuple[int, int], pa
   x = _pad(x, pads, 0.0)
   views = [_view(x, (i, j), (oh, ow), strides) for i in rows for j in cols]
   patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-  out = pointwise(patches.reshape(n * oh * ow, -1), kernel.reshape(-1, kernel.shape[-1]))
+  out = patches.reshape(n * oh * ow, -1) @ kernel.reshape(-1, kernel.shape[-1])
   return out.reshape(n, oh, ow, kernel.shape[-1])
 
 
@@ -207,30 +206,3 @@ def _live_taps(size: int, out: int, window: int, stride: int, low: int) -> range
   """The kernel offsets along one axis that read at least one input element (not padding) for some output."""
   live = [i for i in range(window) if any(low <= i + stride * o < low + size for o in range(out))]
   return range(live[0], live[-1] + 1) if live else range(window)
-
-
-@jax.custom_vjp
-def pointwise(x: Array, w: Array) -> Array:
-  """x (rows, in) @ w (in, out) whose weight gradient transposes the narrower operand explicitly.
-
-  Left to itself XLA computes the weight gradient (a contraction over the long row axis) by writing
-  the incoming gradient transposed, a strided pass that cost more than the matmuls of ResNet-50's
-  1x1 convolutions; transposing the narrower operand first gives a plain matmul instead.
-  """
-  return x @ w
-
-
-def _pointwise_fwd(x, w):
-  return x @ w, (x, w)
-
-
-def _pointwise_bwd(residuals, dy):
-  x, w = residuals
-  if x.shape[1] <= dy.shape[1]:
-    dw = jax.lax.optimization_barrier(x.T) @ dy
-  else:
-    dw = (jax.lax.optimization_barrier(dy.T) @ x).T
-  return dy @ w.T, dw
-
-
-pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
