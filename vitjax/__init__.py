@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 # this applies wherever vitjax is imported before the first JAX computation; a setting in XLA_FLAGS is kept.
 if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_experimental_ynn_fusion_type=".strip()
+
 __all__ = ["Classifier"]
 
 
