@@ -153,8 +153,11 @@ def test_occlusion_of_a_region_the_model_ignores_is_zero():
   sensitivity = np.asarray(
     occlusion.occlusion(scorer, jnp.asarray(_image((16, 16, 3))), 1, window=4, stride=4, fill=0.0, batch_size=8)
   )
-  assert np.all(sensitivity[8:] == 0) and np.all(sensitivity[:, 8:] == 0)
-  assert np.all(sensitivity[:8, :8] != 0)
+  # The occluded and the original image go through the model in batches of different sizes, and XLA's CPU kernels
+  # may then round the same score differently by an ulp (AVX2 vs AVX-512): zero up to float32 rounding of the score.
+  rounding = 8 * np.finfo(np.float32).eps
+  assert np.all(np.abs(sensitivity[8:]) <= rounding) and np.all(np.abs(sensitivity[:, 8:]) <= rounding)
+  assert np.all(np.abs(sensitivity[:8, :8]) > 100 * rounding)
 
 
 def test_lime_finds_the_superpixel_a_linear_model_reads():
