@@ -23,6 +23,9 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vitjax import use_xla_cpu_emitters  # noqa: E402
+
+use_xla_cpu_emitters()  # As the command-line entry points do; before the first JAX computation.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from model_throughput import make_train_step  # noqa: E402
 

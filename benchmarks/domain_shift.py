@@ -17,6 +17,9 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vitjax import use_xla_cpu_emitters  # noqa: E402
+
+use_xla_cpu_emitters()  # As the command-line entry points do; before the first JAX computation.
 
 import jax  # noqa: E402
 

@@ -23,6 +23,9 @@ import time
 from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vitjax import use_xla_cpu_emitters  # noqa: E402
+
+use_xla_cpu_emitters()  # As the command-line entry points do; before the first JAX computation.
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

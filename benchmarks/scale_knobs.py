@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vitjax import use_xla_cpu_emitters  # noqa: E402
+
+use_xla_cpu_emitters()  # As the command-line entry points do; before the first JAX computation.
 from vitjax import models  # noqa: E402
 
 

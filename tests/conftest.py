@@ -7,6 +7,11 @@ import sys
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` is importable.
+
+from vitjax import use_xla_cpu_emitters  # noqa: E402
+
+use_xla_cpu_emitters()  # The entry points' XLA settings, so that in-process results match the commands' own.
 # Tests (and the commands they start) compile the same small programs again and again: one persistent XLA cache
 # for the session, inherited by subprocesses, compiles each once.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
@@ -15,8 +20,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # `configs` is importable.
-
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

@@ -1,6 +1,7 @@
 """The house rules, enforced: ruff clean, small functions and modules, and arrows that only point one way."""
 
 import ast
+import os
 import pathlib
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_no_function_over_60_lines_and_no_module_over_400():
 
 def test_only_main_imports_the_loop_and_arrows_point_one_way():
   # A package may import only those after it in this order (and itself); `__init__` is vitjax's own face.
-  order = ["main", "predict", "export", "__init__", "train", "explain", "robustness", "classical", "deploy"]
+  order = ["main", "workflow", "predict", "export", "__init__", "train", "explain", "robustness", "classical", "deploy"]
   order += ["evaluate", "transfer"]
   order += ["checkpoints", "losses", "sharding", "data", "models"]
   for path in _modules():
@@ -57,7 +58,7 @@ def test_only_main_imports_the_loop_and_arrows_point_one_way():
       if len(parts) < 2 or parts[1] not in order or parts[1] == own:
         continue
       assert order.index(parts[1]) > order.index(own), f"{relative} imports {name}"
-    if relative.parts != ("main",):
+    if relative.parts not in (("main",), ("workflow", "runs")):  # The workflow trains through train_and_evaluate.
       assert "vitjax.train.loop" not in _imported(path), f"{relative} imports the loop"
 
 
@@ -72,3 +73,17 @@ def test_one_indentation_width():
     indents = {len(line) - len(line.lstrip(" ")) for line in path.read_text().splitlines() if line.startswith(" ")}
     assert all(i % 2 == 0 for i in indents), path
     assert not indents or min(indents) == 2, path
+
+
+def test_importing_the_library_changes_no_process_state():
+  """XLA flags and other process-wide settings are the entry points' choice, never a side effect of an import."""
+  probe = (
+    # Its dependencies first: TensorFlow, OpenCV and scikit-learn set variables of their own on import.
+    "import os, cv2, jax, sklearn, tensorflow, tensorflow_datasets; before = dict(os.environ); "
+    "import vitjax, vitjax.models, vitjax.data, vitjax.deploy, vitjax.train.loop; "
+    "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)); "
+    "print(changed); vitjax.use_xla_cpu_emitters(); print('ynn_fusion_type=' in os.environ['XLA_FLAGS'])"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  run = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+  assert run.stdout.split("\n")[:2] == ["[]", "True"], run.stdout + run.stderr[-2000:]

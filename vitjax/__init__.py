@@ -4,13 +4,19 @@ import os
 
 __version__ = "0.1.0"
 
-# On CPU, XLA's own matmul and convolution emitters instead of YNNPACK's fusions: train steps of convolutional
-# networks up to 2x faster, ViTs' 15% (benchmarks/RESULTS.md). XLA reads its flags when its CPU backend starts, so
-# this applies wherever vitjax is imported before the first JAX computation; a setting in XLA_FLAGS is kept.
-if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_experimental_ynn_fusion_type=".strip()
 
-__all__ = ["Classifier"]
+def use_xla_cpu_emitters() -> None:
+  """Asks XLA's CPU backend for its own matmul and convolution emitters instead of YNNPACK's fusions.
+
+  Train steps of convolutional networks run up to 2x faster, ViTs' 15% (benchmarks/RESULTS.md). XLA reads its flags
+  when its CPU backend starts, so call this before the first JAX computation; a setting already in XLA_FLAGS is kept.
+  The command-line entry points call it; importing vitjax changes nothing.
+  """
+  if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_experimental_ynn_fusion_type=".strip()
+
+
+__all__ = ["Classifier", "ConfigError", "use_xla_cpu_emitters"]
 
 
 def __getattr__(name: str):
@@ -19,4 +25,8 @@ def __getattr__(name: str):
     from vitjax.deploy.classifier import Classifier
 
     return Classifier
+  if name == "ConfigError":
+    from vitjax.errors import ConfigError
+
+    return ConfigError
   raise AttributeError(f"module 'vitjax' has no attribute {name!r}")
