@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -188,7 +189,14 @@ class Classifier:
     count = len(images)
     bucket = min(self.batch_size, 1 << (count - 1).bit_length())
     batch = np.stack(images + [np.zeros_like(images[0])] * (bucket - count))
-    return np.asarray(function(self.variables, jnp.asarray(batch)))[:count]
+    try:
+      return np.asarray(function(self.variables, jnp.asarray(batch)))[:count]
+    except flax.errors.ScopeParamShapeError as e:
+      raise ValueError(
+        f"pp_eval={self.preprocessing.spec!r} gives images of shape {batch.shape[1:]}, which this model's weights do "
+        f"not take ({str(e).splitlines()[0]}); start pp_eval with decode(channels=1) for a one-channel model, or give "
+        "the model's input size to resize."
+      ) from None
 
 
 def _as_list(images: Image | Sequence[Image] | np.ndarray) -> Sequence[Image]:

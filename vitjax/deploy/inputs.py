@@ -58,6 +58,11 @@ def decode(contents: bytes, path: str = "<bytes>") -> np.ndarray:
     raise UnreadableFileError(f"not a decodable image: {path}: {_reason(e)}") from None
 
 
+def decoded_channels(image: np.ndarray) -> np.ndarray:
+  """The three channels `decode` gives a file of these pixels (H, W, C): grey repeated, an alpha channel dropped."""
+  return np.repeat(image[..., :1], 3, axis=-1) if image.shape[-1] < 3 else image[..., :3]
+
+
 class Preprocessing:
   """A run's `pp_eval`, split into host ops (uint8 in, uint8 out) and the final normalisation, as a JAX function."""
 
@@ -86,11 +91,19 @@ class Preprocessing:
       raise UnreadableFileError(f"not a decodable image: {path}: {_reason(e)}") from None
 
   def pixels(self, image: np.ndarray) -> np.ndarray:
-    """The host-preprocessed form of one uint8 image, (height, width) or (height, width, channels)."""
+    """The host-preprocessed form of one uint8 image, (height, width) or (height, width, channels): exactly what a
+    lossless file of the same pixels gives, channels included (grey arrays become RGB unless the spec decodes)."""
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-      raise ValueError(f"Images must be uint8 arrays of shape (H, W) or (H, W, C), got {image.dtype} {image.shape}.")
-    return self._from_pixels(tf.constant(image if image.ndim == 3 else image[..., None])).numpy()
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4)):
+      raise ValueError(
+        f"Images must be uint8 arrays of shape (H, W) or (H, W, C) with 1 to 4 channels, got {image.dtype} "
+        f"{image.shape}."
+      )
+    image = image if image.ndim == 3 else image[..., None]
+    if self._from_bytes is not None:
+      # The spec's own decoding op sets the channels of a file; a PNG is that file, losslessly.
+      return self._from_bytes(tf.io.encode_png(image)).numpy()
+    return self._from_pixels(tf.constant(decoded_channels(image))).numpy()
 
   def normalize(self, images: jax.Array) -> jax.Array:
     """The spec's final `value_range` or `normalize` in JAX (float32 out), the same arithmetic as the TF op."""
