@@ -16,6 +16,7 @@ benchmarks/RESULTS.md. Smoke run: append `,runlocal`.
 """
 
 from configs import common
+from vitjax.errors import ConfigError
 
 SHIFTS = ("inverted", "rotated", "noised", "colour")
 OBJECTIVES = ("source_only", "dann", "rotation", "simclr", "mae")
@@ -27,7 +28,7 @@ def get_config(arg: str | None = None):
   rest, local = common.split_runlocal(arg)
   options = rest.split(",") if rest else []
   if len(options) != 2 or options[0] not in SHIFTS or options[1] not in OBJECTIVES:
-    raise ValueError(
+    raise ConfigError(
       f"Bad argument {rest!r} for adapt_digits: give SHIFT,OBJECTIVE with SHIFT one of {', '.join(SHIFTS)} and "
       f"OBJECTIVE one of {', '.join(OBJECTIVES)} (e.g. inverted,dann)."
     )

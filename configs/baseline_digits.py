@@ -26,13 +26,14 @@ quickstart's smoke run with `--mode=train`):
 """
 
 from configs import common, quickstart
+from vitjax.errors import ConfigError
 
 
 def get_config(arg: str | None = None):
   """The quickstart run with every baseline asked for, or with `runlocal` its smoke run."""
   rest, local = common.split_runlocal(arg)
   if rest:
-    raise ValueError(f"Unknown argument {rest!r} for baseline_digits; choose one of: {common.RUNLOCAL} (or none).")
+    raise ConfigError(f"Unknown argument {rest!r} for baseline_digits; choose one of: {common.RUNLOCAL} (or none).")
   config = quickstart.get_config()
   config.name = "baseline_digits"
   baseline = config.baseline

@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from configs import common
+from vitjax.errors import ConfigError
 
 STRATEGIES = ("full", "feature_extraction", "freeze{k}", "layer_decay{d}")
 # What runlocal changes on top of common.runlocal: images shrunk to a 32-pixel crop.
@@ -45,7 +46,7 @@ def apply(config: ml_collections.ConfigDict, strategy: str, *, stem: str, block:
   if match := re.fullmatch(r"layer_decay(0?\.\d+|1(\.0*)?)", strategy):
     config.optimizer.layerwise_decay = float(match[1])
     return
-  raise ValueError(
+  raise ConfigError(
     f"Unknown fine-tuning strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)} "
     f"(e.g. freeze6, layer_decay0.75), optionally followed by ,{common.RUNLOCAL}."
   )
@@ -57,7 +58,7 @@ def parse_arg(arg: str | None, presets: Mapping[str, Any], *, model: str) -> tup
   rest, local = common.split_runlocal(arg)
   dataset, _, strategy = (rest or "cifar10").partition(",")
   if dataset not in presets:
-    raise ValueError(
+    raise ConfigError(
       f"Unknown preset {dataset!r} for {model}; choose one of: {', '.join(presets)} "
       f"(then optionally a strategy and {common.RUNLOCAL})."
     )

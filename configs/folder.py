@@ -22,6 +22,7 @@ import statistics
 from PIL import Image
 
 from configs import common
+from vitjax.errors import ConfigError
 
 EVAL_SPLITS = ("test", "val", "validation", "valid")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -37,7 +38,7 @@ def get_config(arg: str | None = None):
   """The run for the image folder named by the argument (``ROOT`` or ``ROOT,runlocal``)."""
   root, local = common.split_runlocal(arg)
   if not root:
-    raise ValueError("configs/folder.py needs the image folder: --config=configs/folder.py:/path/to/images")
+    raise ConfigError("configs/folder.py needs the image folder: --config=configs/folder.py:/path/to/images")
   root = os.path.abspath(os.path.expanduser(root))
   folder, train_split, eval_split, class_dirs = _layout(root)
   probed = [_image_info(path) for path in _probe_files(class_dirs)]
@@ -96,7 +97,7 @@ def _sgd(config, *, learning_rate: float, weight_decay: float, warmup_steps: int
 def _layout(root: str) -> tuple[str, str, str, list[str]]:
   """(data.folder, train split, eval split, the training class folders) for either folder layout."""
   if not os.path.isdir(root):
-    raise ValueError(f"configs/folder.py: {root!r} is not a folder.")
+    raise ConfigError(f"configs/folder.py: {root!r} is not a folder.")
   if os.path.isdir(os.path.join(root, "train")):
     train_dir = os.path.join(root, "train")
     held_out = [name for name in EVAL_SPLITS if os.path.isdir(os.path.join(root, name))]
@@ -111,7 +112,7 @@ def _class_dirs(split_dir: str) -> list[str]:
   dirs = [os.path.join(split_dir, e) for e in sorted(os.listdir(split_dir)) if not e.startswith(".")]
   dirs = [d for d in dirs if os.path.isdir(d) and _images(d)]
   if len(dirs) < 2:
-    raise ValueError(
+    raise ConfigError(
       f"configs/folder.py: {split_dir!r} needs one subfolder of images per class (at least two classes), "
       "as <root>/<class>/<image> or <root>/train/<class>/<image>."
     )
@@ -136,4 +137,4 @@ def _image_info(path: str) -> tuple[tuple[int, int], bool]:
     with Image.open(path) as image:
       return (image.height, image.width), image.mode not in GREY_MODES
   except OSError as e:
-    raise ValueError(f"configs/folder.py: cannot read image {path!r} ({e}).") from None
+    raise ConfigError(f"configs/folder.py: cannot read image {path!r} ({e}).") from None

@@ -11,13 +11,14 @@ Smoke run of the same code path in under a minute (20 steps, the first 64 test d
 """
 
 from configs import common
+from vitjax.errors import ConfigError
 
 
 def get_config(arg: str | None = None):
   """The quickstart run, or with `runlocal` its smoke run."""
   rest, local = common.split_runlocal(arg)
   if rest:
-    raise ValueError(f"Unknown argument {rest!r} for quickstart; choose one of: {common.RUNLOCAL} (or none).")
+    raise ConfigError(f"Unknown argument {rest!r} for quickstart; choose one of: {common.RUNLOCAL} (or none).")
   config = common.get_base_config()
   config.name = "quickstart"
   config.model.name = "vit_micro16"

@@ -11,6 +11,7 @@ Compare with the quickstart run's `--mode=robustness` (benchmarks/RESULTS.md has
 """
 
 from configs import common, quickstart
+from vitjax.errors import ConfigError
 
 OBJECTIVES = ("pgd_at", "trades", "fast_fgsm")
 
@@ -21,7 +22,7 @@ def get_config(arg: str | None = None):
   objective = rest or "pgd_at"
   if objective not in OBJECTIVES:
     choices = ", ".join(OBJECTIVES)
-    raise ValueError(
+    raise ConfigError(
       f"Unknown argument {rest!r} for robust_digits; choose one of: {choices} (and/or {common.RUNLOCAL})."
     )
   config = quickstart.get_config()

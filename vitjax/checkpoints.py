@@ -17,6 +17,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from vitjax.errors import ConfigError
+
 CONFIG_FILE, CLASS_NAMES_FILE = "config.json", "class_names.json"
 
 
@@ -76,7 +78,7 @@ class Run:
     """`model.apply` variables: the parameters (or their moving average) and BatchNorm statistics if any."""
     params = self.ema_params if ema else self.params
     if params is None:
-      raise ValueError("This run kept no moving average of its parameters (config.ema_decay was 0).")
+      raise ConfigError("This run kept no moving average of its parameters (config.ema_decay was 0).")
     return {"params": params, "batch_stats": self.batch_stats} if self.batch_stats else {"params": params}
 
 
@@ -86,7 +88,7 @@ def load_run(workdir: str, *, step: int | None = None) -> Run:
   tree, meta = read_orbax(path)
   for name in (CONFIG_FILE, CLASS_NAMES_FILE):
     if not os.path.exists(os.path.join(workdir, name)):
-      raise ValueError(f"{workdir!r} has no {name}: is it the workdir of a training run?")
+      raise ConfigError(f"{workdir!r} has no {name}: is it the workdir of a training run?")
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     config = ml_collections.ConfigDict(json.load(f))
   with open(os.path.join(workdir, CLASS_NAMES_FILE)) as f:
@@ -127,9 +129,9 @@ def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
   """The pytree folder to read under `path`, and the run metadata next to it."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
-    raise ValueError(f"No Orbax checkpoint folder at {path!r}.")
+    raise ConfigError(f"No Orbax checkpoint folder at {path!r}.")
   if not os.path.isdir(os.path.join(path, "checkpoints")) and os.path.exists(os.path.join(path, CONFIG_FILE)):
-    raise ValueError(f"{path!r} holds no checkpoint yet: train first with --mode=train.")
+    raise ConfigError(f"{path!r} holds no checkpoint yet: train first with --mode=train.")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
   steps = [int(name) for name in os.listdir(path) if name.isdigit() and os.path.isdir(os.path.join(path, name))]
@@ -137,7 +139,7 @@ def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
     path = os.path.join(path, str(max(steps)))
   if not os.path.isdir(os.path.join(path, "state")):
     if not os.path.exists(os.path.join(path, "_METADATA")):
-      raise ValueError(
+      raise ConfigError(
         f"No checkpoint in {path!r}: expected a workdir with checkpoints, one step folder of "
         f"it, or a saved pytree (train first with --mode=train)."
       )

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vitjax.errors import ConfigError
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -45,7 +47,7 @@ LOSSES = {"softmax_xent": softmax_cross_entropy, "sigmoid_xent": sigmoid_cross_e
 def get(name: str):
   """The per-example loss function called ``name``."""
   if name not in LOSSES:
-    raise ValueError(f"Unknown loss {name!r}; choose one of: {', '.join(LOSSES)}.")
+    raise ConfigError(f"Unknown loss {name!r}; choose one of: {', '.join(LOSSES)}.")
   return LOSSES[name]
 
 
@@ -90,7 +92,7 @@ def distillation(
   DeiT's hard distillation is kind='hard', alpha=0.5; Hinton's soft targets are kind='soft' with T of 1-4.
   """
   if kind not in DISTILLATION_KINDS:
-    raise ValueError(f"Unknown distillation kind {kind!r}; choose one of: {', '.join(DISTILLATION_KINDS)}.")
+    raise ConfigError(f"Unknown distillation kind {kind!r}; choose one of: {', '.join(DISTILLATION_KINDS)}.")
   if kind == "soft":
     distill = soft_distillation(student_logits, teacher_logits, temperature=temperature)
   else:

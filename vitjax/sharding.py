@@ -20,6 +20,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vitjax.errors import ConfigError
+
 DATA_AXIS, FSDP_AXIS = "data", "fsdp"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 PMAP_AXIS = "batch"
@@ -30,7 +32,7 @@ def make_mesh(*, fsdp: int = 1, devices: list[jax.Device] | None = None) -> Mesh
   devices = jax.devices() if devices is None else devices
   fsdp = len(devices) if fsdp == -1 else fsdp
   if fsdp < 1 or len(devices) % fsdp:
-    raise ValueError(f"config.mesh.fsdp={fsdp} must divide the device count {len(devices)} (or be -1 for all).")
+    raise ConfigError(f"config.mesh.fsdp={fsdp} must divide the device count {len(devices)} (or be -1 for all).")
   return Mesh(np.asarray(devices).reshape(len(devices) // fsdp, fsdp), BATCH_AXES)
 
 
@@ -64,12 +66,12 @@ def check_batch_size(batch_size: int, *, name: str = "batch_size") -> None:
   """Fails early, naming the fix, when a global batch cannot be split evenly over devices and processes."""
   devices, processes = jax.device_count(), jax.process_count()
   if batch_size <= 0 or batch_size % devices:
-    raise ValueError(
+    raise ConfigError(
       f"config.{name}={batch_size} must be a positive multiple of the device count {devices}; "
       f"use e.g. {max(1, round(batch_size / devices)) * devices}."
     )
   if batch_size % processes:
-    raise ValueError(f"config.{name}={batch_size} must divide by the process count {processes}.")
+    raise ConfigError(f"config.{name}={batch_size} must divide by the process count {processes}.")
 
 
 def first_process_first(fn: Callable[[], Any]) -> None:
@@ -86,11 +88,11 @@ def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh:
   """The run's mesh, after checking that `config.parallelism` exists and that both batch sizes (and the
   accumulation microbatches) divide evenly over devices and processes."""
   if config.parallelism not in PARALLELISM:
-    raise ValueError(f"Unknown parallelism {config.parallelism!r}; choose one of: {', '.join(PARALLELISM)}.")
+    raise ConfigError(f"Unknown parallelism {config.parallelism!r}; choose one of: {', '.join(PARALLELISM)}.")
   check_batch_size(config.batch_size)
   check_batch_size(config.eval_batch_size, name="eval_batch_size")
   if config.accum_steps < 1 or config.batch_size % (jax.device_count() * config.accum_steps):
-    raise ValueError(
+    raise ConfigError(
       f"config.batch_size={config.batch_size} must split into config.accum_steps={config.accum_steps} "
       f"microbatches that each divide over {jax.device_count()} devices."
     )
@@ -192,7 +194,7 @@ class Pmap(Jit):
   def __init__(self, mesh: Mesh, abstract_state: Any):
     super().__init__(mesh, abstract_state)
     if mesh.shape[FSDP_AXIS] != 1:
-      raise ValueError("config.parallelism='pmap' keeps full replicas: use config.mesh.fsdp=1, or 'jit' for fsdp.")
+      raise ConfigError("config.parallelism='pmap' keeps full replicas: use config.mesh.fsdp=1, or 'jit' for fsdp.")
     self.local_devices = jax.local_devices()
     self.local_mesh = Mesh(np.asarray(self.local_devices), (PMAP_AXIS,))
     self.programs = jax.device_count()  # One per device, each lowered for its own share of the batch.
@@ -238,5 +240,5 @@ PARALLELISM = {"jit": Jit, "pmap": Pmap}
 
 def create(parallelism: str, mesh: Mesh, abstract_state: Any) -> Jit:
   if parallelism not in PARALLELISM:
-    raise ValueError(f"Unknown parallelism {parallelism!r}; choose one of: {', '.join(PARALLELISM)}.")
+    raise ConfigError(f"Unknown parallelism {parallelism!r}; choose one of: {', '.join(PARALLELISM)}.")
   return PARALLELISM[parallelism](mesh, abstract_state)

@@ -30,6 +30,7 @@ from sklearn import pipeline
 
 from vitjax import data, losses
 from vitjax.classical import classifiers, features, images, model
+from vitjax.errors import ConfigError
 from vitjax.evaluate import report
 
 SUMMARY_FILE = "baseline.json"
@@ -51,14 +52,14 @@ class Pair:
 def check(options: ml_collections.ConfigDict, seed: int) -> None:
   """Fails on a bad `config.baseline` before any data is read, naming the choices."""
   if not options.features or not options.classifiers:
-    raise ValueError("config.baseline.features and config.baseline.classifiers each need at least one entry.")
+    raise ConfigError("config.baseline.features and config.baseline.classifiers each need at least one entry.")
   for spec in options.features:
     features.from_config(spec, options, seed=seed)
   for name in options.classifiers:
     classifiers.check(name)
   for key in ("image_size", "max_train_examples", "batch_size", "cv_folds"):
     if options[key] < (2 if key == "cv_folds" else 1):
-      raise ValueError(f"config.baseline.{key} must be positive (cv_folds at least 2), got {options[key]}.")
+      raise ConfigError(f"config.baseline.{key} must be positive (cv_folds at least 2), got {options[key]}.")
 
 
 def run_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   options = config.baseline
   source = data.from_config(config.data)
   if source.multilabel:
-    raise ValueError(f"--mode=baseline fits single-label classifiers; {source.name!r} is multi-label.")
+    raise ConfigError(f"--mode=baseline fits single-label classifiers; {source.name!r} is multi-label.")
   data.prepare(source)
   class_names = data.class_names(source)
   deep = deep_model(workdir, config.data.eval_split)
@@ -174,7 +175,7 @@ def score_pairs(pairs: list[Pair], batches, *, num_classes: int) -> tuple[list[n
         logits[index].append(classifiers.scores(pairs[index].fitted[1:], batch_features, num_classes=num_classes))
         pairs[index].predict_seconds += feature_seconds + time.perf_counter() - start
   if not labels:
-    raise ValueError("The evaluation split has no readable examples.")
+    raise ConfigError("The evaluation split has no readable examples.")
   return [np.concatenate(pair_logits) for pair_logits in logits], np.concatenate(labels)
 
 

@@ -5,6 +5,8 @@ import ml_collections
 import numpy as np
 from sklearn import ensemble, linear_model, model_selection, naive_bayes, neighbors, pipeline, preprocessing, svm
 
+from vitjax.errors import ConfigError
+
 # Both SVMs are libsvm's (one-vs-one, kernel cache): on correlated features such as upscaled pixels a linear
 # kernel there converges in a second where liblinear's LinearSVC takes minutes.
 CLASSIFIERS: dict[str, type] = {
@@ -22,7 +24,7 @@ _PROBABILITY_FLOOR = 1e-12  # log(0) would make the report's loss infinite.
 
 def check(name: str) -> None:
   if name not in CLASSIFIERS:
-    raise ValueError(f"Unknown config.baseline.classifiers entry {name!r}; choose one of: {', '.join(CLASSIFIERS)}.")
+    raise ConfigError(f"Unknown config.baseline.classifiers entry {name!r}; choose one of: {', '.join(CLASSIFIERS)}.")
 
 
 def from_config(name: str, options: ml_collections.ConfigDict, *, seed: int) -> pipeline.Pipeline:

@@ -14,6 +14,8 @@ from skimage import color, feature, filters
 from sklearn import base, cluster, pipeline
 from sklearn.feature_extraction import text
 
+from vitjax.errors import ConfigError
+
 
 def gray(images: np.ndarray) -> np.ndarray:
   """Luminance in [0, 1], (N, H, W) float, of uint8 images (ITU-R 601 weights for colour, as scikit-image)."""
@@ -208,7 +210,7 @@ class SiftBow(base.TransformerMixin, base.BaseEstimator):
       sampled.append(found[rng.permutation(len(found))[:per_image]])
     sampled = np.concatenate(sampled)
     if len(sampled) < self.vocabulary_size:
-      raise ValueError(
+      raise ConfigError(
         f"sift_bow found {len(sampled)} descriptors in the training images, fewer than vocabulary_size="
         f"{self.vocabulary_size}: use mode='dense', a smaller step or a larger image_size."
       )
@@ -253,7 +255,7 @@ def names(spec: str) -> list[str]:
   parts = [part.strip() for part in spec.split("+")]
   for part in parts:
     if part not in FEATURES:
-      raise ValueError(
+      raise ConfigError(
         f"Unknown feature {part!r} in config.baseline.features entry {spec!r}; choose one of: "
         f"{', '.join(FEATURES)}, or several joined with '+' (e.g. 'hog+lbp')."
       )
@@ -268,7 +270,7 @@ def from_config(spec: str, options: ml_collections.ConfigDict, *, seed: int) -> 
     kwargs = options[name].to_dict()
     for (feature_name, key), choices in _CHOICES.items():
       if feature_name == name and kwargs[key] not in choices:
-        raise ValueError(f"Unknown config.baseline.{name}.{key}={kwargs[key]!r}; choose one of: {', '.join(choices)}.")
+        raise ConfigError(f"Unknown config.baseline.{name}.{key}={kwargs[key]!r}; choose one of: {', '.join(choices)}.")
     constructor: Callable = FEATURES[name]
     parts.append((name, constructor(**kwargs, seed=seed) if name == "sift_bow" else constructor(**kwargs)))
   return parts[0][1] if len(parts) == 1 else pipeline.FeatureUnion(parts)

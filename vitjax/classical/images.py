@@ -17,6 +17,7 @@ from skimage import transform
 
 from vitjax import data
 from vitjax.data import preprocess
+from vitjax.errors import ConfigError
 
 
 def to_uint8(images: np.ndarray, pp_eval: str, size: int) -> np.ndarray:
@@ -72,7 +73,7 @@ def stratified_sample(
       keep = np.sort(np.argpartition(held, 2 * cap)[: 2 * cap])
       images, labels, keys = [np.concatenate(images)[keep]], [np.concatenate(labels)[keep]], [held[keep]]
   if not seen:
-    raise ValueError("The training split has no readable examples.")
+    raise ConfigError("The training split has no readable examples.")
   images, labels, keys = np.concatenate(images), np.concatenate(labels), np.concatenate(keys)
   if seen <= cap:
     return images, labels, seen

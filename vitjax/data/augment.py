@@ -17,6 +17,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from vitjax.data.preprocess import Op, image_op, register
+from vitjax.errors import ConfigError
 
 MAX_LEVEL = 10.0
 FILL = 128  # Grey, for pixels that geometric ops move in from outside the image.
@@ -250,7 +251,7 @@ AUTOAUGMENT_OPS: dict[str, Augmentation] = {
 
 def _check_uint8_rgb(image: tf.Tensor, name: str) -> None:
   if image.dtype != tf.uint8 or image.shape.rank != 3 or image.shape[-1] != 3:
-    raise ValueError(
+    raise ConfigError(
       f"{name} works on uint8 RGB images of shape [h, w, 3], got {image.dtype.name} "
       f"{image.shape}; place it before value_range/normalize and after to_rgb."
     )
@@ -304,7 +305,7 @@ def autoaugment(image: tf.Tensor, seed: tf.Tensor, policy=IMAGENET_POLICY) -> tf
 def randaugment_op(num_layers: int = 2, magnitude: float = 10.0) -> Op:
   """RandAugment(N, M) on uint8 RGB images, as the ``randaugment`` preprocessing op."""
   if num_layers < 0 or magnitude < 0:
-    raise ValueError(f"num_layers ({num_layers}) and magnitude ({magnitude}) must be non-negative")
+    raise ConfigError(f"num_layers ({num_layers}) and magnitude ({magnitude}) must be non-negative")
   return image_op(lambda image, seed: randaugment(image, seed, num_layers, magnitude))
 
 
@@ -312,5 +313,5 @@ def randaugment_op(num_layers: int = 2, magnitude: float = 10.0) -> Op:
 def autoaugment_op(policy: str = "imagenet") -> Op:
   """AutoAugment with the paper's ImageNet policy on uint8 RGB images, as the ``autoaugment`` preprocessing op."""
   if policy != "imagenet":
-    raise ValueError(f"Unknown AutoAugment policy {policy!r}; the available one is 'imagenet'")
+    raise ConfigError(f"Unknown AutoAugment policy {policy!r}; the available one is 'imagenet'")
   return image_op(lambda image, seed: autoaugment(image, seed, IMAGENET_POLICY))

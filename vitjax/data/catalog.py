@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from vitjax.data import digits, folders, mixing, preprocess, shifts
 from vitjax.data.source import Source
 from vitjax.data.tfds_source import TfdsSource
+from vitjax.errors import ConfigError
 
 EMBEDDED = {
   "vitjax_digits": digits.VitjaxDigits,
@@ -28,7 +29,7 @@ def from_config(config: ml_collections.ConfigDict) -> Source:
     try:
       preprocess.parse(config[key])
     except ValueError as e:
-      raise ValueError(f"config.data.{key}={config[key]!r}: {e}") from None
+      raise ConfigError(f"config.data.{key}={config[key]!r}: {e}") from None
   if config.dataset in FOLDERS:
     return FOLDERS[config.dataset](
       config.folder,
@@ -55,7 +56,7 @@ def target_from_config(config: ml_collections.ConfigDict) -> Source | None:
     try:
       preprocess.parse(config[key])
     except ValueError as e:
-      raise ValueError(f"config.data.{key}={config[key]!r}: {e}") from None
+      raise ConfigError(f"config.data.{key}={config[key]!r}: {e}") from None
   if config.target in FOLDERS:
     return FOLDERS[config.target](
       config.target_folder,
@@ -82,7 +83,7 @@ def builder_by_name(
     try:
       builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-      raise ValueError(
+      raise ConfigError(
         f"Unknown dataset {name!r}; choose an embedded one ({', '.join(EMBEDDED)}), a folder of images "
         f"({', '.join(FOLDERS)}, with config.data.folder) or any TFDS name (see tfds.list_builders(), e.g. "
         f"cifar10, imagenet2012)."

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from vitjax.data.geometric import inception_args, inception_box, resize_image
 from vitjax.data.preprocess import Op, image_op, pair, register
+from vitjax.errors import ConfigError
 
 
 def rgb(image: tf.Tensor) -> tf.Tensor:
@@ -21,7 +22,7 @@ def decode(channels: int = 3) -> Op:
   """Decodes an encoded JPEG/PNG/GIF/BMP string to uint8 with ``channels`` (1 or 3) channels; already decoded
   images (a cached dataset) get the same channels."""
   if channels not in (1, 3):
-    raise ValueError(f"channels={channels} must be 1 or 3.")
+    raise ConfigError(f"channels={channels} must be 1 or 3.")
 
   def fn(image, seed):
     if image.dtype == tf.string:

@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vitjax.data.source import UNREADABLE, Share, Source, even_bounds, resolve_classes, split_names
+from vitjax.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Consecutive unreadable files a training slot may pass over before the pipeline gives up.
@@ -58,7 +59,7 @@ class _FolderSourceBase(Source):
     strict: bool = False,
   ):
     if not root:
-      raise ValueError(f"config.data.folder must name the root folder of the {self.name!r} dataset.")
+      raise ConfigError(f"config.data.folder must name the root folder of the {self.name!r} dataset.")
     self.root, self.train_split, self.strict = root, train_split, strict
     self._splits_to_check = [train_split, *splits]
     self._classes = classes
@@ -77,7 +78,7 @@ class _FolderSourceBase(Source):
     used = set(label_names) if not self.multilabel else {n for names in label_names for n in names}
     unknown = sorted(used - set(self._all_names))
     if unknown:
-      raise ValueError(
+      raise ConfigError(
         f"Split {name!r} of {self.root!r} has classes {unknown[:20]} that the training split "
         f"{self.train_split!r} lacks; the training split defines the classes."
       )
@@ -109,7 +110,7 @@ class _FolderSourceBase(Source):
 
   def prepare(self) -> None:
     if not tf.io.gfile.isdir(self.root):
-      raise ValueError(f"config.data.folder={self.root!r} is not a folder.")
+      raise ConfigError(f"config.data.folder={self.root!r} is not a folder.")
     for split in self._splits_to_check:
       self.num_examples(split)
 
@@ -127,14 +128,14 @@ class _FolderSourceBase(Source):
         {name: types.SimpleNamespace(num_examples=len(files.paths)) for name, files in ordered.items()}
       )
     except (ValueError, AssertionError) as e:
-      raise ValueError(f"Bad split {split!r} for {self.root!r}: {e}") from None
+      raise ConfigError(f"Bad split {split!r} for {self.root!r}: {e}") from None
     paths, labels = [], []
     for instruction in instructions:
       files = ordered[instruction.splitname]
       paths += files.paths[instruction.from_ : instruction.to]
       labels += files.labels[instruction.from_ : instruction.to]
     if not paths:
-      raise ValueError(f"Split {split!r} of {self.root!r} selects no images.")
+      raise ConfigError(f"Split {split!r} of {self.root!r} selects no images.")
     self._resolved[split] = _Files(paths, labels)
     return self._resolved[split]
 
@@ -212,23 +213,23 @@ class FolderSource(_FolderSourceBase):
     split_dir = os.path.join(self.root, name)
     if not tf.io.gfile.isdir(split_dir):
       found = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(self.root)) if tf.io.gfile.isdir(self.root) else []
-      raise ValueError(f"No folder {split_dir!r} for split {name!r} (found in {self.root!r}: {found}).")
+      raise ConfigError(f"No folder {split_dir!r} for split {name!r} (found in {self.root!r}: {found}).")
     entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(split_dir))
     class_dirs = [e for e in entries if not e.startswith(".") and tf.io.gfile.isdir(os.path.join(split_dir, e))]
     loose = [e for e in entries if _is_image(e)]
     if loose:
-      raise ValueError(
+      raise ConfigError(
         f"{split_dir!r} holds images directly ({loose[0]!r}, ...); put them in one subfolder per "
         f"class: {split_dir}/<class>/<image>."
       )
     if not class_dirs:
-      raise ValueError(f"Split {name!r} has no images: {split_dir!r} has no class subfolders.")
+      raise ConfigError(f"Split {name!r} has no images: {split_dir!r} has no class subfolders.")
     paths, labels = [], []
     for class_name in class_dirs:
       class_dir = os.path.join(split_dir, class_name)
       images = sorted(e for e in tf.io.gfile.listdir(class_dir) if _is_image(e))
       if not images:
-        raise ValueError(
+        raise ConfigError(
           f"Class folder {class_dir!r} has no images ({', '.join(IMAGE_EXTENSIONS)}; subfolders "
           f"are not searched). Remove it or add its images."
         )
@@ -248,7 +249,7 @@ class CsvFolderSource(_FolderSourceBase):
   def _scan(self, name: str) -> tuple[list[str], list[tuple[str, ...]]]:
     csv_path, image_dir = os.path.join(self.root, f"{name}.csv"), os.path.join(self.root, name)
     if not tf.io.gfile.exists(csv_path):
-      raise ValueError(f"Multi-label split {name!r} needs {csv_path!r} with rows 'filename,label1;label2'.")
+      raise ConfigError(f"Multi-label split {name!r} needs {csv_path!r} with rows 'filename,label1;label2'.")
     available = set()
     for directory, _, filenames in tf.io.gfile.walk(image_dir):
       available |= {os.path.relpath(os.path.join(directory, f), image_dir) for f in filenames}
@@ -260,16 +261,16 @@ class CsvFolderSource(_FolderSourceBase):
         if line == 1 and row[0].strip().lower() == "filename":
           continue
         if len(row) != 2:
-          raise ValueError(f"{csv_path}, line {line}: expected 'filename,label1;label2', got {row}.")
+          raise ConfigError(f"{csv_path}, line {line}: expected 'filename,label1;label2', got {row}.")
         filename = row[0].strip()
         if filename not in available:
-          raise ValueError(f"{csv_path}, line {line}: {filename!r} is not a file in {image_dir!r}.")
+          raise ConfigError(f"{csv_path}, line {line}: {filename!r} is not a file in {image_dir!r}.")
         rows.append((line, filename, tuple(sorted({t.strip() for t in row[1].split(";") if t.strip()}))))
     if not rows:
-      raise ValueError(f"Split {name!r} has no images: {csv_path!r} has no rows.")
+      raise ConfigError(f"Split {name!r} has no images: {csv_path!r} has no rows.")
     seen = {}
     for line, filename, _ in rows:
       if filename in seen:
-        raise ValueError(f"{csv_path}, line {line}: {filename!r} already appears on line {seen[filename]}.")
+        raise ConfigError(f"{csv_path}, line {line}: {filename!r} already appears on line {seen[filename]}.")
       seen[filename] = line
     return [os.path.join(image_dir, filename) for _, filename, _ in rows], [tags for _, _, tags in rows]

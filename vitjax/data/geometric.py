@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from vitjax.data import augment
 from vitjax.data.preprocess import Op, check_range, image_op, pair, register, to_dtype
+from vitjax.errors import ConfigError
 
 
 def resize_image(image: tf.Tensor, size, method: str, antialias: bool) -> tf.Tensor:
@@ -130,7 +131,7 @@ def rotate(max_degrees: float = 10.0, fill: float = 0.0, method: str = "bilinear
   """Rotates by an angle drawn uniformly from [-max_degrees, max_degrees]; uncovered corners get ``fill``."""
   interpolation = {"bilinear": "BILINEAR", "nearest": "NEAREST"}.get(method)
   if interpolation is None:
-    raise ValueError(f"method must be 'bilinear' or 'nearest', got {method!r}")
+    raise ConfigError(f"method must be 'bilinear' or 'nearest', got {method!r}")
 
   def fn(image, seed):
     degrees = tf.random.stateless_uniform([], seed, -max_degrees, max_degrees)

@@ -12,6 +12,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from vitjax.errors import ConfigError
+
 Batch = dict[str, tf.Tensor]
 
 
@@ -28,10 +30,10 @@ class Mixing:
   def __post_init__(self):
     for name in ("mixup_alpha", "cutmix_alpha"):
       if getattr(self, name) < 0:
-        raise ValueError(f"config.data.mixup.{name}={getattr(self, name)} must be >= 0 (0 disables it).")
+        raise ConfigError(f"config.data.mixup.{name}={getattr(self, name)} must be >= 0 (0 disables it).")
     for name in ("switch_prob", "prob"):
       if not 0 <= getattr(self, name) <= 1:
-        raise ValueError(f"config.data.mixup.{name}={getattr(self, name)} must lie in [0, 1].")
+        raise ConfigError(f"config.data.mixup.{name}={getattr(self, name)} must lie in [0, 1].")
 
   @property
   def enabled(self) -> bool:
@@ -47,7 +49,7 @@ def from_config(config: Any) -> Mixing:
   known = {f.name for f in dataclasses.fields(Mixing)}
   unknown = sorted(set(values) - known)
   if unknown:
-    raise ValueError(f"Unknown config.data.mixup keys {unknown}; choose from {sorted(known)}.")
+    raise ConfigError(f"Unknown config.data.mixup keys {unknown}; choose from {sorted(known)}.")
   return Mixing(**values)
 
 

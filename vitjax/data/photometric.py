@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from vitjax.data.preprocess import Op, calls, check_range, image_op, register, to_dtype
+from vitjax.errors import ConfigError
 
 
 @register("color_jitter")
@@ -51,7 +52,7 @@ def random_erasing(
   check_range("area", area_min, area_max, highest=1.0)
   check_range("ratio", ratio_min, ratio_max, lowest=1e-6)
   if isinstance(value, str) and value != "random":
-    raise ValueError(f"value must be a number or 'random', got {value!r}")
+    raise ConfigError(f"value must be a number or 'random', got {value!r}")
 
   def fn(image, seed):
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 6))

@@ -30,6 +30,7 @@ from absl import logging
 from vitjax.data import mixing, preprocess
 from vitjax.data.source import UNREADABLE, Source, UnreadableImageError
 from vitjax.data.tfds_source import TfdsSource
+from vitjax.errors import ConfigError
 
 _MAX_EPOCHS = 2**62
 _LOG_FIRST_SKIPS, _LOG_SKIPS_EVERY = 10, 100
@@ -97,7 +98,7 @@ def train_dataset(
     config.train_split, index=process_index, count=process_count, drop_remainder=True, cache=config.cache
   )
   if share.size == 0:
-    raise ValueError(
+    raise ConfigError(
       f"Training split {config.train_split!r} of {source.name!r} has no examples for process "
       f"{process_index} of {process_count}."
     )
@@ -178,7 +179,7 @@ def eval_dataset(
   source = _source(builder)
   total = eval_batches(source, split, batch_size=batch_size, process_count=process_count) * batch_size
   if total == 0:
-    raise ValueError(f"Evaluation split {split!r} of {source.name!r} has no examples.")
+    raise ConfigError(f"Evaluation split {split!r} of {source.name!r} has no examples.")
   share = source.share(split, index=process_index, count=process_count, drop_remainder=False, cache=config.cache)
   transform = preprocess.parse(config.pp_eval)
   classes = source.num_classes()
@@ -194,7 +195,7 @@ def eval_dataset(
   )
   ds = pairs.map(process, num_parallel_calls=tf.data.AUTOTUNE)
   if not ds.element_spec["image"].shape.is_fully_defined():
-    raise ValueError(
+    raise ConfigError(
       f"config.data.pp_eval={config.pp_eval!r} gives images of varying size "
       f"{ds.element_spec['image'].shape}; end it with a fixed-size op such as resize or center_crop."
     )

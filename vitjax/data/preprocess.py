@@ -22,6 +22,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from vitjax.errors import ConfigError
+
 Features = dict[str, tf.Tensor]
 Op = Callable[[Features, tf.Tensor], Features]
 
@@ -50,16 +52,16 @@ def parse_call(text: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
   try:
     node = ast.parse(text.strip(), mode="eval").body
   except SyntaxError as e:
-    raise ValueError(f"Cannot parse preprocessing op {text!r}: {e.msg}.") from None
+    raise ConfigError(f"Cannot parse preprocessing op {text!r}: {e.msg}.") from None
   if isinstance(node, ast.Name):
     return node.id, (), {}
   if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
-    raise ValueError(f"Preprocessing op {text!r} must look like name or name(args).")
+    raise ConfigError(f"Preprocessing op {text!r} must look like name or name(args).")
   try:
     args = tuple(ast.literal_eval(a) for a in node.args)
     kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
   except ValueError:
-    raise ValueError(f"Arguments of preprocessing op {text!r} must be Python literals.") from None
+    raise ConfigError(f"Arguments of preprocessing op {text!r} must be Python literals.") from None
   return node.func.id, args, kwargs
 
 
@@ -79,7 +81,7 @@ def calls(spec: str) -> list[tuple[str, dict[str, Any]]]:
   for text in op_texts(spec):
     name, args, kwargs = parse_call(text)
     if name not in _REGISTRY:
-      raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
+      raise ConfigError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
     bound = inspect.signature(_REGISTRY[name]).bind(*args, **kwargs)
     bound.apply_defaults()
     out.append((name, dict(bound.arguments)))
@@ -98,11 +100,11 @@ def parse(spec: str) -> Op:
   for text in op_texts(spec):
     name, args, kwargs = parse_call(text)
     if name not in _REGISTRY:
-      raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
+      raise ConfigError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
     try:
       ops.append(_REGISTRY[name](*args, **kwargs))
     except (TypeError, ValueError) as e:
-      raise ValueError(f"Bad arguments for preprocessing op {text!r}: {e}") from None
+      raise ConfigError(f"Bad arguments for preprocessing op {text!r}: {e}") from None
 
   def apply(features: Features, seed: tf.Tensor) -> Features:
     seeds = tf.random.experimental.stateless_split(seed, num=max(len(ops), 1))
@@ -131,7 +133,7 @@ def pair(size: int | tuple[int, int]) -> tuple[int, int]:
 def check_range(name: str, low: float, high: float, *, lowest: float = 0.0, highest: float = math.inf) -> None:
   """Rejects an op's (low, high) arguments outside [lowest, highest] or in the wrong order, at parse time."""
   if not lowest <= low <= high <= highest:
-    raise ValueError(f"{name} range ({low}, {high}) must satisfy {lowest} <= low <= high <= {highest}.")
+    raise ConfigError(f"{name} range ({low}, {high}) must satisfy {lowest} <= low <= high <= {highest}.")
 
 
 def to_dtype(image: tf.Tensor, dtype: tf.DType) -> tf.Tensor:

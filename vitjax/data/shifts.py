@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from scipy import ndimage
 
 from vitjax.data import digits
+from vitjax.errors import ConfigError
 
 SIZE = 32  # The 8x8 digits are upscaled 4x, as `resize(32, method='nearest')` does to the source.
 SEED = 20_260_101
@@ -76,7 +77,7 @@ SHIFTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
 def shift_image(name: str, image: np.ndarray, index: int) -> np.ndarray:
   """Digit ``index`` (8x8 uint8) under shift ``name``: a (32, 32, 3) uint8 image, the same on every call."""
   if name not in SHIFTS:
-    raise ValueError(f"Unknown digits shift {name!r}; choose one of: {', '.join(SHIFTS)}.")
+    raise ConfigError(f"Unknown digits shift {name!r}; choose one of: {', '.join(SHIFTS)}.")
   rng = np.random.default_rng([SEED, list(SHIFTS).index(name), index])
   return SHIFTS[name](upscale(image), rng)
 

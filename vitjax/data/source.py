@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from vitjax.errors import ConfigError
+
 # Starts the assertion message of an unreadable image file, so that the host can tell it from other errors.
 UNREADABLE = "Unreadable image file"
 
@@ -50,7 +52,7 @@ def resolve_classes(classes: Sequence[int | str] | None, names: Sequence[str]) -
   if not classes:
     return None
   if isinstance(classes, (int, str)):
-    raise ValueError(f"config.data.classes must be a tuple of label ids or names, got {classes!r}.")
+    raise ConfigError(f"config.data.classes must be a tuple of label ids or names, got {classes!r}.")
   ids = []
   for c in classes:
     if isinstance(c, str) and c in names:
@@ -58,12 +60,12 @@ def resolve_classes(classes: Sequence[int | str] | None, names: Sequence[str]) -
     elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(names):
       ids.append(int(c))
     else:
-      raise ValueError(
+      raise ConfigError(
         f"config.data.classes entry {c!r} is neither a label id in 0..{len(names) - 1} nor one of "
         f"the class names {list(names)[:20]}{'...' if len(names) > 20 else ''}."
       )
   if len(set(ids)) != len(ids):
-    raise ValueError(f"config.data.classes={tuple(classes)} names a class twice.")
+    raise ConfigError(f"config.data.classes={tuple(classes)} names a class twice.")
   return ids
 
 
@@ -81,7 +83,7 @@ def split_names(split: str) -> list[str]:
   for part in split.split("+"):
     match = re.fullmatch(r"\s*([^\[\]+\s]+)\s*(\[[^\]]*\])?\s*", part)
     if not match:
-      raise ValueError(f"Cannot parse split {split!r}; use e.g. 'train', 'train[:90%]' or 'train+val'.")
+      raise ConfigError(f"Cannot parse split {split!r}; use e.g. 'train', 'train[:90%]' or 'train+val'.")
     names.append(match.group(1))
   return names
 

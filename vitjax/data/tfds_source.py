@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vitjax.data.source import DatasetUnavailableError, Share, Source, resolve_classes
+from vitjax.errors import ConfigError
 
 # Seconds a download host has to answer one HEAD request, name lookup included.
 PROBE_TIMEOUT_S = 10.0
@@ -91,7 +92,7 @@ class TfdsSource(Source):
     features = builder.info.features
     for key, role in ((image_key, "image_key"), (label_key, "label_key")):
       if key not in features:
-        raise ValueError(
+        raise ConfigError(
           f"config.data.{role}={key!r} is not a feature of {self.name!r}; its features are: {', '.join(features)}."
         )
     label = features[label_key]
@@ -100,7 +101,7 @@ class TfdsSource(Source):
     elif isinstance(label, tfds.features.Sequence) and isinstance(label.feature, tfds.features.ClassLabel):
       self.multilabel, all_names = True, label.feature.names
     else:
-      raise ValueError(
+      raise ConfigError(
         f"config.data.label_key={label_key!r} of {self.name!r} is a {type(label).__name__}, not a "
         f"class label (ClassLabel, or a Sequence of them for multi-label data)."
       )

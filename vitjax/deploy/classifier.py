@@ -22,6 +22,7 @@ import numpy as np
 
 from vitjax import checkpoints, models, transfer
 from vitjax.deploy.inputs import Preprocessing, UnreadableFileError
+from vitjax.errors import ConfigError
 
 Image = str | os.PathLike | np.ndarray
 # The preprocessing of a public `.npz` checkpoint unless told otherwise: the ViT/BiT convention at 224 pixels.
@@ -81,9 +82,9 @@ class Classifier:
     if os.path.isdir(source):
       return cls._from_run(source, step=step, ema=ema, pp_eval=pp_eval, batch_size=batch_size)
     if not os.path.isfile(source):
-      raise ValueError(f"No run workdir or checkpoint file at {source!r}.")
+      raise ConfigError(f"No run workdir or checkpoint file at {source!r}.")
     if model is None or not class_names:
-      raise ValueError(f"Loading {source!r} needs the model's name and the class names (model=..., class_names=...).")
+      raise ConfigError(f"Loading {source!r} needs the model's name and the class names (model=..., class_names=...).")
     if isinstance(model, str):
       model = ml_collections.ConfigDict({"name": model})
     pp_eval = pp_eval or NPZ_PP_EVAL
@@ -182,7 +183,7 @@ class Classifier:
     """`function` on one batch, padded to a bucket size (a power of two up to `batch_size`) to bound recompiles."""
     shapes = {image.shape for image in images}
     if len(shapes) > 1:
-      raise ValueError(
+      raise ConfigError(
         f"pp_eval={self.preprocessing.spec!r} gives images of different sizes {sorted(shapes)}; end it with a "
         f"fixed-size op such as resize or center_crop."
       )
@@ -192,7 +193,7 @@ class Classifier:
     try:
       return np.asarray(function(self.variables, jnp.asarray(batch)))[:count]
     except flax.errors.ScopeParamShapeError as e:
-      raise ValueError(
+      raise ConfigError(
         f"pp_eval={self.preprocessing.spec!r} gives images of shape {batch.shape[1:]}, which this model's weights do "
         f"not take ({str(e).splitlines()[0]}); start pp_eval with decode(channels=1) for a one-channel model, or give "
         "the model's input size to resize."

@@ -26,6 +26,7 @@ from jax.experimental import jax2tf
 from vitjax import data
 from vitjax.deploy.classifier import Classifier
 from vitjax.deploy.formats import check
+from vitjax.errors import ConfigError
 from vitjax.models import convolution
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
@@ -53,12 +54,12 @@ def export(
   check(format, quantize)
   input_shape = _input_shape(classifier, image_size)
   if quantize == "int8" and (representative is None or not len(representative)):
-    raise ValueError("int8 quantisation needs representative images of the training data to calibrate on.")
+    raise ConfigError("int8 quantisation needs representative images of the training data to calibrate on.")
   with tempfile.TemporaryDirectory() as scratch:
     saved_model = path if format == "saved_model" else os.path.join(scratch, "saved_model")
     if format == "saved_model" and os.path.exists(path):
       if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        raise ValueError(f"{path!r} exists and is not a SavedModel: choose a new output path.")
+        raise ConfigError(f"{path!r} exists and is not a SavedModel: choose a new output path.")
       shutil.rmtree(path)  # An earlier export: replaced whole, so that no stale variable file stays.
     write_saved_model(classifier, saved_model, input_shape)
     if format == "tflite":
@@ -154,14 +155,14 @@ def representative_images(
 def _input_shape(classifier: Classifier, image_size: int | None) -> tuple[int, ...]:
   """(height, width, channels) of the exported model's input; the run's pp_eval must end with the normalisation."""
   if classifier.preprocessing.normalization is None:
-    raise ValueError(
+    raise ConfigError(
       f"Export needs a pp_eval that ends with value_range or normalize (it moves into the model), got "
       f"{classifier.preprocessing.spec!r}."
     )
   if classifier.input_shape is not None:
     return classifier.input_shape
   if not image_size:
-    raise ValueError(
+    raise ConfigError(
       f"pp_eval={classifier.preprocessing.spec!r} keeps the input size: give the model's input size (--image_size)."
     )
   channels = classifier.preprocessing.pixels(np.zeros((image_size, image_size, 3), np.uint8)).shape[-1]

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from vitjax.data import preprocess
+from vitjax.errors import ConfigError
 
 # The ops that may end a spec and move into the model function (photometric.value_range and normalize).
 NORMALIZATIONS = ("value_range", "normalize")
@@ -37,7 +38,7 @@ def find_files(pattern: str) -> list[str]:
     return sorted(found)
   matches = sorted(path for path in glob.glob(pattern, recursive=True) if os.path.isfile(path))
   if not matches:
-    raise ValueError(f"No image file, folder or glob match at {pattern!r}.")
+    raise ConfigError(f"No image file, folder or glob match at {pattern!r}.")
   return matches
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import tqdm
 
 from vitjax.deploy.classifier import Classifier
+from vitjax.errors import ConfigError
 
 # Inputs shorter than this finish before a progress bar would tell anything.
 PROGRESS_MIN_FILES = 64
@@ -34,7 +35,7 @@ def columns(top_k: int) -> list[str]:
 def write_csv(classifier: Classifier, paths: Sequence[str], output: str, *, top_k: int = 5) -> Summary:
   """Classifies every file of `paths` and writes one row per file to the CSV file `output`, in input order."""
   if top_k < 1:
-    raise ValueError(f"top_k must be at least 1, got {top_k}.")
+    raise ConfigError(f"top_k must be at least 1, got {top_k}.")
   top_k = min(top_k, len(classifier.class_names))
   predicted = 0
   disable = True if len(paths) < PROGRESS_MIN_FILES else None  # None: a bar on a terminal only.

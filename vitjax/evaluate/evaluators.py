@@ -14,6 +14,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from vitjax.errors import ConfigError
+
 # big_vision's bias feature: large, so that its weight is all but unregularised.
 BIAS_CONSTANT = 100.0
 Batch = dict[str, np.ndarray]
@@ -52,7 +54,7 @@ def select_shots(labels: np.ndarray, shots: int, *, seed: int = 0) -> np.ndarray
   for c in np.unique(labels):
     of_class = order[labels[order] == c][:shots]
     if len(of_class) < shots:
-      raise ValueError(f"Class {c} has {len(of_class)} examples, fewer than {shots} shots.")
+      raise ConfigError(f"Class {c} has {len(of_class)} examples, fewer than {shots} shots.")
     chosen.append(of_class)
   return np.sort(np.concatenate(chosen))
 

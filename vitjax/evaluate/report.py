@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from vitjax import data, losses, models, sharding, transfer
+from vitjax.errors import ConfigError
 from vitjax.evaluate import metrics, plots
 
 TTA = ("none", "flip", "five_crop", "ten_crop")
@@ -28,14 +29,14 @@ def tta_views(images: jax.Array, *, mode: str, crop_size: int = 0) -> list[jax.A
   """The views whose logits are averaged: the image; + its mirror (`flip`); the 4 corner and the center
   `crop_size` crops (`five_crop`); + their mirrors (`ten_crop`)."""
   if mode not in TTA:
-    raise ValueError(f"Unknown config.eval.tta={mode!r}; choose one of: {', '.join(TTA)}.")
+    raise ConfigError(f"Unknown config.eval.tta={mode!r}; choose one of: {', '.join(TTA)}.")
   if mode == "none":
     return [images]
   if mode == "flip":
     return [images, images[:, :, ::-1]]
   height, width = images.shape[1:3]
   if not 0 < crop_size <= min(height, width):
-    raise ValueError(
+    raise ConfigError(
       f"config.eval.tta={mode!r} needs 0 < config.eval.crop_size <= the eval image size "
       f"{height}x{width} (make pp_eval resize larger than the crop), got {crop_size}."
     )
@@ -48,9 +49,9 @@ def tta_views(images: jax.Array, *, mode: str, crop_size: int = 0) -> list[jax.A
 def check_options(options: ml_collections.ConfigDict) -> None:
   """Fails before any data is read when `config.eval` asks for an unknown or incomplete test-time augmentation."""
   if options.tta not in TTA:
-    raise ValueError(f"Unknown config.eval.tta={options.tta!r}; choose one of: {', '.join(TTA)}.")
+    raise ConfigError(f"Unknown config.eval.tta={options.tta!r}; choose one of: {', '.join(TTA)}.")
   if options.tta.endswith("_crop") and options.crop_size <= 0:
-    raise ValueError(f"config.eval.tta={options.tta!r} needs config.eval.crop_size, the model's input size.")
+    raise ConfigError(f"config.eval.tta={options.tta!r} needs config.eval.crop_size, the model's input size.")
 
 
 def make_logits_fn(model, *, tta: str = "none", crop_size: int = 0) -> Callable[[Any, jax.Array], jax.Array]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from vitjax.errors import ConfigError
 from vitjax.explain import maps
 from vitjax.explain.scorer import Scorer
 
@@ -26,7 +27,7 @@ def attention_weights(scorer: Scorer, pixels: jax.Array) -> tuple[list[jax.Array
   flat = traverse_util.flatten_dict(state.get("intermediates", {}), sep="/")
   blocks = sorted((int(m[1]), value[0]) for key, value in flat.items() if (m := _BLOCK.fullmatch(key)))
   if not blocks:
-    raise ValueError(f"Model {type(scorer.model).__name__} sows no attention weights: attention maps need a ViT.")
+    raise ConfigError(f"Model {type(scorer.model).__name__} sows no attention weights: attention maps need a ViT.")
   probe = flat.get(_PROBE)
   return [weights.astype(jnp.float32) for _, weights in blocks], None if probe is None else probe[0]
 

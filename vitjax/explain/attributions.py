@@ -10,6 +10,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from vitjax.errors import ConfigError
 from vitjax.explain.filters import gaussian_blur
 from vitjax.explain.scorer import Scorer, class_gradients
 
@@ -36,7 +37,7 @@ def baseline(image: jax.Array, kind: str, *, blur_sigma: float) -> jax.Array:
   """The reference image of integrated gradients: all black, or the image blurred by `blur_sigma` pixels (no edges
   left, the colours kept)."""
   if kind not in BASELINES:
-    raise ValueError(f"Unknown integrated-gradients baseline {kind!r}; choose one of: {', '.join(BASELINES)}.")
+    raise ConfigError(f"Unknown integrated-gradients baseline {kind!r}; choose one of: {', '.join(BASELINES)}.")
   return jnp.zeros_like(image) if kind == "black" else gaussian_blur(image, blur_sigma)
 
 

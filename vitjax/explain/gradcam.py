@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from vitjax.errors import ConfigError
 from vitjax.explain import maps
 from vitjax.explain.scorer import Scorer, logits_at_layer, module_outputs
 
@@ -26,7 +27,7 @@ def default_layer(scorer: Scorer, image_shape: tuple[int, ...]) -> str:
     return spatial[-1]
   blocks = [path for path, _ in outputs if path.startswith("Transformer/encoderblock_") and path.count("/") == 1]
   if not blocks:
-    raise ValueError("Found no feature map for Grad-CAM in this model: set config.explain.layer to a module path.")
+    raise ConfigError("Found no feature map for Grad-CAM in this model: set config.explain.layer to a module path.")
   return blocks[-1]
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vitjax.errors import ConfigError
 from vitjax.explain import attention, attributions, gradcam, lime, occlusion
 from vitjax.explain.scorer import Scorer, module_outputs
 
@@ -44,10 +45,10 @@ def check_options(options: ml_collections.ConfigDict) -> None:
   """Fails before any model runs on an unknown method or baseline, or on counts that cannot work."""
   unknown = sorted(set(options.methods) - set(METHODS))
   if unknown:
-    raise ValueError(f"Unknown config.explain.methods {unknown}; choose from: {', '.join(METHODS)}.")
+    raise ConfigError(f"Unknown config.explain.methods {unknown}; choose from: {', '.join(METHODS)}.")
   bad = sorted(set(options.integrated_gradients.baselines) - set(attributions.BASELINES))
   if bad or not options.integrated_gradients.baselines:
-    raise ValueError(
+    raise ConfigError(
       f"config.explain.integrated_gradients.baselines must name some of {', '.join(attributions.BASELINES)}, "
       f"got {tuple(options.integrated_gradients.baselines)}."
     )
@@ -60,7 +61,7 @@ def check_options(options: ml_collections.ConfigDict) -> None:
   }
   for name, value in counts.items():
     if value < 1:
-      raise ValueError(f"config.explain.{name} must be at least 1, got {value}.")
+      raise ConfigError(f"config.explain.{name} must be at least 1, got {value}.")
 
 
 def blur_sigma(options: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> float:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.errors import ConfigError
 from vitjax.explain.scorer import Scorer, map_batches
 
 
@@ -23,7 +24,7 @@ def window_masks(image_shape: tuple[int, ...], *, window: int, stride: int) -> n
   """Boolean masks [windows, H, W] of the square `window` x `window` patches, every `stride` pixels."""
   height, width = image_shape[:2]
   if not 0 < window <= min(height, width) or stride <= 0:
-    raise ValueError(
+    raise ConfigError(
       f"config.explain.occlusion needs 0 < window <= {min(height, width)} (the image side) and stride > 0, "
       f"got window={window}, stride={stride}."
     )

@@ -19,6 +19,7 @@ from absl import logging
 from vitjax import data
 from vitjax.deploy.classifier import Classifier
 from vitjax.deploy.inputs import find_files
+from vitjax.errors import ConfigError
 from vitjax.explain import faithfulness, figures, gradcam, methods, visualize
 from vitjax.explain.scorer import Scorer
 
@@ -78,7 +79,7 @@ def _chosen_images(config: ml_collections.ConfigDict, classifier: Classifier) ->
     paths = [path for pattern in options.files for path in find_files(pattern)]
     return np.stack([classifier.preprocessing.file(path) for path in paths]), paths, [None] * len(paths)
   if options.num_images < 1:
-    raise ValueError(
+    raise ConfigError(
       f"config.explain.num_images must be at least 1 (or set config.explain.files), got {options.num_images}."
     )
   data_config = config.data.copy_and_resolve_references()

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from vitjax.errors import ConfigError
+
 
 @struct.dataclass
 class Scorer:
@@ -71,7 +73,7 @@ def _interceptor(path: str, perturbation: Any, seen: list):
     if context.method_name != "__call__" or "/".join(context.module.path) != path:
       return out
     if not isinstance(out, jax.Array):
-      raise ValueError(f"Module {path!r} returns {type(out).__name__}, not an array: choose another layer.")
+      raise ConfigError(f"Module {path!r} returns {type(out).__name__}, not an array: choose another layer.")
     seen.append(out)
     return out + perturbation
 
@@ -86,7 +88,7 @@ def logits_at_layer(scorer: Scorer, pixels: jax.Array, path: str, perturbation: 
     logits = scorer.logits(pixels)
   if not seen:
     known = ", ".join(path for path, _ in module_outputs(scorer, pixels.shape[1:]) if path)
-    raise ValueError(f"The model has no module at {path!r}; choose one of: {known}.")
+    raise ConfigError(f"The model has no module at {path!r}; choose one of: {known}.")
   return logits, seen[0]
 
 

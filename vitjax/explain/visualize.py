@@ -6,6 +6,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from vitjax.errors import ConfigError
 from vitjax.explain.filters import gaussian_blur
 from vitjax.explain.scorer import Scorer, logits_at_layer
 
@@ -71,7 +72,7 @@ def targets(entries: tuple, class_names: list[str], predicted: list[int]) -> lis
     elif entry.isdigit() and int(entry) < len(class_names):
       found.append((class_names[int(entry)], None, int(entry)))
     else:
-      raise ValueError(
+      raise ConfigError(
         f"config.explain.visualize_class entry {entry!r} is no class name, class index below {len(class_names)} "
         f"or LAYER:CHANNEL."
       )

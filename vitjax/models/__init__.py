@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
+from vitjax.errors import ConfigError
 from vitjax.models import (
   alexnet,
   cifar_resnet,
@@ -118,7 +119,7 @@ def build(name: str, *, num_classes: int | None, **overrides: Any) -> nn.Module:
   valid = sorted(_options(cls))
   unknown = sorted(set(overrides) - set(valid))
   if unknown:
-    raise ValueError(
+    raise ConfigError(
       f"Unknown override(s) {', '.join(map(repr, unknown))} for model {name!r}; valid: {', '.join(valid)}"
     )
   return cls(num_classes=num_classes, **{**kwargs, **overrides})
@@ -159,4 +160,4 @@ def _resolve(name: str) -> tuple[type[nn.Module], dict[str, Any]]:
     return vit.VisionTransformer, dict(patch_size=int(match[2]), **vit.VARIANTS[match[1]])
   if name in _FIXED:
     return _FIXED[name]
-  raise ValueError(f"Unknown model {name!r}; choose one of: {', '.join(names())}")
+  raise ConfigError(f"Unknown model {name!r}; choose one of: {', '.join(names())}")

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vitjax.errors import ConfigError
 from vitjax.models import rope
 
 Array = jax.Array
@@ -39,7 +40,7 @@ class MultiHeadDotProductAttention(nn.Module):
   def __call__(self, inputs_q: Array, inputs_kv: Array, *, deterministic: bool) -> Array:
     dim = inputs_q.shape[-1]
     if dim % self.num_heads:
-      raise ValueError(f"Hidden size {dim} is not divisible by {self.num_heads} heads")
+      raise ConfigError(f"Hidden size {dim} is not divisible by {self.num_heads} heads")
     head_dim = dim // self.num_heads
     dense = lambda name: nn.DenseGeneral(  # noqa: E731
       features=(self.num_heads, head_dim),
@@ -81,7 +82,7 @@ class MultiHeadDotProductAttention(nn.Module):
   def _fused_implementation(self) -> str | None:
     """`jax.nn.dot_product_attention`'s implementation argument; an unknown name fails here."""
     if self.implementation not in IMPLEMENTATIONS:
-      raise ValueError(
+      raise ConfigError(
         f"Unknown attention implementation {self.implementation!r}; choose one of: {', '.join(IMPLEMENTATIONS)}"
       )
     return None if self.implementation == "xla" else self.implementation

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vitjax.errors import ConfigError
 from vitjax.models.layers import BatchNorm, Conv
 
 Array = jax.Array
@@ -97,7 +98,7 @@ class CifarResNet(nn.Module):
 
   def __post_init__(self) -> None:
     if self.shortcut not in SHORTCUTS:
-      raise ValueError(f"Unknown shortcut={self.shortcut!r} for a CIFAR ResNet; use one of: {', '.join(SHORTCUTS)}.")
+      raise ConfigError(f"Unknown shortcut={self.shortcut!r} for a CIFAR ResNet; use one of: {', '.join(SHORTCUTS)}.")
     super().__post_init__()
 
   @nn.compact

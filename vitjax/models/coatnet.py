@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.errors import ConfigError
 from vitjax.models.layers import BatchNorm, Conv, DropPath
 from vitjax.models.swin import relative_position_index
 
@@ -225,7 +226,7 @@ class CoAtNet(nn.Module):
       raise ValueError(f"block_types {self.block_types!r} needs one 'C' (MBConv) or 'T' (transformer) per stage")
     factor = 2 ** (len(self.depths) + 1)
     if images.shape[1] % factor or images.shape[2] % factor:
-      raise ValueError(f"CoAtNet needs an input size divisible by {factor}, got {images.shape[1]}x{images.shape[2]}")
+      raise ConfigError(f"CoAtNet needs an input size divisible by {factor}, got {images.shape[1]}x{images.shape[2]}")
     x = Stem(self.stem_width, train, self.dtype, name="stem")(images.astype(self.dtype))
     rates = np.linspace(0.0, self.stochastic_depth, sum(self.depths)).tolist()
     for i, (features, depth, kind) in enumerate(zip(self.embed_dims, self.depths, self.block_types)):

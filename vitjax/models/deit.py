@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vitjax.errors import ConfigError
 from vitjax.models import vit
 from vitjax.models.layers import Conv
 
@@ -39,7 +40,7 @@ class DistilledVisionTransformer(nn.Module):
   def __call__(self, images: Array, *, train: bool) -> Array:
     p = self.patch_size
     if images.shape[1] % p or images.shape[2] % p:
-      raise ValueError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
+      raise ConfigError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
     x = Conv(self.hidden_size, (p, p), (p, p), padding="VALID", use_bias=True, dtype=self.dtype, name="embedding")(
       images.astype(self.dtype)
     )

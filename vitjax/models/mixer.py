@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.errors import ConfigError
 from vitjax.models.layers import Conv, DropPath
 
 Array = jax.Array
@@ -77,7 +78,7 @@ class MlpMixer(nn.Module):
   def __call__(self, images: Array, *, train: bool) -> Array:
     p = self.patch_size
     if images.shape[1] % p or images.shape[2] % p:
-      raise ValueError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
+      raise ConfigError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
     x = Conv(self.hidden_size, (p, p), (p, p), padding="VALID", use_bias=True, dtype=self.dtype, name="stem")(
       images.astype(self.dtype)
     )

@@ -10,6 +10,8 @@ import inspect
 import flax.linen as nn
 import jax
 
+from vitjax.errors import ConfigError
+
 
 def remat_policies() -> list[str]:
   """Names `remat` takes: "none", "full" (recompute everything), and the argument-free `jax.checkpoint_policies`."""
@@ -23,7 +25,7 @@ def remat_policies() -> list[str]:
 def remat_block(block: type[nn.Module], remat: str, *, scan: bool) -> type[nn.Module]:
   """`block` rematerialised in the backward pass as `remat` says (`nn.remat` with that policy), or as is."""
   if remat not in remat_policies():
-    raise ValueError(f"Unknown remat {remat!r}; choose one of: {', '.join(remat_policies())}")
+    raise ConfigError(f"Unknown remat {remat!r}; choose one of: {', '.join(remat_policies())}")
   if remat == "none":
     return block
   policy = None if remat == "full" else getattr(jax.checkpoint_policies, remat)

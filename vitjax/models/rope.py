@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.errors import ConfigError
+
 Array = jax.Array
 
 BASE = 100.0
@@ -25,7 +27,7 @@ BASE = 100.0
 def rope_2d_angles(*, height: int, width: int, head_dim: int, base: float = BASE) -> np.ndarray:
   """Rotation angles (height*width, head_dim/2) of the tokens of a row-major grid: columns, then rows."""
   if head_dim % 4:
-    raise ValueError(f"rope2d needs a head size divisible by 4, got {head_dim}; change hidden_size or num_heads")
+    raise ConfigError(f"rope2d needs a head size divisible by 4, got {head_dim}; change hidden_size or num_heads")
   freqs = base ** (-np.arange(head_dim // 4) / (head_dim // 4))
   rows, cols = np.mgrid[:height, :width]
   return np.concatenate([np.outer(cols.reshape(-1), freqs), np.outer(rows.reshape(-1), freqs)], axis=1)

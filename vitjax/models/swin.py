@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.errors import ConfigError
 from vitjax.models.layers import Conv, DropPath
 
 Array = jax.Array
@@ -173,7 +174,7 @@ def stage_window(grid: tuple[int, int], window: int, stage: int) -> tuple[tuple[
   """
   size = tuple(min(g, window) for g in grid)
   if grid[0] % size[0] or grid[1] % size[1]:
-    raise ValueError(
+    raise ConfigError(
       f"Swin stage {stage} has a {grid[0]}x{grid[1]} grid, which does not divide into {size[0]}x{size[1]} windows; "
       f"use an input size whose stage grids are multiples of the window (e.g. 224 or 448 for window 7)."
     )
@@ -199,7 +200,7 @@ class SwinStage(nn.Module):
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
     if self.downsample:
       if x.shape[1] % 2 or x.shape[2] % 2:
-        raise ValueError(f"Swin stage {self.stage} merges 2x2 patches of an odd {x.shape[1]}x{x.shape[2]} grid")
+        raise ConfigError(f"Swin stage {self.stage} merges 2x2 patches of an odd {x.shape[1]}x{x.shape[2]} grid")
       x = PatchMerging(2 * x.shape[-1], self.dtype, name="downsample")(x)
     window, shift = stage_window(x.shape[1:3], self.window_size, self.stage)
     for j in range(self.depth):
@@ -228,7 +229,7 @@ class PatchEmbed(nn.Module):
   def __call__(self, images: Array) -> Array:
     p = self.patch_size
     if images.shape[1] % p or images.shape[2] % p:
-      raise ValueError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
+      raise ConfigError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
     x = Conv(self.features, (p, p), (p, p), padding="VALID", use_bias=True, dtype=self.dtype, name="proj")(images)
     return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
 

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.errors import ConfigError
+
 PIXEL_MAX = 255.0
 NORMS = ("linf", "l2")
 ATTACKS = ("fgsm", "pgd_linf", "pgd_l2")
@@ -112,7 +114,7 @@ def attack(
   if name == "fgsm":
     return fgsm(loss_fn, pixels, epsilon=epsilon)
   if name not in ATTACKS:
-    raise ValueError(f"Unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}.")
+    raise ConfigError(f"Unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}.")
   start = rng if random_start else None
   norm = name.removeprefix("pgd_")
   return pgd(loss_fn, pixels, start, epsilon=epsilon, step_size=relative_step_size * epsilon, steps=steps, norm=norm)

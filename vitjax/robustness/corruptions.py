@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from vitjax.errors import ConfigError
+
 SEVERITIES = (1, 2, 3, 4, 5)
 _REFERENCE_SIDE = 32  # The image side the parameter tables were made for.
 
@@ -180,7 +182,7 @@ def check_kinds(kinds: tuple[str, ...]) -> None:
   """Fails early on a corruption name that does not exist, naming the choices."""
   unknown = [kind for kind in kinds if kind not in TABLES]
   if unknown:
-    raise ValueError(f"Unknown config.robustness.corruptions {unknown}; choose from: {', '.join(KINDS)}.")
+    raise ConfigError(f"Unknown config.robustness.corruptions {unknown}; choose from: {', '.join(KINDS)}.")
 
 
 def corrupt(images: np.ndarray, kind: str, severity: int, *, seed: int = 0) -> np.ndarray:

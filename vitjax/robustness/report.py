@@ -19,6 +19,7 @@ from absl import logging
 from matplotlib.figure import Figure
 
 from vitjax import checkpoints, data, models, sharding
+from vitjax.errors import ConfigError
 from vitjax.evaluate import report as eval_report
 from vitjax.robustness import attacks, corruptions, shift, summaries, sweep
 
@@ -29,22 +30,22 @@ def check_options(options: ml_collections.ConfigDict) -> None:
   """Fails before any data is read on an option no measurement can use, naming the key."""
   unknown = [name for name in options.attacks if name not in attacks.ATTACKS]
   if unknown:
-    raise ValueError(f"Unknown config.robustness.attacks {unknown}; choose from: {', '.join(attacks.ATTACKS)}.")
+    raise ConfigError(f"Unknown config.robustness.attacks {unknown}; choose from: {', '.join(attacks.ATTACKS)}.")
   for key in ("epsilons", "l2_epsilons"):
     if any(eps < 0 for eps in options[key]):
-      raise ValueError(f"config.robustness.{key} must be >= 0 (pixel levels of 1/255), got {options[key]}.")
+      raise ConfigError(f"config.robustness.{key} must be >= 0 (pixel levels of 1/255), got {options[key]}.")
   if options.steps < 1 or options.relative_step_size <= 0:
-    raise ValueError("config.robustness.steps must be >= 1 and relative_step_size > 0.")
+    raise ConfigError("config.robustness.steps must be >= 1 and relative_step_size > 0.")
   corruptions.check_kinds(tuple(options.corruptions))
   if options.label_shift.prior not in shift.PRIORS:
-    raise ValueError(
+    raise ConfigError(
       f"Unknown config.robustness.label_shift.prior={options.label_shift.prior!r}; "
       f"choose one of: {', '.join(shift.PRIORS)}."
     )
   if options.label_shift.trials < 1 or options.mc_dropout.passes < 1:
-    raise ValueError("config.robustness.label_shift.trials and mc_dropout.passes must be >= 1.")
+    raise ConfigError("config.robustness.label_shift.trials and mc_dropout.passes must be >= 1.")
   if not 0 < options.calibration_fraction < 1:
-    raise ValueError(f"config.robustness.calibration_fraction must be in (0, 1), got {options.calibration_fraction}.")
+    raise ConfigError(f"config.robustness.calibration_fraction must be in (0, 1), got {options.calibration_fraction}.")
 
 
 def heldout_split(config: ml_collections.ConfigDict) -> str:
@@ -76,7 +77,7 @@ def _reference(path: str | None) -> dict[str, Any] | None:
     return None
   report_path = os.path.join(path, REPORT_FILE)
   if not os.path.exists(report_path):
-    raise ValueError(f"config.robustness.reference={path!r} has no {REPORT_FILE}: run --mode=robustness on it first.")
+    raise ConfigError(f"config.robustness.reference={path!r} has no {REPORT_FILE}: run --mode=robustness on it first.")
   with open(report_path) as f:
     return json.load(f)
 

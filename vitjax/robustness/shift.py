@@ -8,6 +8,8 @@ predictions on the unlabelled target. Correction reweights each predicted distri
 
 import numpy as np
 
+from vitjax.errors import ConfigError
+
 PRIORS = ("dirichlet", "tweak_one", "uniform")
 
 
@@ -20,7 +22,7 @@ def target_prior(name: str, num_classes: int, rng: np.random.Generator, *, alpha
     return np.r_[rho, np.full(num_classes - 1, (1.0 - rho) / (num_classes - 1))]
   if name == "uniform":
     return np.full(num_classes, 1.0 / num_classes)
-  raise ValueError(f"Unknown config.robustness.label_shift.prior={name!r}; choose one of: {', '.join(PRIORS)}.")
+  raise ConfigError(f"Unknown config.robustness.label_shift.prior={name!r}; choose one of: {', '.join(PRIORS)}.")
 
 
 def resample(labels: np.ndarray, prior: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

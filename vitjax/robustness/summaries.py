@@ -6,6 +6,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from vitjax.errors import ConfigError
 from vitjax.evaluate import metrics
 from vitjax.robustness import corruptions, shift, uncertainty
 from vitjax.robustness.sweep import radii
@@ -34,7 +35,7 @@ def mean_corruption_error(
   their mean. The relative mCE does the same with errors above each run's clean error."""
   missing = sorted(set(table) - set(reference["corruptions"]))
   if missing:
-    raise ValueError(f"config.robustness.reference has no results for corruptions {missing}: rerun it with them.")
+    raise ConfigError(f"config.robustness.reference has no results for corruptions {missing}: rerun it with them.")
   per_kind, relative = {}, {}
   for kind, row in table.items():
     ref = reference["corruptions"][kind]

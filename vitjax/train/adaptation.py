@@ -17,6 +17,7 @@ import optax
 from flax import linen as nn
 
 from vitjax import losses
+from vitjax.errors import ConfigError
 from vitjax.train import objectives
 from vitjax.train.objectives import Batch, Forward, HeadObjective, Setting
 
@@ -66,10 +67,10 @@ def init_head(head: nn.Module, feature_dim: int):
 def two_streams(batch: Batch) -> jax.Array:
   """Source then target images in one batch, after checking that both preprocessings give the same shape."""
   if "target_image" not in batch:
-    raise ValueError("This objective needs a target stream: set config.data.target (e.g. vitjax_digits_inverted).")
+    raise ConfigError("This objective needs a target stream: set config.data.target (e.g. vitjax_digits_inverted).")
   source, target = batch["image"], batch["target_image"]
   if source.shape[1:] != target.shape[1:]:
-    raise ValueError(
+    raise ConfigError(
       f"Source images are {source.shape[1:]} but target images {target.shape[1:]}: make config.data.target_pp "
       f"end at the size and channels of config.data.pp_train."
     )
@@ -135,7 +136,7 @@ def source_only(loss_fn: losses.LossFn) -> objectives.Objective:
 
 def _check_target(config: ml_collections.ConfigDict) -> None:
   if not config.data.target:
-    raise ValueError(f"config.objective={config.objective!r} needs config.data.target (a second, unlabelled source).")
+    raise ConfigError(f"config.objective={config.objective!r} needs config.data.target (a second, unlabelled source).")
 
 
 @objectives.register("dann")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vitjax import data
+from vitjax.errors import ConfigError
 from vitjax.robustness import attacks
 from vitjax.train import objectives
 from vitjax.train.objectives import Batch, Forward, Objective, Setting
@@ -22,11 +23,11 @@ def check_options(options: ml_collections.ConfigDict) -> None:
   """Fails early, naming the key, on a budget that no attack can use."""
   for key in ("epsilon", "step_size", "noise_stddev"):
     if not options[key] > 0:
-      raise ValueError(f"config.adversarial.{key} must be > 0 (pixel levels of 1/255), got {options[key]}.")
+      raise ConfigError(f"config.adversarial.{key} must be > 0 (pixel levels of 1/255), got {options[key]}.")
   if options.steps < 1:
-    raise ValueError(f"config.adversarial.steps must be >= 1, got {options.steps}.")
+    raise ConfigError(f"config.adversarial.steps must be >= 1, got {options.steps}.")
   if options.trades_beta < 0:
-    raise ValueError(f"config.adversarial.trades_beta must be >= 0, got {options.trades_beta}.")
+    raise ConfigError(f"config.adversarial.trades_beta must be >= 0, got {options.trades_beta}.")
 
 
 def _pixel_scale(config: ml_collections.ConfigDict) -> tuple[Any, Any]:

@@ -18,6 +18,7 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from vitjax import checkpoints
+from vitjax.errors import ConfigError
 from vitjax.train import history
 
 # Steps dispatched ahead of the host: enough to hide dispatch latency. Unbounded run-ahead also starves XLA's CPU
@@ -223,7 +224,7 @@ class EarlyStopping(Hook):
     if not ctx.evaluated:
       return
     if self.metric not in ctx.eval_metrics:
-      raise ValueError(
+      raise ConfigError(
         f"config.early_stopping.metric={self.metric!r} is not an eval metric; "
         f"choose one of: {', '.join(sorted(ctx.eval_metrics))}."
       )

@@ -19,6 +19,7 @@ import ml_collections
 from flax import linen as nn
 
 from vitjax import models
+from vitjax.errors import ConfigError
 from vitjax.models import vit
 from vitjax.train import objectives
 from vitjax.train.objectives import Batch, Forward, HeadObjective, Setting
@@ -147,9 +148,9 @@ def check_plain_vit(model: Any, name: str) -> vit.VisionTransformer:
   and one patch size."""
   plain = isinstance(model, vit.VisionTransformer) and type(model).stem is vit.VisionTransformer.stem
   if not plain:
-    raise ValueError(f"config.objective='mae' needs a plain ViT (patches of the image), not {name!r}.")
+    raise ConfigError(f"config.objective='mae' needs a plain ViT (patches of the image), not {name!r}.")
   if model.posemb not in ("learn", "sincos2d") or getattr(model, "patch_sizes", None):
-    raise ValueError(
+    raise ConfigError(
       "config.objective='mae' drops tokens: use config.model.posemb 'learn' or 'sincos2d' and one patch size."
     )
   return model
@@ -159,7 +160,7 @@ def check_plain_vit(model: Any, name: str) -> vit.VisionTransformer:
 def _mae(config: ml_collections.ConfigDict, setting: Setting) -> HeadObjective:
   options = config.ssl
   if not 0.0 < options.mask_ratio < 1.0:
-    raise ValueError(f"config.ssl.mask_ratio={options.mask_ratio} must lie strictly between 0 and 1 (MAE: 0.75).")
+    raise ConfigError(f"config.ssl.mask_ratio={options.mask_ratio} must lie strictly between 0 and 1 (MAE: 0.75).")
   model = check_plain_vit(models.from_config(config.model, num_classes=setting.num_classes), config.model.name)
   return mae(
     model,

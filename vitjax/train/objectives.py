@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vitjax import losses, models, transfer
+from vitjax.errors import ConfigError
 from vitjax.train.state import variables
 
 Batch = dict[str, jax.Array]
@@ -116,9 +117,9 @@ def names() -> list[str]:
 def from_config(config: ml_collections.ConfigDict, setting: Setting) -> Objective | HeadObjective:
   """The objective `config.objective` names, built (and its options checked) by its factory."""
   if config.objective not in _FACTORIES:
-    raise ValueError(f"Unknown config.objective={config.objective!r}; choose one of: {', '.join(names())}.")
+    raise ConfigError(f"Unknown config.objective={config.objective!r}; choose one of: {', '.join(names())}.")
   if config.distill.checkpoint and config.objective != "distill":
-    raise ValueError("config.distill.checkpoint is set: train with config.objective='distill', or unset it.")
+    raise ConfigError("config.distill.checkpoint is set: train with config.objective='distill', or unset it.")
   return _FACTORIES[config.objective](config, setting)
 
 
@@ -191,7 +192,7 @@ def _supervised(config: ml_collections.ConfigDict, setting: Setting) -> Objectiv
 @register("distill")
 def _distill(config: ml_collections.ConfigDict, setting: Setting) -> Objective:
   if config.parallelism != "jit":
-    raise ValueError("config.objective='distill' needs config.parallelism='jit'.")
+    raise ConfigError("config.objective='distill' needs config.parallelism='jit'.")
   return distillation(distillation_loss(config.distill, setting.loss_fn), teacher_from_config(config.distill, setting))
 
 
@@ -202,7 +203,7 @@ def distillation_loss(config: ml_collections.ConfigDict, base_loss: losses.LossF
   recipe being kind='hard', alpha=0.5."""
   if config.kind not in losses.DISTILLATION_KINDS:
     kinds = ", ".join(losses.DISTILLATION_KINDS)
-    raise ValueError(f"Unknown config.distill.kind={config.kind!r}; choose one of: {kinds}.")
+    raise ConfigError(f"Unknown config.distill.kind={config.kind!r}; choose one of: {kinds}.")
   options = dict(base_loss=base_loss, kind=config.kind, temperature=config.temperature)
 
   def loss_fn(
@@ -247,7 +248,7 @@ def load_teacher(
 def teacher_from_config(config: ml_collections.ConfigDict, setting: Setting) -> Callable[[jax.Array], jax.Array]:
   """`load_teacher` for the `config.distill` block: `model` (as `config.model`) and `checkpoint`."""
   if not config.checkpoint or not config.model.name:
-    raise ValueError("config.objective='distill' needs config.distill.checkpoint and config.distill.model.name.")
+    raise ConfigError("config.objective='distill' needs config.distill.checkpoint and config.distill.model.name.")
   return load_teacher(
     config.model,
     config.checkpoint,

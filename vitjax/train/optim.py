@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vitjax.errors import ConfigError
+
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt", "step")
 OPTIMIZERS = ("sgd", "adam", "adamw", "lamb")
 WEIGHT_DECAY_MODES = ("decoupled", "l2")
@@ -38,7 +40,7 @@ def create_learning_rate_fn(
     boundaries = {int(b * total_steps) - warmup: config.decay_factor for b in config.boundaries}
     decay = optax.piecewise_constant_schedule(base_learning_rate, boundaries)
   else:
-    raise ValueError(f"Unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}.")
+    raise ConfigError(f"Unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}.")
   if not warmup:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, base_learning_rate, warmup), decay], [warmup])
@@ -122,7 +124,7 @@ def _core(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
     return optax.trace(decay=momentum, nesterov=opt.nesterov) if momentum else optax.identity()
   if opt.name in ("adam", "adamw", "lamb"):
     return optax.scale_by_adam(b1=opt.b1, b2=opt.b2, eps=opt.eps or (1e-6 if opt.name == "lamb" else 1e-8))
-  raise ValueError(f"Unknown optimizer {opt.name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
+  raise ConfigError(f"Unknown optimizer {opt.name!r}; choose one of: {', '.join(OPTIMIZERS)}.")
 
 
 def from_config(
@@ -139,7 +141,7 @@ def from_config(
   weight_decay = opt.weight_decay
   mode = opt.weight_decay_mode
   if mode not in WEIGHT_DECAY_MODES:
-    raise ValueError(f"Unknown weight_decay_mode {mode!r}; choose one of: {', '.join(WEIGHT_DECAY_MODES)}.")
+    raise ConfigError(f"Unknown weight_decay_mode {mode!r}; choose one of: {', '.join(WEIGHT_DECAY_MODES)}.")
   decay = optax.add_decayed_weights(weight_decay, mask=weight_decay_mask) if weight_decay else optax.identity()
   parts = [
     optax.clip_by_global_norm(opt.grad_clip_norm) if opt.grad_clip_norm else optax.identity(),
@@ -161,6 +163,6 @@ def from_config(
       raise ValueError("optimizer.freeze needs the parameter tree: pass params to optim.from_config.")
     labels = map_names(lambda name, _: "frozen" if re.search(freeze, name) else "trained", params)
     if "trained" not in jax.tree.leaves(labels):
-      raise ValueError(f"optimizer.freeze={freeze!r} matches every parameter: nothing would train.")
+      raise ConfigError(f"optimizer.freeze={freeze!r} matches every parameter: nothing would train.")
     tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
   return tx, schedule

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vitjax.errors import ConfigError
 from vitjax.train import objectives
 from vitjax.train.adaptation import MLPHead, init_head
 from vitjax.train.objectives import Batch, Forward, HeadObjective, Setting
@@ -32,7 +33,7 @@ def unlabelled_images(batch: Batch, *, use_target: bool) -> jax.Array:
 def rotate_batch(images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(each image turned by k quarter turns counter-clockwise, k), k uniform in 0..3 per image."""
   if images.shape[1] != images.shape[2]:
-    raise ValueError(f"Rotation prediction needs square images, got {images.shape[1]}x{images.shape[2]}.")
+    raise ConfigError(f"Rotation prediction needs square images, got {images.shape[1]}x{images.shape[2]}.")
   turns = jax.random.randint(rng, (images.shape[0],), 0, NUM_ROTATIONS)
   turned = jnp.stack([jnp.rot90(images, k, axes=(1, 2)) for k in range(NUM_ROTATIONS)])
   return turned[turns, jnp.arange(images.shape[0])], turns
@@ -150,7 +151,7 @@ def _rotation(config: ml_collections.ConfigDict, setting: Setting) -> HeadObject
 def _simclr(config: ml_collections.ConfigDict, setting: Setting) -> HeadObjective:
   options = config.ssl
   if options.temperature <= 0:
-    raise ValueError(f"config.ssl.temperature={options.temperature} must be positive (SimCLR uses 0.1 to 0.5).")
+    raise ConfigError(f"config.ssl.temperature={options.temperature} must be positive (SimCLR uses 0.1 to 0.5).")
   return simclr(
     feature_dim=objectives.feature_dim(config.model, setting),
     hidden=tuple(options.hidden),

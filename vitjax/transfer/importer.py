@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from vitjax import checkpoints
+from vitjax.errors import ConfigError
 from vitjax.transfer import timm
 from vitjax.transfer.posemb import resize_posemb
 
@@ -102,7 +103,7 @@ def load_variables(path: str, variables: Any, *, params_key: str = "params") -> 
   restored = {"params": flax.traverse_util.unflatten_dict(params, sep="/")}
   for name in variables.keys() - {"params"}:
     if name not in collections:
-      raise ValueError(f"The model has {name!r} variables but the checkpoint {path!r} has none.")
+      raise ConfigError(f"The model has {name!r} variables but the checkpoint {path!r} has none.")
     restored[name] = _check_same_shapes(collections[name], variables[name], path)
   return restored, meta
 
@@ -119,14 +120,14 @@ def read_checkpoint(path: str, *, params_key: str = "params") -> tuple[Flat, dic
     if "params" not in tree:
       return flax.traverse_util.flatten_dict(tree, sep="/"), {}, meta
     if not tree.get(params_key):
-      raise ValueError(f"Checkpoint {path!r} has no {params_key!r} (it has: {', '.join(sorted(tree))}).")
+      raise ConfigError(f"Checkpoint {path!r} has no {params_key!r} (it has: {', '.join(sorted(tree))}).")
     collections = {"batch_stats": tree["batch_stats"]} if tree.get("batch_stats") else {}
     return flax.traverse_util.flatten_dict(tree[params_key], sep="/"), collections, meta
   timm.refuse_pickle(path)
   if timm.is_safetensors(path):
     return *timm.read(path), {}
   if not os.path.exists(path):
-    raise ValueError(f"No checkpoint at {path!r}.")
+    raise ConfigError(f"No checkpoint at {path!r}.")
   with open(path, "rb") as f:
     npz = np.load(f, allow_pickle=False)
     return canonical_names(dict(npz.items())), {}, {}
@@ -227,7 +228,7 @@ def match_params(
   if problems:
     for problem in problems:
       logging.warning("Checkpoint mismatch: %s.", problem)
-    raise ValueError(
+    raise ConfigError(
       f"Checkpoint does not fit the model: {problems[0]}"
       + (f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else "")
       + ". Is it for another architecture? Keys that should keep the model's value go in dont_load."
@@ -271,8 +272,8 @@ def _check_same_shapes(tree: Any, expected: Any, path: str) -> Any:
   for key in want:
     if key not in flat or np.shape(flat[key]) != tuple(want[key].shape):
       got = np.shape(flat[key]) if key in flat else "nothing"
-      raise ValueError(f"Checkpoint {path!r} does not fit: {key} is {got} there but {tuple(want[key].shape)} here.")
+      raise ConfigError(f"Checkpoint {path!r} does not fit: {key} is {got} there but {tuple(want[key].shape)} here.")
   extra = sorted(flat.keys() - want.keys())
   if extra:
-    raise ValueError(f"Checkpoint {path!r} does not fit: it has {extra[0]} which the target lacks.")
+    raise ConfigError(f"Checkpoint {path!r} does not fit: it has {extra[0]} which the target lacks.")
   return tree

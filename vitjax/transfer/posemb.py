@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 
+from vitjax.errors import ConfigError
+
 
 def resize_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
   """(1, N, D) position embeddings -> (1, num_tokens, D): the square grid resized bilinearly (order-1 zoom).
@@ -30,7 +32,7 @@ def _grid(num_tokens: int) -> tuple[int, int]:
     side = math.isqrt(num_tokens - extra)
     if side * side == num_tokens - extra:
       return extra, side
-  raise ValueError(f"{num_tokens} position embeddings are neither a square grid nor a square grid plus a class token.")
+  raise ConfigError(f"{num_tokens} position embeddings are neither a square grid nor a square grid plus a class token.")
 
 
 def _linear_weights(size_in: int, size_out: int) -> np.ndarray:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
+from vitjax.errors import ConfigError
+from vitjax.preflight import refuse_pickle as refuse_pickle
 from vitjax.transfer.timm import (
   alexnet,
   bit,
@@ -30,31 +32,19 @@ from vitjax.transfer.timm import (
 # Tried in order: more specific layouts first.
 CONVERTERS = (resnet, bit, alexnet, vgg, densenet, swin, mixer, coatnet, efficientnet, convnext, vit)
 
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
-
 
 def is_safetensors(path: str) -> bool:
   return path.endswith(".safetensors")
 
 
-def refuse_pickle(path: str) -> None:
-  """A ValueError for a pickled PyTorch checkpoint, saying how to convert it; nothing for other paths."""
-  if path.endswith(PICKLE_SUFFIXES):
-    raise ValueError(
-      f"{path!r} is a pickled PyTorch checkpoint, which can run arbitrary code when loaded and is never opened "
-      "here; convert it once with `safetensors.torch.save_file(torch.load(path, weights_only=True), "
-      "'model.safetensors')` and pass the .safetensors file."
-    )
-
-
 def read(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """(flat params under this project's names, other collections such as `batch_stats`, nested) of a file."""
   if not os.path.exists(path):
-    raise ValueError(f"No checkpoint at {path!r}.")
+    raise ConfigError(f"No checkpoint at {path!r}.")
   try:
     state = safetensors.numpy.load_file(path)
   except Exception as e:  # safetensors raises its own SafetensorError (or OSError) on a damaged file.
-    raise ValueError(f"{path!r} is not a readable .safetensors file ({e}).") from e
+    raise ConfigError(f"{path!r} is not a readable .safetensors file ({e}).") from e
   state = {key.removeprefix("module."): np.asarray(value, np.float32) for key, value in state.items()}
   flat = convert(state, path)
   params = {k.removeprefix("params/"): v for k, v in flat.items() if not k.startswith("batch_stats/")}
@@ -71,11 +61,12 @@ def convert(state: Mapping[str, np.ndarray], path: str = "<state dict>") -> dict
         flat = converter.convert(recording)
       except KeyError as e:
         family = converter.__name__.rsplit(".", 1)[-1]
-        raise ValueError(f"{path!r} has no {e.args[0]!r}, which the {family} layout needs: a truncated file?") from None
+        message = f"{path!r} has no {e.args[0]!r}, which the {family} layout needs: a truncated file?"
+        raise ConfigError(message) from None
       # Under their torch names, so that the importer reports them as in the checkpoint but not in the model.
       return {**flat, **{key: state[key] for key in recording.unread()}}
   sample = ", ".join(sorted(state)[:4])
-  raise ValueError(
+  raise ConfigError(
     f"{path!r} is in no state-dict layout known here (keys: {sample}, ...); known families: "
     f"{', '.join(c.__name__.rsplit('.', 1)[-1] for c in CONVERTERS)}."
   )
