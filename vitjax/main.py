@@ -1,6 +1,10 @@
-"""Command-line entry point: ``python -m vitjax.main --config=configs/quickstart.py --workdir=/tmp/run``."""
+"""Command-line entry point: ``python -m vitjax.main --config=configs/quickstart.py --workdir=/tmp/run``.
 
-import logging as std_logging
+Flags and the cheap facts of the config are checked before JAX and TensorFlow load and before anything is written;
+a config mistake (`ConfigError`) ends the command with one line, anything else with its traceback.
+"""
+
+import importlib
 import os
 import sys
 
@@ -13,6 +17,9 @@ use_xla_cpu_emitters()  # Before JAX starts its CPU backend.
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vitjax import console, describe, preflight  # noqa: E402
+from vitjax.errors import ConfigError  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   "config", None, "Config file, optionally with an argument: configs/vit_b16.py:cifar10.", lock_config=True
@@ -21,14 +28,52 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and r
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "baseline", "robustness", "explain"],
+  ["train", "eval", "baseline", "robustness", "explain", "describe"],
   "train (and evaluate), evaluate the latest checkpoint, fit and compare the classical baselines, or measure the "
-  "latest checkpoint's robustness (attacks, corruptions, label shift, uncertainty), or explain its predictions.",
+  "latest checkpoint's robustness (attacks, corruptions, label shift, uncertainty), or explain its predictions; "
+  "describe: print every key of --config with its value and what it means (no --workdir needed).",
 )
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs outside TPU/SLURM.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flag_as_required("config")
+flags.register_multi_flags_validator(
+  ["mode", "workdir"],
+  lambda values: values["mode"] == "describe" or bool(values["workdir"]),
+  message="--workdir is required (except with --mode=describe).",
+)
+
+HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "?")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, except that a help request exits 0 (absl's help flags exit 1) and a config that cannot
+  load (no such file, a ConfigError while it builds) is one line."""
+  try:
+    remaining = FLAGS(argv)
+  except SystemExit:
+    if any(arg.lstrip("-").split("=")[0] in HELP_FLAGS for arg in argv[1:] if arg.startswith("-")):
+      sys.exit(0)
+    raise
+  except flags.Error as e:
+    config_error = _innermost_config_error(e)
+    if config_error is not None:
+      sys.exit(f"error: {config_error}")
+    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
+  path = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]  # The file, without its argument.
+  if not os.path.isfile(path):
+    sys.exit(f"error: there is no config file {path!r} (--config=FILE or FILE:ARGUMENT, e.g. configs/quickstart.py).")
+  return remaining
+
+
+def _innermost_config_error(error: BaseException) -> ConfigError | None:
+  """The ConfigError a config file raised, under the flag library's re-raised copies (which hold its traceback)."""
+  found = None
+  while error is not None:
+    if isinstance(error, ConfigError):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found
 
 
 def _launched_as_one_of_many() -> bool:
@@ -50,18 +95,32 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-class _LibraryInfoFilter(std_logging.Filter):
-  """Drops the per-operation INFO lines of Orbax and TFDS; their warnings and errors still show."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    chatty = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/")
-    return record.levelno >= std_logging.WARNING or not any(part in record.pathname for part in chatty)
+def describe_config(config) -> str:
+  """`--mode=describe`: every key of `config` with its value and the doc of configs/common.py."""
+  common = importlib.import_module("configs.common")
+  with open(common.__file__) as f:
+    docs = describe.key_docs(f.read())
+  if "vitjax.models" in sys.modules:  # Imported by the config already, so its option docs cost nothing more.
+    describe.add_docs(docs, "model", sys.modules["vitjax.models"].option_docs())
+  return describe.describe(config, docs)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  if FLAGS.mode == "describe":
+    print(describe_config(FLAGS.config))
+    return
+  console.quiet_library_noise()
+  try:
+    preflight.validate(FLAGS.config, FLAGS.workdir, mode=FLAGS.mode)
+  except ConfigError as e:
+    sys.exit(f"error: {e}")  # Before JAX and TensorFlow load, and before the workdir is touched.
+  run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir)
+
+
+def run_mode(mode: str, config, workdir: str) -> None:
+  """Loads JAX and TensorFlow, runs `mode` and prints its result; config mistakes end it in one line."""
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerator memory to JAX.
@@ -86,10 +145,10 @@ def main(argv):
   run["robustness"] = evaluate_robustness
   run["explain"] = run_explain
   try:
-    results = run[FLAGS.mode](FLAGS.config, FLAGS.workdir)
-  except (ValueError, data.DatasetUnavailableError, hooks.NonFiniteLossError) as e:
+    results = run[mode](config, workdir)
+  except (ConfigError, data.DatasetUnavailableError, hooks.NonFiniteLossError) as e:
     sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.
-  if jax.process_index() == 0 and FLAGS.mode not in ("baseline", "explain"):  # These print their own table.
+  if jax.process_index() == 0 and mode not in ("baseline", "explain"):  # These print their own table.
     print(
       f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "
       f"examples at step {results['step']} ({results['train_seconds']:.0f}s of training).",
@@ -98,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

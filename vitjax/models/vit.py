@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.errors import ConfigError
 from vitjax.models import flexi
 from vitjax.models.attention import IMPLEMENTATIONS, MultiHeadDotProductAttention
 from vitjax.models.layers import Conv, DropPath
@@ -50,7 +49,7 @@ def posemb_sincos_2d(*, height: int, width: int, dim: int, temperature: float = 
   w_k = temperature^(-k / (dim/4 - 1)), tokens in row-major order.
   """
   if dim % 4:
-    raise ConfigError(f"sincos2d posemb needs a hidden size divisible by 4, got {dim}")
+    raise ValueError(f"sincos2d posemb needs a hidden size divisible by 4, got {dim}")
   y, x = np.mgrid[:height, :width]
   omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1))
   y = np.einsum("m,d->md", y.reshape(-1), omega)
@@ -344,22 +343,22 @@ class VisionTransformer(nn.Module):
   def _check_options(self) -> None:
     """One line naming the bad option and the choices, before anything is built."""
     if self.classifier not in CLASSIFIERS:
-      raise ConfigError(f"Unknown classifier {self.classifier!r}; choose one of: {', '.join(CLASSIFIERS)}")
+      raise ValueError(f"Unknown classifier {self.classifier!r}; choose one of: {', '.join(CLASSIFIERS)}")
     if self.posemb not in POSEMBS:
-      raise ConfigError(f"Unknown posemb {self.posemb!r}; choose one of: {', '.join(POSEMBS)}")
+      raise ValueError(f"Unknown posemb {self.posemb!r}; choose one of: {', '.join(POSEMBS)}")
     if self.attention not in IMPLEMENTATIONS:
-      raise ConfigError(f"Unknown attention {self.attention!r}; choose one of: {', '.join(IMPLEMENTATIONS)}")
+      raise ValueError(f"Unknown attention {self.attention!r}; choose one of: {', '.join(IMPLEMENTATIONS)}")
     if self.num_registers < 0:
-      raise ConfigError(f"num_registers must be 0 or more, got {self.num_registers}")
+      raise ValueError(f"num_registers must be 0 or more, got {self.num_registers}")
     if self.patch_sizes is not None and any(int(p) < 1 for p in self.patch_sizes):
-      raise ConfigError(f"patch_sizes must be positive integers, got {tuple(self.patch_sizes)}")
+      raise ValueError(f"patch_sizes must be positive integers, got {tuple(self.patch_sizes)}")
 
   def _embed(self, x: Array, *, patch: int) -> Array:
     """The public `embedding`: a p x p stride-p convolution, at `patch` x `patch` when FlexiViT is on."""
     sizes = {self.patch_size, patch, *(self.patch_sizes or ())}
     bad = sorted(p for p in sizes if x.shape[1] % p or x.shape[2] % p)
     if bad:
-      raise ConfigError(f"Feature map {x.shape[1]}x{x.shape[2]} is not divisible by the patch size {bad[0]}")
+      raise ValueError(f"Feature map {x.shape[1]}x{x.shape[2]} is not divisible by the patch size {bad[0]}")
     if self.patch_sizes:
       return flexi.FlexiPatchEmbedding(self.hidden_size, self.patch_size, dtype=self.dtype, name="embedding")(
         x, patch=patch

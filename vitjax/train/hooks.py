@@ -6,6 +6,7 @@ whether it is due. In loop order: `TrainLog` (metrics, NaN check, progress line 
 import dataclasses
 import datetime
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import tqdm
 from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
@@ -24,6 +26,8 @@ from vitjax.train import history
 # Steps dispatched ahead of the host: enough to hide dispatch latency. Unbounded run-ahead also starves XLA's CPU
 # collectives on simulated multi-device hosts (all-reduce rendezvous timeouts).
 MAX_STEPS_IN_FLIGHT = 2
+# Longest silence of the console between progress lines, however far apart log_every puts the records.
+PROGRESS_SECONDS = 20.0
 
 
 @dataclasses.dataclass
@@ -73,7 +77,11 @@ class NonFiniteLossError(FloatingPointError):
 class TrainLog(Hook):
   """Collects every step's metrics without blocking (at most `MAX_STEPS_IN_FLIGHT` steps ahead) and, every
   `intervals` step (log, eval and checkpoint steps alike, so nothing non-finite is evaluated or saved), checks
-  them, writes their mean with steps/s, images/s, MFU and input-wait fraction, and logs a progress line."""
+  them, writes their mean with steps/s, images/s, MFU and input-wait fraction, and logs a progress line.
+
+  The console also hears from it by the clock: after the first step (how long compiling took) and at least every
+  `progress_seconds` between records; with `bar` (default: when stderr is a terminal) a tqdm bar shows every step.
+  """
 
   writer: metric_writers.MetricWriter
   history_path: str | None  # None on processes other than the first.
@@ -83,11 +91,16 @@ class TrainLog(Hook):
   last_checkpoint: Callable[[], int | None]
   flops_per_step: float = 0.0
   peak_flops: float = 0.0
+  progress_seconds: float = PROGRESS_SECONDS
+  bar: bool | None = None
 
   def __post_init__(self):
     self._pending: list[tuple[int, Any]] = []
     self._interval_start, self._wait, self._started = time.perf_counter(), 0.0, time.time()
-    self._fired = False
+    self._steps, self._last_line, self._compiled, self._fired = 0, time.perf_counter(), False, False
+    if self.bar is None:
+      self.bar = sys.stderr.isatty()
+    self._bar = None
 
   def timed(self, batches: Iterable[Any]) -> Iterator[Any]:
     """`batches`, counting the time the loop waits for each as input wait."""
@@ -103,11 +116,41 @@ class TrainLog(Hook):
 
   def __call__(self, ctx: Context) -> None:
     self._pending.append((ctx.step, ctx.step_metrics))
+    self._steps += 1
     if len(self._pending) > MAX_STEPS_IN_FLIGHT:  # Bounded run-ahead: the host never queues unboundedly many steps.
       jax.block_until_ready(self._pending[-MAX_STEPS_IN_FLIGHT - 1][1])
     self._fired = ctx.is_last or any(every(ctx.step, i) for i in self.intervals)
+    first = not self._compiled
+    if first:
+      self._first_step(ctx)
+    if self._fired:
+      self._record(ctx)
+    elif not first and self._clock_line_due():
+      records = self.host_metrics([m for _, m in self._pending])  # Kept pending: the record comes at its step.
+      summary = self.summary(records, elapsed=time.perf_counter() - self._interval_start)
+      self._log(progress_line(ctx.step, ctx.num_steps, summary, started=self._started))
+    if self._bar:
+      self._bar.update(ctx.step - self._bar.n)
+
+  def _clock_line_due(self) -> bool:
+    """Whether the console has been silent for `progress_seconds` (the first process logs; the bar needs none)."""
+    return bool(self.history_path) and not self._bar and time.perf_counter() - self._last_line >= self.progress_seconds
+
+  def _first_step(self, ctx: Context) -> None:
+    """Logs how long the first step took (compiling, mostly) and starts the interval after it, so that steps/s
+    and the ETA count running steps only."""
+    self._compiled = True
+    jax.block_until_ready(ctx.step_metrics)
+    seconds = time.perf_counter() - self._interval_start
+    if self.bar and self.history_path:
+      self._bar = tqdm.tqdm(total=ctx.num_steps, initial=ctx.step - 1, unit="step", dynamic_ncols=True)
+    self._log(f"step {ctx.step}/{ctx.num_steps}: first step done in {seconds:.1f}s (compiling the train step).")
     if not self._fired:
-      return
+      ctx.meta["train_seconds"] = ctx.meta.get("train_seconds", 0.0) + seconds
+      self._interval_start, self._wait, self._steps = time.perf_counter(), 0.0, 0
+
+  def _record(self, ctx: Context) -> None:
+    """Checks the interval's metrics, writes their summary and logs the progress line."""
     steps = [s for s, _ in self._pending]
     records = list(zip(steps, self.host_metrics([m for _, m in self._pending])))
     self._pending = []
@@ -118,13 +161,26 @@ class TrainLog(Hook):
     self.writer.write_scalars(ctx.step, {f"train/{k}": v for k, v in summary.items()})
     if self.history_path:
       history.append(self.history_path, {"step": ctx.step, "split": "train", **summary})
-      logging.info(progress_line(ctx.step, ctx.num_steps, summary, started=self._started))
+      self._log(progress_line(ctx.step, ctx.num_steps, summary, started=self._started))
+      if self._bar:
+        self._bar.set_postfix(loss=f"{summary['loss']:.4g}", refresh=False)
     self.writer.flush()
+
+  def _log(self, line: str) -> None:
+    """Logs `line` on the first process, above the bar if there is one."""
+    if not self.history_path:
+      return
+    self._last_line = time.perf_counter()
+    if self._bar:
+      with tqdm.tqdm.external_write_mode():
+        logging.info(line)
+    else:
+      logging.info(line)
 
   def summary(self, records: list[dict[str, np.ndarray]], *, elapsed: float) -> dict[str, float]:
     """Means of the interval's metrics, and its throughput, MFU and input-wait fraction."""
     summary = {k: float(np.mean([m[k] for m in records])) for k in records[0]}
-    steps_per_sec = len(records) / elapsed
+    steps_per_sec = self._steps / elapsed
     summary.update(
       steps_per_sec=steps_per_sec,
       images_per_sec=steps_per_sec * self.batch_size,
@@ -137,7 +193,11 @@ class TrainLog(Hook):
 
   def step_done(self, ctx: Context) -> None:
     if self._fired:  # Evaluation and checkpointing time is not training time.
-      self._interval_start, self._wait = time.perf_counter(), 0.0
+      self._interval_start, self._wait, self._steps = time.perf_counter(), 0.0, 0
+
+  def close(self) -> None:
+    if self._bar:
+      self._bar.close()
 
 
 def check_finite(records: list[tuple[int, dict[str, np.ndarray]]], last_checkpoint: int | None) -> None:

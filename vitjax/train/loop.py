@@ -23,6 +23,7 @@ from vitjax.train import history, hooks, mfu, objectives, optim, state, steps
 
 # Offset of the target stream's seed from config.seed: its shuffle and augmentation differ from the source's.
 TARGET_SEED = 7_919
+PARAMS_FILE = "params.txt"  # The model's parameter table, in the workdir.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   objective = objectives.from_config(config, setting)
   manager = checkpoints.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   train_state, parallel, learning_rate_fn, meta = _initial_state(
-    config, manager, model, mesh, objective, image_shape=image_shape, num_steps=num_steps, rng=init_rng
+    config, manager, model, mesh, objective, image_shape=image_shape, num_steps=num_steps, rng=init_rng, workdir=workdir
   )
   train_step = _train_step(config, parallel, objective, learning_rate_fn)
   ctx = hooks.Context(num_steps=num_steps, meta=meta, step=meta.pop("step", 0), state=train_state)
@@ -53,7 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   abstract_batch = parallel.abstract_batch(_shapes(train_ds))
   flops = mfu.lowered_flops(train_step, train_state, abstract_batch, train_rng) * parallel.programs
   evaluate = _evaluator(config, parallel, loss_fn, eval_ds)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() != 0)
+  writer = _writer(workdir)
   extra = _extra_evaluators(config, source, target, model, parallel, loss_fn, eval_ds)
   run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, flops=flops)
   batches = sharding.prefetch_to_device(data.as_numpy(train_ds), parallel.place_batch, size=config.data.prefetch)
@@ -84,7 +85,7 @@ def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> i
   return math.ceil(config.num_epochs * num_train_examples / config.batch_size)
 
 
-def _initial_state(config, manager, model, mesh, objective, *, image_shape, num_steps, rng):
+def _initial_state(config, manager, model, mesh, objective, *, image_shape, num_steps, rng, workdir):
   """(state restored from `manager` or freshly initialised (from `config.pretrained` if set), with the heads of
   `objective` if it has any, the parallelism strategy, the learning-rate schedule, the checkpoint's bookkeeping)."""
   abstract_params = jax.eval_shape(functools.partial(models.init_variables, model, image_shape=image_shape), rng)
@@ -101,15 +102,7 @@ def _initial_state(config, manager, model, mesh, objective, *, image_shape, num_
   abstract_state = jax.eval_shape(init, rng)
   parallel = sharding.create(config.parallelism, mesh, abstract_state)
   if jax.process_index() == 0:
-    logging.info(
-      "Model %s, %.3f forward GFLOPs/image; %d steps of %d images on %d devices.\n%s",
-      config.model.name,
-      models.forward_gflops(model, image_size=image_shape[0]),
-      num_steps,
-      config.batch_size,
-      jax.device_count(),
-      models.parameter_overview(abstract_params["params"]),
-    )
+    _describe_model(config, model, abstract_params["params"], workdir, image_shape=image_shape, num_steps=num_steps)
   restored = checkpoints.restore_latest(manager, parallel.restore_target(abstract_state))
   if restored:
     train_state, meta = restored
@@ -120,6 +113,38 @@ def _initial_state(config, manager, model, mesh, objective, *, image_shape, num_
       train_state = _load_pretrained(config.pretrained, train_state)
   meta = {k: meta[k] for k in ("step", "train_seconds", "best_metric", "evals_without_improvement") if k in meta}
   return parallel.from_checkpoint(train_state), parallel, learning_rate_fn, meta
+
+
+def _describe_model(config, model, params, workdir: str, *, image_shape, num_steps: int) -> None:
+  """Logs one line on the model and the run; the parameter table goes to `PARAMS_FILE` in the workdir."""
+  with open(os.path.join(workdir, PARAMS_FILE), "w") as f:
+    f.write(models.parameter_overview(params) + "\n")
+  logging.info(
+    "Model %s: %s parameters (%s), %.3f forward GFLOPs/image; %d steps of %d images on %d devices.",
+    config.model.name,
+    f"{sum(math.prod(p.shape) for p in jax.tree.leaves(params)):,}",
+    PARAMS_FILE,
+    models.forward_gflops(model, image_size=image_shape[0]),
+    num_steps,
+    config.batch_size,
+    jax.device_count(),
+  )
+
+
+class _EvalLogWriter(metric_writers.LoggingWriter):
+  """clu's console writer without the train records: the train log's progress line shows them already."""
+
+  def write_scalars(self, step: int, scalars) -> None:
+    scalars = {k: v for k, v in scalars.items() if not k.startswith("train/")}
+    if scalars:
+      super().write_scalars(step, scalars)
+
+
+def _writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard events and a console line per eval record on the first process; console lines elsewhere."""
+  if jax.process_index() != 0:
+    return metric_writers.create_default_writer(workdir, just_logging=True)
+  return metric_writers.AsyncMultiWriter([_EvalLogWriter(), metric_writers.SummaryWriter(workdir)])
 
 
 def _load_pretrained(config: ml_collections.ConfigDict, train_state: state.TrainState) -> state.TrainState:

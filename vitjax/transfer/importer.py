@@ -226,14 +226,28 @@ def match_params(
     else:
       problems.append(f"{key} {tuple(source[key].shape)} is in the checkpoint but not in the model")
   if problems:
-    for problem in problems:
-      logging.warning("Checkpoint mismatch: %s.", problem)
+    _log_mismatches(problems)
     raise ConfigError(
       f"Checkpoint does not fit the model: {problems[0]}"
       + (f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else "")
       + ". Is it for another architecture? Keys that should keep the model's value go in dont_load."
     )
   return out, report
+
+
+def _log_mismatches(problems: list[str]) -> None:
+  """One warning line counting the mismatches by kind; each one at verbosity 1 (`--verbosity=1`)."""
+  for problem in problems:
+    logging.vlog(1, "Checkpoint mismatch: %s.", problem)
+  missing = sum("is missing from the checkpoint" in problem for problem in problems)
+  extra = sum("is in the checkpoint but not in the model" in problem for problem in problems)
+  logging.warning(
+    "Checkpoint mismatch: %d keys (%d missing from the checkpoint, %d not in the model, %d of another shape).",
+    len(problems),
+    missing,
+    extra,
+    len(problems) - missing - extra,
+  )
 
 
 def _fresh_value(key: str, model_value: Any, *, head_bias_init: float) -> Any:
