@@ -50,10 +50,15 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.pretrained = ml_collections.ConfigDict(
     {
-      "path": placeholder(str),  # A public .npz or an Orbax checkpoint directory.
+      # A public .npz, a timm .safetensors, an Orbax checkpoint directory, or hf-hub:ORG/NAME (a timm Hub repo,
+      # which then names config.model).
+      "path": placeholder(str),
       "dont_load": ("head/.*",),
       "head_bias_init": 0.0,
       "keep_pre_logits": False,
+      # hf-hub: paths: "hub" trains and evaluates at the repo's input size and normalisation (timm's transforms);
+      # "config" keeps data.pp_train and data.pp_eval as they are.
+      "preprocessing": "hub",
     }
   )
 

@@ -17,14 +17,16 @@ from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A training run's directory.")
-flags.DEFINE_string("format", None, "saved_model, tflite or onnx.")
+flags.DEFINE_string("model", None, "hf-hub:ORG/NAME: export a Hub model in timm's format instead of a run.")
+flags.DEFINE_string("format", None, "saved_model, tflite, onnx, or timm (a timm Hub repo folder).")
+flags.DEFINE_string("push_to", None, "timm: also upload the folder to this Hub repo (ORG/NAME).")
 flags.DEFINE_string("output", None, "The file (a folder for saved_model) to write; a sidecar OUTPUT.json goes beside.")
 flags.DEFINE_string("quantize", "none", "none; tflite: float16 or int8; onnx: int8.")
 flags.DEFINE_integer("step", None, "The checkpoint step to export (default: the newest).")
 flags.DEFINE_bool("ema", None, "Export the moving average of the parameters (default: when the run kept one).")
 flags.DEFINE_integer("image_size", None, "The input size, needed only when pp_eval has no resize or crop.")
 flags.DEFINE_integer("calibration_images", 300, "int8: training images that calibrate the activation ranges.")
-flags.mark_flags_as_required(["workdir", "format", "output"])
+flags.mark_flags_as_required(["format", "output"])
 
 
 def main(argv):
@@ -35,10 +37,14 @@ def main(argv):
   from vitjax.deploy import formats
 
   try:  # Before the imports below, which take seconds.
-    formats.check(FLAGS.format, FLAGS.quantize)
+    if FLAGS.format != "timm":
+      formats.check(FLAGS.format, FLAGS.quantize)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  if not os.path.exists(FLAGS.workdir):
+  source = FLAGS.model if (FLAGS.model or "").startswith("hf-hub:") else FLAGS.workdir
+  if not source or bool(FLAGS.workdir) == bool(FLAGS.model):
+    sys.exit("error: Give either --workdir=RUN or --model=hf-hub:ORG/NAME.")
+  if not FLAGS.model and not os.path.exists(FLAGS.workdir):
     sys.exit(f"error: No run workdir or checkpoint file at {FLAGS.workdir!r}.")
   import tensorflow as tf
 
@@ -48,7 +54,9 @@ def main(argv):
   from vitjax.deploy.classifier import Classifier
 
   try:
-    classifier = Classifier.load(FLAGS.workdir, step=FLAGS.step, ema=FLAGS.ema)
+    classifier = Classifier.load(source, step=FLAGS.step, ema=FLAGS.ema)
+    if FLAGS.format == "timm":
+      return _publish(classifier, source)
     representative = None
     if FLAGS.quantize == "int8":
       representative = exporters.representative_images(
@@ -65,6 +73,16 @@ def main(argv):
   except (ValueError, data.DatasetUnavailableError) as e:
     sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.
   print(f"Wrote {FLAGS.output} ({FLAGS.format}, quantize={FLAGS.quantize}) and {FLAGS.output}.json", flush=True)
+
+
+def _publish(classifier, source: str) -> None:
+  """`--format=timm`: the timm repo folder, and its upload with `--push_to`."""
+  from vitjax.transfer import publish
+
+  config = publish.write_classifier(classifier, FLAGS.output, source=source)
+  print(f"Wrote {FLAGS.output} (timm {config['architecture']}, {config['num_classes']} classes)", flush=True)
+  if FLAGS.push_to:
+    print(f"Pushed to {publish.push(FLAGS.output, FLAGS.push_to)}", flush=True)
 
 
 if __name__ == "__main__":

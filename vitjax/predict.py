@@ -23,9 +23,9 @@ flags.DEFINE_integer("top_k", 5, "How many (label, probability) pairs each row l
 flags.DEFINE_integer("batch_size", 32, "Images per model call.")
 flags.DEFINE_integer("step", None, "The checkpoint step to use (default: the newest).")
 flags.DEFINE_bool("ema", None, "Use the moving average of the parameters (default: when the run kept one).")
-flags.DEFINE_string("model", None, "For an .npz file: the registered model name.")
+flags.DEFINE_string("model", None, "hf-hub:ORG/NAME (a Hub model, no workdir); for an .npz file: the model name.")
 flags.DEFINE_list("class_names", None, "For an .npz file: the class names, in label order.")
-flags.mark_flags_as_required(["workdir", "input"])
+flags.mark_flags_as_required(["input"])
 
 
 def main(argv):
@@ -33,7 +33,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # The libraries' INFO lines say nothing a user of this command needs.
-  if not os.path.exists(FLAGS.workdir):  # Before the imports below, which take seconds.
+  from_hub = (FLAGS.model or "").startswith("hf-hub:")
+  if from_hub == bool(FLAGS.workdir):
+    sys.exit("error: Give either --workdir (a run, or an .npz file with --model) or --model=hf-hub:ORG/NAME.")
+  if not from_hub and not os.path.exists(FLAGS.workdir):  # Before the imports below, which take seconds.
     sys.exit(f"error: No run workdir or checkpoint file at {FLAGS.workdir!r}.")
   import tensorflow as tf
 
@@ -45,7 +48,7 @@ def main(argv):
   try:
     paths = find_files(FLAGS.input)
     classifier = Classifier.load(
-      FLAGS.workdir,
+      FLAGS.model if from_hub else FLAGS.workdir,
       step=FLAGS.step,
       ema=FLAGS.ema,
       model=FLAGS.model,

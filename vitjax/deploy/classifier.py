@@ -78,7 +78,14 @@ class Classifier:
   ) -> "Classifier":
     """The model of a run's workdir (checkpoint `step`, default the newest; EMA parameters when the run kept them
     unless `ema=False`), or of an `.npz` checkpoint with `model` (a registered name or a `config.model`) and
-    `class_names`. `pp_eval` replaces the run's eval preprocessing (for an `.npz`: `NPZ_PP_EVAL`)."""
+    `class_names`, or of a Hub repo in timm's format (`hf-hub:ORG/NAME[@REVISION]`, which names its own model,
+    classes and preprocessing). `pp_eval` replaces the run's eval preprocessing (for an `.npz`: `NPZ_PP_EVAL`)."""
+    if transfer.hub.is_hub_name(source):
+      hub_model, module, variables = transfer.hub.load_model(source)
+      pp_eval = pp_eval or hub_model.pp_eval
+      return cls(
+        module, variables, class_names=hub_model.class_names, pp_eval=pp_eval, batch_size=batch_size, source=source
+      )
     if os.path.isdir(source):
       return cls._from_run(source, step=step, ema=ema, pp_eval=pp_eval, batch_size=batch_size)
     if not os.path.isfile(source):

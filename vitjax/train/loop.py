@@ -28,6 +28,7 @@ PARAMS_FILE = "params.txt"  # The model's parameter table, in the workdir.
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its checkpoints) and returns the final eval metrics."""
+  config = transfer.hub.configure(config)  # An `hf-hub:` pretrained.path names the model and its preprocessing.
   source, target = data.from_config(config.data), data.target_from_config(config.data)
   loss_fn = losses.from_config(config.loss)
   mesh = sharding.mesh_from_config(config)

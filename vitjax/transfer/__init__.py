@@ -1,5 +1,7 @@
-"""Weights from elsewhere: public ViT, hybrid and BiT `.npz` files and other runs, mapped onto this project's models."""
+"""Weights from elsewhere: public ViT, hybrid and BiT `.npz` files, timm `.safetensors` files and `hf-hub:` repos, and
+other runs, mapped onto this project's models."""
 
+from vitjax.transfer import hub
 from vitjax.transfer.importer import (
   LoadReport,
   canonical_names,
@@ -12,6 +14,7 @@ from vitjax.transfer.posemb import resize_posemb
 
 __all__ = [
   "LoadReport",
+  "hub",
   "canonical_names",
   "load_pretrained",
   "load_variables",

@@ -20,7 +20,7 @@ from absl import logging
 
 from vitjax import checkpoints
 from vitjax.errors import ConfigError
-from vitjax.transfer import timm
+from vitjax.transfer import hub, timm
 from vitjax.transfer.posemb import resize_posemb
 
 Flat = dict[str, Any]
@@ -36,6 +36,7 @@ _OLD_BLOCK_PATTERN = re.compile(rf"(encoderblock(?:_\d+)?)/({'|'.join(_OLD_BLOCK
 _STACKED_BLOCKS = "Transformer/encoderblock/"
 _BLOCK_KEY = re.compile(r"Transformer/encoderblock_(\d+)/(.+)")
 _NORM_PARAM = re.compile(r"(^|/)(gn\w*|group_norm|LayerNorm\w*|encoder_norm)/(scale|bias)$")
+_HEADS_PARAM = re.compile(r"MultiHeadDotProductAttention_\d+/(query|key|value|out)/(kernel|bias)$")
 
 
 @dataclasses.dataclass
@@ -123,6 +124,8 @@ def read_checkpoint(path: str, *, params_key: str = "params") -> tuple[Flat, dic
       raise ConfigError(f"Checkpoint {path!r} has no {params_key!r} (it has: {', '.join(sorted(tree))}).")
     collections = {"batch_stats": tree["batch_stats"]} if tree.get("batch_stats") else {}
     return flax.traverse_util.flatten_dict(tree[params_key], sep="/"), collections, meta
+  if hub.is_hub_name(path):
+    path = hub.weights_file(path)
   timm.refuse_pickle(path)
   if timm.is_safetensors(path):
     return *timm.read(path), {}
@@ -276,6 +279,9 @@ def _fit(key: str, value: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarra
     and value.size == math.prod(shape)
     and value.squeeze().shape == tuple(d for d in shape if d != 1)
   ):
+    return value.reshape(shape), f"{value.shape} -> {shape}"
+  if _HEADS_PARAM.search(key) and value.size == math.prod(shape) and value.ndim == len(shape):
+    # timm's fused qkv does not record the head count: regrouping heads x head_dim is a plain reshape.
     return value.reshape(shape), f"{value.shape} -> {shape}"
   return None, ""
 

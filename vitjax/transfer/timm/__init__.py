@@ -1,11 +1,15 @@
 """timm (and torchvision) state dicts in `.safetensors` files, mapped onto this project's models.
 
-Each family's mapping lives in a module of its own with `matches(state)` and `convert(state)`; the first module of
-`CONVERTERS` that recognises a file's key names converts it to flat Flax variables (`params/...`,
-`batch_stats/...`). Pickled PyTorch files are never opened: they can run arbitrary code when loaded.
+Each family's mapping lives in a module of its own that registers a `registry.Family` on import (its `matches`,
+`convert`, the inverse `to_timm`, and the timm architecture names it builds); every module of this package is
+imported here, so a new family is one new file. The first family, by priority, that recognises a file's key names
+converts it to flat Flax variables (`params/...`, `batch_stats/...`). Pickled PyTorch files are never opened: they
+can run arbitrary code when loaded.
 """
 
+import importlib
 import os
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,24 +17,14 @@ import numpy as np
 import safetensors.numpy
 
 from vitjax.errors import ConfigError
-from vitjax.preflight import refuse_pickle as refuse_pickle
-from vitjax.transfer.timm import (
-  alexnet,
-  bit,
-  coatnet,
-  convnext,
-  densenet,
-  efficientnet,
-  layout,
-  mixer,
-  resnet,
-  swin,
-  vgg,
-  vit,
-)
+from vitjax.preflight import refuse_pickle
+from vitjax.transfer.timm import layout, registry
+from vitjax.transfer.timm.registry import architectures, for_architecture, for_model
 
-# Tried in order: more specific layouts first.
-CONVERTERS = (resnet, bit, alexnet, vgg, densenet, swin, mixer, coatnet, efficientnet, convnext, vit)
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["architectures", "convert", "for_architecture", "for_model", "read", "refuse_pickle"]
 
 
 def is_safetensors(path: str) -> bool:
@@ -53,22 +47,21 @@ def read(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def convert(state: Mapping[str, np.ndarray], path: str = "<state dict>") -> dict[str, np.ndarray]:
-  """Flat `params/...` and `batch_stats/...` variables of the first converter that recognises `state`."""
-  for converter in CONVERTERS:
-    if converter.matches(state):
+  """Flat `params/...` and `batch_stats/...` variables of the first family that recognises `state`."""
+  for family in registry.families():
+    if family.matches(state):
       recording = layout.RecordingState(state)
       try:
-        flat = converter.convert(recording)
+        flat = family.convert(recording)
       except KeyError as e:
-        family = converter.__name__.rsplit(".", 1)[-1]
-        message = f"{path!r} has no {e.args[0]!r}, which the {family} layout needs: a truncated file?"
+        message = f"{path!r} has no {e.args[0]!r}, which the {family.name} layout needs: a truncated file?"
         raise ConfigError(message) from None
       # Under their torch names, so that the importer reports them as in the checkpoint but not in the model.
       return {**flat, **{key: state[key] for key in recording.unread()}}
   sample = ", ".join(sorted(state)[:4])
   raise ConfigError(
     f"{path!r} is in no state-dict layout known here (keys: {sample}, ...); known families: "
-    f"{', '.join(c.__name__.rsplit('.', 1)[-1] for c in CONVERTERS)}."
+    f"{', '.join(family.name for family in registry.families())}."
   )
 
 

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _CONVS = ("features.0", "features.3", "features.6", "features.8", "features.10")
 _POOLED = 6  # Side of the adaptive pool's output that `classifier.1` reads flattened.
@@ -35,3 +35,20 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   out.update(layout.dense(state, "classifier.4", "classifier_4"))
   out.update(layout.dense(state, "classifier.6", "head"))
   return out
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of `AlexNet` as torchvision's state dict: `convert`'s inverse."""
+  out = layout.to_torch(
+    flat, lambda path: None if path == "classifier_1" else path.replace("_", ".").replace("head", "classifier.6")
+  )
+  kernel = np.asarray(flat["params/classifier_1/kernel"], np.float32)
+  channels = kernel.shape[0] // (_POOLED * _POOLED)
+  weight = kernel.reshape(_POOLED, _POOLED, channels, -1).transpose(3, 2, 0, 1)
+  out["classifier.1.weight"] = np.ascontiguousarray(weight.reshape(weight.shape[0], -1))
+  out["classifier.1.bias"] = np.asarray(flat["params/classifier_1/bias"], np.float32)
+  return out
+
+
+# torchvision's AlexNet has no timm architecture: its files load by their keys, and nothing is published as it.
+registry.register(registry.Family("alexnet", priority=30, matches=matches, convert=convert, to_timm=to_timm))

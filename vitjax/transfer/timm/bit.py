@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.")
 
@@ -33,3 +33,32 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   if "head.fc.weight" in state:
     out.update(layout.conv(state, "head.fc", "head/conv2d"))
   return out
+
+
+def _torch_module(path: str) -> str:
+  path = {"root_block/standardized_conv2d": "stem.conv", "group_norm": "norm", "head/conv2d": "head.fc"}.get(path, path)
+  path = re.sub(r"^block(\d)/unit(\d+)/", lambda m: f"stages.{int(m[1]) - 1}.blocks.{int(m[2]) - 1}/", path)
+  path = path.replace("/a/proj/standardized_conv2d", ".downsample.conv")
+  for i, unit in enumerate("abc", 1):
+    path = path.replace(f"/{unit}/group_norm", f".norm{i}").replace(f"/{unit}/standardized_conv2d", f".conv{i}")
+  return path
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of a `BiTResNet` as timm's ResNetV2 state dict: `convert`'s inverse."""
+  return layout.to_torch(flat, _torch_module)
+
+
+registry.register(
+  registry.Family(
+    "bit",
+    priority=20,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures={
+      f"resnetv2_{depth}x{width}_bit": f"bit_r{depth}x{width}"
+      for depth, width in [(50, 1), (101, 1), (50, 3), (101, 3), (152, 2), (152, 4)]
+    },
+  )
+)

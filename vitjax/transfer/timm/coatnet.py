@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _BLOCK = re.compile(r"stages\.(\d+)\.blocks\.(\d+)\.")
 
@@ -62,3 +62,35 @@ def _transformer(state: Mapping[str, np.ndarray], source: str, target: str) -> d
   for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
     out.update(pointwise(state, f"{source}.{name}", f"{target}/{name.replace('.', '/')}"))
   return out
+
+
+_HEAD = {"final_norm": "head.norm", "pre_head": "head.pre_logits.fc", "head": "head.fc"}
+_POINTWISE = re.compile(r"stages\.\d+\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc[12]|se\.fc[12])\.weight")
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of `CoAtNet` as timm's MaxxVit state dict: `convert`'s inverse (the pointwise Dense
+  layers back to 1x1 convolutions, a first transformer block's norm under its `norm1.norm`)."""
+  transformer = {"/".join(k.split("/")[1:3]) for k in flat if "/attn/" in k}
+
+  def module(path: str) -> str:
+    block = "/".join(path.split("/")[:2])
+    if block in transformer and path == f"{block}/norm1" and block.endswith("blocks_0"):
+      path = f"{block}/norm1/norm"
+    path = re.sub(r"(stages|blocks)_(\d+)/", r"\1.\2.", _HEAD.get(path, path))
+    return path.replace("/", ".")
+
+  out = layout.to_torch(flat, module)
+  return {k: v[:, :, None, None] if _POINTWISE.fullmatch(k) else v for k, v in out.items()}
+
+
+registry.register(
+  registry.Family(
+    "coatnet",
+    priority=80,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures={"coatnet_0_224": "coatnet_0"},
+  )
+)

@@ -7,10 +7,11 @@
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _RENAMES = (
   (re.compile(r"^stem\.0$"), "stem_conv"),
@@ -52,3 +53,54 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     mapping = {4: layout.conv, 2: layout.dense, 1: layout.norm}[state[key].ndim]
     out.update(mapping(state, module, target))
   return out
+
+
+_INVERSE = (
+  (re.compile(r"^stem_conv$"), "stem.0"),
+  (re.compile(r"^stem_norm$"), "stem.1"),
+  (re.compile(r"^stages_(\d+)/downsample_norm$"), r"stages.\1.downsample.0"),
+  (re.compile(r"^stages_(\d+)/downsample_conv$"), r"stages.\1.downsample.1"),
+  (re.compile(r"^stages_(\d+)/blocks_(\d+)/mlp_(fc[12])$"), r"stages.\1.blocks.\2.mlp.\3"),
+  (re.compile(r"^stages_(\d+)/blocks_(\d+)(/(conv_dw|norm))?$"), r"stages.\1.blocks.\2.\4"),
+  (re.compile(r"^head_norm$"), "head.norm"),
+  (re.compile(r"^head$"), "head.fc"),
+)
+
+
+def _torch_module(path: str) -> str:
+  for pattern, replacement in _INVERSE:
+    if pattern.match(path):
+      return pattern.sub(replacement, path).rstrip(".")  # A block's own `gamma` sits on the block itself.
+  return path
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of `ConvNeXt` as timm's state dict: `convert`'s inverse."""
+  return layout.to_torch(flat, _torch_module)
+
+
+def options(architecture: str, model_args: Mapping[str, Any]) -> dict[str, Any]:
+  """timm's `depths`, `dims` and `ls_init_value` as `ConvNeXt` options."""
+  registry.check_args(architecture, model_args, ("depths", "dims", "ls_init_value"))
+  names = {"depths": "depths", "dims": "dims", "ls_init_value": "layer_scale_init"}
+  return {names[k]: tuple(v) if isinstance(v, list) else v for k, v in model_args.items() if k in names}
+
+
+def model_args(architecture: str, model: Any, image_size: int) -> dict[str, Any]:
+  """The stage depths and widths (and layer-scale start), so that any `ConvNeXt` builds in timm."""
+  del architecture, image_size
+  return {"depths": list(model.depths), "dims": list(model.dims), "ls_init_value": model.layer_scale_init}
+
+
+registry.register(
+  registry.Family(
+    "convnext",
+    priority=100,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures={f"convnext_{v}": f"convnext_{v}" for v in ("tiny", "small", "base", "large")},
+    options=options,
+    model_args=model_args,
+  )
+)

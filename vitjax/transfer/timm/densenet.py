@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 # Old torchvision files name a dense layer's modules `norm.1`, `conv.2`, ...: today's `norm1`, `conv2`.
 _OLD_LAYER_NAME = re.compile(r"(denselayer\d+\.(?:norm|conv))\.([12])$")
@@ -29,3 +29,20 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
       is_conv = target.rpartition("/")[2].startswith("conv")
       out.update((layout.conv if is_conv else layout.batch_norm)(state, module, target))
   return out
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of `DenseNet` as timm's state dict: `convert`'s inverse."""
+  return layout.to_torch(flat, lambda path: "classifier" if path == "head" else "features." + path.replace("/", "."))
+
+
+registry.register(
+  registry.Family(
+    "densenet",
+    priority=50,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures={f"densenet{depth}": f"densenet{depth}" for depth in (121, 161, 169, 201)},
+  )
+)

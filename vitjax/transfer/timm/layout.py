@@ -1,10 +1,11 @@
-"""PyTorch state-dict layout -> Flax: the kernel transposes and normalisation renames every family's mapping uses.
+"""PyTorch state-dict layout <-> Flax: the kernel transposes and normalisation renames every family's mapping uses.
 
 A converter returns flat variables keyed `params/<flax path>` or `batch_stats/<flax path>`; these helpers produce
 such entries from the torch names under a prefix, so a family's mapping reads as a list of module pairs.
+`to_torch` runs the same renames backwards for publishing, module by module.
 """
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -54,6 +55,36 @@ def batch_norm(state: State, source: str, target: str) -> Flat:
 def norm(state: State, source: str, target: str) -> Flat:
   """A torch LayerNorm or GroupNorm: weight and bias as Flax's `scale` and `bias`."""
   return {f"params/{target}/scale": state[f"{source}.weight"], f"params/{target}/bias": state[f"{source}.bias"]}
+
+
+def torch_conv(kernel: np.ndarray) -> np.ndarray:
+  """A Flax conv kernel (kh, kw, in / groups, out) as a torch weight (out, in / groups, kh, kw): `conv_kernel`'s
+  inverse."""
+  return np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1)))
+
+
+def to_torch(flat: Flat, module: Callable[[str], str | None]) -> Flat:
+  """Flat Flax variables (`params/...`, `batch_stats/...`) as a torch state dict, `module(flax module path)` giving
+  each torch module name (None: left for the caller). Kernels are transposed by rank (4: conv, 2: Linear),
+  `scale` is `weight`, BatchNorm statistics are `running_mean`/`running_var` with a `num_batches_tracked`."""
+  leaves = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+  out = {}
+  for key, value in flat.items():
+    collection, _, rest = key.partition("/")
+    path, _, leaf = rest.rpartition("/")
+    name = module(path)
+    if name is None or collection not in ("params", "batch_stats"):
+      continue
+    value = np.asarray(value, np.float32)
+    if leaf == "kernel":
+      out[f"{name}.weight"] = torch_conv(value) if value.ndim == 4 else np.ascontiguousarray(value.T)
+    elif leaf in leaves:
+      out[f"{name}.{leaves[leaf]}"] = value
+      if leaf == "mean":
+        out[f"{name}.num_batches_tracked"] = np.zeros((), np.int64)
+    else:
+      out[f"{name}.{leaf}"] = value
+  return out
 
 
 class RecordingState(Mapping):

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 _BLOCK_MODULES = {
@@ -36,3 +36,27 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   if "head.weight" in state:
     out.update(layout.dense(state, "head", "head"))
   return out
+
+
+def _torch_module(path: str) -> str:
+  inverse = {target: source for source, target in _BLOCK_MODULES.items()}
+  if match := re.fullmatch(r"MixerBlock_(\d+)/(.+)", path):
+    return f"blocks.{match[1]}.{inverse[match[2]]}"
+  return {"stem": "stem.proj", "pre_head_layer_norm": "norm"}.get(path, path)
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of `MlpMixer` as timm's state dict: `convert`'s inverse."""
+  return layout.to_torch(flat, _torch_module)
+
+
+registry.register(
+  registry.Family(
+    "mixer",
+    priority=70,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures={f"mixer_{v}16_224": f"mixer_{v}16" for v in ("s", "b", "l")},
+  )
+)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _BLOCK = re.compile(r"layer(\d)\.(\d+)\.")
 
@@ -34,3 +34,27 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if f"{head}.weight" in state:
       out.update(layout.dense(state, head, "head"))
   return out
+
+
+def _torch_module(path: str) -> str:
+  path = re.sub(r"^layer(\d)/block(\d+)/", r"layer\1.\2.", path)
+  return (
+    "fc" if path == "head" else path.replace("downsample_conv", "downsample.0").replace("downsample_bn", "downsample.1")
+  )
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of a `ResNet` as timm's state dict: `convert`'s inverse."""
+  return layout.to_torch(flat, _torch_module)
+
+
+registry.register(
+  registry.Family(
+    "resnet",
+    priority=10,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures={f"resnet{depth}": f"resnet{depth}" for depth in (18, 34, 50, 101, 152)},
+  )
+)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _BLOCK = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.")
 _DERIVED = re.compile(r".*\.(relative_position_index|attn_mask)$")
@@ -49,3 +49,30 @@ def _block(state: Mapping[str, np.ndarray], source: str, target: str) -> dict[st
   for name in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
     out.update(layout.dense(state, f"{source}.{name}", f"{target}/{name.replace('.', '/')}"))
   return out
+
+
+def _torch_module(path: str) -> str:
+  path = re.sub(r"^layers_(\d+)/", r"layers.\1.", path)
+  path = re.sub(r"blocks_(\d+)/", r"blocks.\1.", path)
+  return "head.fc" if path == "head" else path.replace("/", ".")
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of `SwinTransformer` as the state dict of timm 0.9 and later: `convert`'s inverse."""
+  return layout.to_torch(flat, _torch_module)
+
+
+registry.register(
+  registry.Family(
+    "swin",
+    priority=60,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures={
+      "swin_tiny_patch4_window7_224": "swin_t",
+      "swin_small_patch4_window7_224": "swin_s",
+      "swin_base_patch4_window7_224": "swin_b",
+    },
+  )
+)

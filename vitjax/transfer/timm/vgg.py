@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _FEATURE = re.compile(r"(features\.(\d+))\.weight")
 
@@ -47,3 +47,25 @@ def convert(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out.update(_torchvision_hidden(state, "classifier.3", "conv_mlp/fc2", 1))
     out.update(layout.dense(state, "classifier.6", "head"))
   return out
+
+
+def _torch_module(path: str) -> str:
+  path = {"conv_mlp/fc1": "pre_logits.fc1", "conv_mlp/fc2": "pre_logits.fc2", "head": "head.fc"}.get(path, path)
+  return re.sub(r"^features_(\d+)$", r"features.\1", path)
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of `VGG` as timm's state dict (`features.N`, `pre_logits`, `head.fc`)."""
+  return layout.to_torch(flat, _torch_module)
+
+
+registry.register(
+  registry.Family(
+    "vgg",
+    priority=40,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures={f"vgg{d}{bn}": f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")},
+  )
+)

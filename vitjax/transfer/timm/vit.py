@@ -12,11 +12,14 @@ backbone, `fc_norm`, `norm_pre`) are left for the importer to report.
 import math
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from vitjax import models
+from vitjax.errors import ConfigError
 from vitjax.models import vit as vit_model
-from vitjax.transfer.timm import layout
+from vitjax.transfer.timm import layout, registry
 
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 # Widths whose head_dim is not 64: ViT-micro, -H, -g, and timm's SoViT-400m (1152 = 16 x 72).
@@ -97,3 +100,154 @@ def _block(state: Mapping[str, np.ndarray], source: str, target: str, heads: int
   out.update(layout.dense(state, f"{source}.mlp.fc1", f"{target}/MlpBlock_0/Dense_0"))
   out.update(layout.dense(state, f"{source}.mlp.fc2", f"{target}/MlpBlock_0/Dense_1"))
   return out
+
+
+def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Flat Flax variables of a ViT or DeiT as timm's state dict: `convert`'s inverse. Registers get position slots
+  of zeros after the class tokens (timm's default layout), which `convert` folds back exactly."""
+  flat = {k: np.asarray(v, np.float32) for k, v in _per_block(flat).items()}
+  out = {timm: flat[f"params/{ours}"] for timm, ours in _TOKENS.items() if f"params/{ours}" in flat}
+  pos = flat["params/Transformer/posembed_input/pos_embedding"]
+  if "reg_token" in out:
+    prefix = ("params/cls" in flat) + ("params/dist" in flat)
+    slots = np.zeros((1, out["reg_token"].shape[1], pos.shape[2]), np.float32)
+    pos = np.concatenate([pos[:, :prefix], slots, pos[:, prefix:]], axis=1)
+  out["pos_embed"] = pos
+  blocks = sorted({int(m[1]) for m in map(re.compile(r"params/Transformer/encoderblock_(\d+)/").match, flat) if m})
+  for i in blocks:
+    out.update(_block_to_timm(flat, f"params/Transformer/encoderblock_{i}", f"blocks.{i}"))
+  modules = {"embedding": "patch_embed.proj", "Transformer/encoder_norm": "norm", "head": "head"}
+  modules["head_dist"] = "head_dist"
+  return {**out, **layout.to_torch(flat, modules.get)}
+
+
+def _per_block(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`flat` with blocks stacked on a leading depth axis (a model with `scan`) split into one key per block."""
+  stacked = "params/Transformer/encoderblock/"
+  out = {k: v for k, v in flat.items() if not k.startswith(stacked)}
+  for key in (k for k in flat if k.startswith(stacked)):
+    rest = key[len(stacked) :]
+    out.update({f"params/Transformer/encoderblock_{i}/{rest}": layer for i, layer in enumerate(flat[key])})
+  return out
+
+
+def _block_to_timm(flat: dict[str, np.ndarray], source: str, target: str) -> dict[str, np.ndarray]:
+  attn = f"{source}/MultiHeadDotProductAttention_0"
+  dim = flat[f"{attn}/query/kernel"].shape[0]
+  qkv = [flat[f"{attn}/{name}/kernel"].reshape(dim, -1).T for name in ("query", "key", "value")]
+  out = {
+    f"{target}.attn.qkv.weight": np.ascontiguousarray(np.concatenate(qkv)),
+    f"{target}.attn.qkv.bias": np.concatenate(
+      [flat[f"{attn}/{n}/bias"].reshape(-1) for n in ("query", "key", "value")]
+    ),
+    f"{target}.attn.proj.weight": np.ascontiguousarray(flat[f"{attn}/out/kernel"].reshape(-1, dim).T),
+    f"{target}.attn.proj.bias": flat[f"{attn}/out/bias"],
+  }
+  for k in (1, 2):
+    if f"{source}/LayerScale_{k - 1}/scale" in flat:
+      out[f"{target}.ls{k}.gamma"] = flat[f"{source}/LayerScale_{k - 1}/scale"]
+  modules = {"LayerNorm_0": "norm1", "LayerNorm_1": "norm2", "MlpBlock_0/Dense_0": "mlp.fc1"}
+  modules.update({"MlpBlock_0/Dense_1": "mlp.fc2", "MultiHeadDotProductAttention_0/query_norm": "attn.q_norm"})
+  modules["MultiHeadDotProductAttention_0/key_norm"] = "attn.k_norm"
+  block = {k: v for k, v in flat.items() if k.startswith(f"{source}/")}
+  prefix = len(source) - len("params")  # Paths relative to the block, for `modules`.
+  named = layout.to_torch(block, lambda path: modules.get(path[prefix:]) and f"{target}.{modules[path[prefix:]]}")
+  return {**out, **named}
+
+
+_SIZES = {"tiny": "ti", "small": "s", "base": "b", "large": "l", "huge": "h", "giant": "g"}
+_VITS = (
+  "tiny_patch16_224 tiny_patch16_384 small_patch16_224 small_patch16_384 small_patch32_224 small_patch32_384 "
+  "small_patch8_224 base_patch16_224 base_patch16_384 base_patch32_224 base_patch32_384 base_patch8_224 "
+  "large_patch16_224 large_patch16_384 large_patch32_384 large_patch14_224 huge_patch14_224 giant_patch14_224"
+).split()
+_ARCHITECTURES = {
+  **{f"vit_{n}": "vit_{}{}".format(_SIZES[n.split("_")[0]], re.search(r"patch(\d+)", n)[1]) for n in _VITS},
+  **{f"deit_{size}_patch16_224": f"vit_{_SIZES[size]}16" for size in ("tiny", "small", "base")},
+  **{f"deit_{size}_distilled_patch16_224": f"deit_{_SIZES[size]}16_distilled" for size in ("tiny", "small", "base")},
+}
+_STRUCTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
+_OPTIONS = ("class_token", "global_pool", "fc_norm", "reg_tokens", "no_embed_class", "qk_norm", "init_values")
+
+
+def options(architecture: str, model_args: Mapping[str, Any]) -> dict[str, Any]:
+  """timm's ViT `model_args` as options of the registered model: structure overrides, pooling (`token`, or `avg`
+  without class token and without `fc_norm`), registers, QK-norm, layer scale and GELU (exact unless
+  `act_layer="gelu_tanh"`)."""
+  distilled = architecture.startswith("deit_") and "distilled" in architecture
+  registry.check_args(architecture, model_args, _STRUCTURE if distilled else (*_STRUCTURE, *_OPTIONS, "act_layer"))
+  out = {new: model_args[old] for old, new in _RENAMES.items() if old in model_args}
+  if "mlp_ratio" in model_args:
+    width = out.get("hidden_size") or models.build(_ARCHITECTURES[architecture], num_classes=None).hidden_size
+    out["mlp_dim"] = round(width * model_args["mlp_ratio"])
+  if distilled:
+    return out
+  if model_args.get("act_layer", "gelu") not in ("gelu", "gelu_tanh"):
+    raise ConfigError(
+      f"{architecture!r} with act_layer={model_args['act_layer']!r}: only gelu and gelu_tanh load here."
+    )
+  out["gelu_approximate"] = model_args.get("act_layer") == "gelu_tanh"
+  pooling = (model_args.get("global_pool", "token"), model_args.get("class_token", True), model_args.get("fc_norm"))
+  if pooling[:2] == ("avg", False) and pooling[2] is False:
+    out["classifier"] = "gap"
+  elif pooling[:2] != ("token", True):
+    raise ConfigError(
+      f"{architecture!r} with global_pool, class_token, fc_norm = {pooling}: only class-token pooling, or 'avg' "
+      "pooling without class token and with fc_norm=False, load here."
+    )
+  if model_args.get("init_values") is not None:
+    out["layerscale"] = model_args["init_values"]
+  return {**out, "num_registers": model_args.get("reg_tokens", 0), "qk_norm": bool(model_args.get("qk_norm"))}
+
+
+_RENAMES = {"patch_size": "patch_size", "embed_dim": "hidden_size", "depth": "num_layers", "num_heads": "num_heads"}
+
+
+def model_args(architecture: str, model: Any, image_size: int) -> dict[str, Any]:
+  """Everything timm needs to build `model` (a `VisionTransformer` or DeiT) whatever its size; a ViT option timm's
+  ViT does not have is a ConfigError naming it."""
+  out = {new: getattr(model, old) for new, old in zip(_RENAMES, _RENAMES.values())}
+  out.update(img_size=image_size, mlp_ratio=model.mlp_dim / model.hidden_size)
+  if not isinstance(model, vit_model.VisionTransformer):
+    return out
+  unsupported = {"representation_size": None, "posemb": "learn"}
+  for name, default in unsupported.items():
+    if getattr(model, name) != default:
+      raise ConfigError(f"{architecture}: timm's ViT has no {name}={getattr(model, name)!r}; publish a model without.")
+  if model.classifier == "map":
+    raise ConfigError(f"{architecture}: the MAP head (classifier='map') has no place in timm's ViT layout here.")
+  if model.classifier == "gap":
+    out.update(class_token=False, global_pool="avg", fc_norm=False)
+  if model.gelu_approximate:
+    out["act_layer"] = "gelu_tanh"
+  if model.num_registers:
+    out["reg_tokens"] = model.num_registers
+  if model.qk_norm:
+    out["qk_norm"] = True
+  if model.layerscale is not None:
+    out["init_values"] = model.layerscale
+  return out
+
+
+def publish_as(name: str) -> str | None:
+  """Any parsed ViT name (`vit_micro4`): the architecture of its width class, the model_args saying the rest."""
+  match = re.fullmatch(r"vit_([a-z]+)(\d+)", name)
+  if not match or match[1] not in vit_model.VARIANTS:
+    return None
+  size = {v: k for k, v in _SIZES.items()}.get(match[1], "tiny")
+  return f"vit_{size}_patch16_224"
+
+
+registry.register(
+  registry.Family(
+    "vit",
+    priority=110,
+    matches=matches,
+    convert=convert,
+    to_timm=to_timm,
+    architectures=_ARCHITECTURES,
+    options=options,
+    model_args=model_args,
+    publish_as=publish_as,
+  )
+)
