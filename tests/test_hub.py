@@ -18,7 +18,7 @@ import pytest
 import safetensors.numpy
 from PIL import Image
 
-from vitjax import checkpoints, models
+from vitjax import checkpoints, models, transfer
 from vitjax.deploy.classifier import Classifier
 from vitjax.errors import ConfigError
 from vitjax.transfer import hub, publish, timm
@@ -104,6 +104,13 @@ def test_publish_load_publish_is_exact(hub_cache, tmp_path, name, options, size)
   assert first.keys() == second.keys()
   for key in first:
     np.testing.assert_array_equal(first[key], second[key])
+
+
+def test_fine_tuning_starts_from_the_checkpoints_batch_statistics(tmp_path):
+  _, variables, _ = write_repo(tmp_path, "mobilenet_v3_small", {}, 32)
+  fresh = jax.tree.map(np.zeros_like, variables["batch_stats"])
+  loaded = transfer.load_batch_stats(str(tmp_path / "model.safetensors"), fresh)
+  jax.tree.map(np.testing.assert_array_equal, loaded, variables["batch_stats"])
 
 
 def test_published_config_is_timms(tmp_path):

@@ -149,7 +149,12 @@ def _writer(workdir: str) -> metric_writers.MetricWriter:
 
 
 def _load_pretrained(config: ml_collections.ConfigDict, train_state: state.TrainState) -> state.TrainState:
-  """Replaces the initial parameters (and their average) with those of `config.path` (`config.pretrained`)."""
+  """Replaces the initial parameters (and their average) and BatchNorm statistics with those of `config.path`
+  (`config.pretrained`)."""
+  if train_state.batch_stats:
+    stats_shardings = jax.tree.map(lambda x: x.sharding, train_state.batch_stats)
+    stats = transfer.load_batch_stats(config.path, jax.device_get(train_state.batch_stats))
+    train_state = train_state.replace(batch_stats=jax.device_put(stats, stats_shardings))
   shardings = jax.tree.map(lambda x: x.sharding, train_state.params)
   params = transfer.load_pretrained(
     config.path,

@@ -5,6 +5,7 @@ from vitjax.transfer import hub
 from vitjax.transfer.importer import (
   LoadReport,
   canonical_names,
+  load_batch_stats,
   load_pretrained,
   load_variables,
   match_params,
@@ -16,6 +17,7 @@ __all__ = [
   "LoadReport",
   "hub",
   "canonical_names",
+  "load_batch_stats",
   "load_pretrained",
   "load_variables",
   "match_params",

@@ -90,6 +90,19 @@ def load_pretrained(
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
+def load_batch_stats(path: str, batch_stats: Any) -> Any:
+  """`batch_stats` (the target model's BatchNorm statistics) with every entry that the checkpoint at `path` holds in
+  the same shape, so that a fine-tuned model starts from the statistics its weights were trained with; entries it
+  lacks keep the model's values. Host numpy arrays in the structure of `batch_stats`."""
+  _, collections, _ = read_checkpoint(path)
+  source = flax.traverse_util.flatten_dict(collections.get("batch_stats") or {}, sep="/")
+  target = flax.traverse_util.flatten_dict(batch_stats, sep="/")
+  fits = {k for k, v in target.items() if k in source and np.shape(source[k]) == tuple(np.shape(v))}
+  logging.info("Loaded %d of %d BatchNorm statistics from %s.", len(fits), len(target), path)
+  out = {k: np.asarray(source[k] if k in fits else v) for k, v in target.items()}
+  return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
 def load_variables(path: str, variables: Any, *, params_key: str = "params") -> tuple[Any, dict[str, Any]]:
   """Model variables fully restored from `path` for evaluation, and the run metadata (`step`, ...) if any.
 
