@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from vitjax import models
 # The config-argument option that shrinks a config to a smoke run, and what it shrinks to.
 RUNLOCAL = "runlocal"
 RUNLOCAL_BATCH = 16  # Train and eval batch: a multiple of 8 so that it divides over 1 or 8 (simulated) devices.
@@ -90,33 +91,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 def _model() -> ml_collections.ConfigDict:
-  """`config.model`: the model by registered name, and every option of every model family (None: the model's own
-  default). The library passes a model only the options that are set and that it takes, and warns about the rest,
-  so that `--config.model.name=resnet18` works on a config that sets ViT options."""
-  return ml_collections.ConfigDict(
-    {
-      "name": "vit_b16",
-      "classifier": placeholder(str),  # ViT: "token", "gap" or "map".
-      "representation_size": placeholder(int),  # ViT: a pre-logits layer of this width before the head.
-      "posemb": placeholder(str),  # ViT: "learn", "sincos2d" or "rope2d".
-      "dropout_rate": placeholder(float),  # ViT; AlexNet, VGG, DenseNet, EfficientNet: before the head.
-      "attention_dropout_rate": placeholder(float),  # ViT.
-      "stochastic_depth": placeholder(float),  # ViT: the last block's drop-path rate (linear over depth).
-      "head_bias_init": placeholder(float),  # Every family: the head's initial bias.
-      "num_registers": placeholder(int),  # ViT: register tokens after the class token (no position embedding).
-      "gelu_approximate": placeholder(bool),  # ViT: tanh GELU (True, vit_jax/big_vision) or exact (False, timm).
-      "qk_norm": placeholder(bool),  # ViT: LayerNorm on queries and keys over the head dimension.
-      "layerscale": placeholder(float),  # ViT: per-channel residual scales starting at this value (e.g. 1e-5).
-      "patch_sizes": placeholder(tuple),  # ViT (FlexiViT): a patch size drawn per training step; eval: patch_size.
-      "remat": placeholder(str),  # ViT: "none", "full" or a jax.checkpoint_policies name ("dots_saveable").
-      "scan": placeholder(bool),  # ViT: blocks as one nn.scan, parameters stacked under Transformer/encoderblock.
-      "attention": placeholder(str),  # ViT: "xla" (jax.nn.dot_product_attention), "cudnn" (GPU), "explicit".
-      "width": placeholder(int),  # ResNet: channels of the stem, doubled per stage.
-      "zero_init_last_bn": placeholder(bool),  # ResNet: every residual branch starts at zero.
-      "shortcut": placeholder(str),  # CIFAR ResNets: "zero_pad" (the paper's option A) or "projection" (option B).
-      "dtype": "float32",  # Compute dtype; "bfloat16" keeps float32 parameters and optimizer state.
-    }
-  )
+  """`config.model`: the model by registered name, and every option that a model family declares (None: the model's
+  own default; `models.option_docs()` says what each does). The library passes a model only the options that are set
+  and that it takes, and warns about the rest, so that `--config.model.name=resnet18` works on a config that sets
+  ViT options."""
+  options = {key: placeholder(o.type) if o.default is None else o.default for key, o in models.options().items()}
+  return ml_collections.ConfigDict({"name": "vit_b16", **options})
 
 
 def _data() -> ml_collections.ConfigDict:

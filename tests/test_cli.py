@@ -2,6 +2,7 @@
 `--mode=describe`, progress by the clock, and a console that shows a header, progress and the result."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from clu import metric_writers
 from PIL import Image
 
 from configs import common
-from vitjax import describe, preflight
+from vitjax import console, describe, preflight
 from vitjax.errors import ConfigError
 from vitjax.train import hooks
 from vitjax.transfer import importer
@@ -229,6 +230,19 @@ def test_checkpoint_mismatches_are_one_warning_line():
     importer.match_params(source, target, dont_load=(), keep_pre_logits=False)
   assert warning.call_count == 1
   assert warning.call_args.args[1:] == (6, 4, 1, 1)
+
+
+def test_library_noise_is_filtered_and_other_warnings_show():
+  keep = console.LibraryNoiseFilter().filter
+
+  def record(level, message, path="/site-packages/tensorflow_datasets/core/features/feature.py"):
+    return logging.LogRecord("absl", level, path, 1, message, None, None)
+
+  assert not keep(record(logging.WARNING, "`ClassLabel.dtype` is deprecated. Please change your code"))
+  assert not keep(record(logging.WARNING, "`read` option is deprecated. Use `reload` to read from disk."))
+  assert not keep(record(logging.INFO, "Reading checkpoint", path="/site-packages/orbax/checkpoint/a.py"))
+  assert keep(record(logging.WARNING, "Checkpoint at step 4 cannot be restored"))
+  assert keep(record(logging.INFO, "step 5/20 (25%)", path="/repo/vitjax/train/hooks.py"))
 
 
 def test_a_runlocal_run_prints_a_header_progress_and_the_result(tmp_path):

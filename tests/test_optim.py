@@ -129,46 +129,24 @@ def test_frozen_parameters_get_no_update_and_no_state():
 def test_layerwise_decay_scales_by_depth():
   model = models.build("vit_micro8", num_classes=10)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
-  scales = optim.layerwise_scales(params, 0.5)
+  scales = optim.layerwise_scales(params, 0.5, models.layer_groups("vit_micro8"))
   blocks = scales["Transformer"]
   assert scales["head"]["kernel"] == 1.0 and blocks["encoder_norm"]["scale"] == 1.0
   assert [blocks[f"encoderblock_{i}"]["LayerNorm_0"]["scale"] for i in range(4)] == [0.5**4, 0.5**3, 0.5**2, 0.5]
   assert scales["embedding"]["kernel"] == scales["cls"] == 0.5**5
 
 
-@pytest.mark.parametrize(
-  "name, depth",
-  [
-    ("block3/unit2/conv1/kernel", 3),  # BiT
-    ("conv_root/kernel", 0),
-    ("layer2/block1/conv1/kernel", 2),  # ResNet v1.5: the stage, not the block inside it
-    ("conv1/kernel", 0),
-    ("bn1/scale", 0),
-    ("stages_3/blocks_2/conv_dw/kernel", 4),  # ConvNeXt
-    ("stem_conv/kernel", 0),
-    ("blocks_6_0/conv_pwl/kernel", 7),  # EfficientNet
-    ("conv_stem/kernel", 0),
-    ("bn2/scale", 5),  # EfficientNet's last BatchNorm, after conv_head
-    ("denseblock4/denselayer3/conv1/kernel", 4),
-    ("transition2/conv/kernel", 2),
-    ("norm5/scale", 5),
-    ("layers_1/blocks_0/attn/qkv/kernel", 2),  # Swin
-    ("patch_embed/proj/kernel", 0),
-    ("MixerBlock_3/token_mixing/Dense_0/kernel", 4),
-    ("features_0/kernel", 1),  # VGG / AlexNet layers
-    ("head/kernel", 5),
-  ],
-)
-def test_every_family_gets_stage_wise_depth(name, depth):
-  assert optim.layer_index(name, 4) == depth
-
-
-def test_layerwise_decay_of_a_convnet_follows_its_stages():
+def test_layerwise_decay_reaches_the_optimizer_through_the_model_name():
   model = models.build("resnet18", num_classes=10)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))["params"]
-  scales = optim.layerwise_scales(params, 0.5)
-  assert scales["conv1"]["kernel"] == 0.5**5 and scales["head"]["kernel"] == 1.0
-  assert [scales[f"layer{k}"]["block1"]["conv2"]["kernel"] for k in (1, 2, 3, 4)] == [0.5**4, 0.5**3, 0.5**2, 0.5]
+  params = jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), params)
+  config = _config(layerwise_decay=0.5)
+  config.model.name = "resnet18"
+  tx, _ = optim.from_config(config, total_steps=10, params=params)
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  assert float(updates["head"]["kernel"][0, 0]) == pytest.approx(-0.1)
+  assert float(updates["layer3"]["block0"]["conv1"]["kernel"][0, 0, 0, 0]) == pytest.approx(-0.1 * 0.5**2)
+  assert float(updates["conv1"]["kernel"][0, 0, 0, 0]) == pytest.approx(-0.1 * 0.5**5)
 
 
 def test_gradient_accumulation_equals_the_big_batch():

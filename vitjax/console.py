@@ -4,16 +4,17 @@ and deprecation notices of those libraries that a user of vitjax cannot act on. 
 """
 
 import logging
+import re
 import warnings
 
 from absl import logging as absl_logging
 
 # Libraries whose INFO lines describe single operations (each checkpoint file, each dataset read).
 CHATTY = ("/orbax/", "/tensorflow_datasets/", "/jax/_src/")
-# Deprecation notices raised inside the libraries themselves, by the start of their message.
-LIBRARY_DEPRECATIONS = (
-  "`FeatureConnector.dtype` is deprecated",  # TFDS, logged for the features of every dataset it opens.
-  "`read` option is deprecated",  # Orbax's CheckpointManager, on every resume check.
+# Deprecation notices raised inside the libraries themselves, matched at the start of their message.
+LIBRARY_DEPRECATIONS = re.compile(
+  r"`\w+\.dtype` is deprecated"  # TFDS, for the features (FeatureConnector, ClassLabel...) of every dataset it opens.
+  r"|`read` option is deprecated"  # Orbax's CheckpointManager, on every resume check.
 )
 # Warnings of the `warnings` module, by the start of their message: TF Lite's own interpreter is the one the
 # installed TensorFlow offers; its successor is another package.
@@ -26,7 +27,7 @@ class LibraryNoiseFilter(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.WARNING:
       return not any(part in record.pathname for part in CHATTY)
-    return not (record.levelno == logging.WARNING and str(record.msg).startswith(LIBRARY_DEPRECATIONS))
+    return not (record.levelno == logging.WARNING and LIBRARY_DEPRECATIONS.match(str(record.msg)))
 
 
 def quiet_library_noise() -> None:

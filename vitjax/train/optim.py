@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vitjax import models
 from vitjax.errors import ConfigError
 
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt", "step")
@@ -61,45 +62,12 @@ def weight_decay_mask(params: Any, pattern: str = NO_DECAY_PATTERN) -> Any:
   return map_names(lambda name, _: re.search(pattern, name) is None, params)
 
 
-# Where a parameter sits, by family: (pattern, depth of its first match group); block/stage depths count from 1.
-_BLOCK_DEPTHS = (
-  (r"encoderblock_(\d+)/", 1),  # ViT, DeiT, the hybrids' transformer.
-  (r"^MixerBlock_(\d+)/", 1),  # Mixer.
-  (r"^(?:stages|layers)_(\d+)/", 1),  # ConvNeXt, CoAtNet, Swin stages.
-  (r"^blocks_(\d+)_\d+/", 1),  # EfficientNet and MobileNet stages.
-  (r"^layer(\d+)/", 0),  # ResNet v1.5 and the CIFAR ResNets: layer1...
-  (r"^(?:denseblock|transition)(\d+)/", 0),  # DenseNet: a block and the transition after it.
-  (r"^(?:block|stage)(\d+)/", 0),  # BiT and the hybrids' ResNet: block1...
-  (r"^features_(\d+)/", 1),  # AlexNet and VGG: each layer of `features`.
-)
-_STEM = re.compile(
-  r"(^|/)(embedding|cls|dist|registers|pos_embedding|posembed_input|conv_root|gn_root|root_block|conv_init|bn_init|"
-  r"stem|stem_conv|stem_norm|conv_stem|patch_embed)(/|$)|^(conv0|conv1|bn1|norm0)/"
-)
-
-
-def block_depth(name: str) -> int | None:
-  """The 1-based block or stage of a parameter (ViT block, ResNet/ConvNeXt/EfficientNet stage, ...), or None."""
-  for pattern, offset in _BLOCK_DEPTHS:
-    if match := re.search(pattern, name):
-      return int(match.group(1)) + offset
-  return None
-
-
-def layer_index(name: str, num_layers: int) -> int:
-  """Depth of a parameter for layer-wise decay: 0 for the stem, its block/stage (from 1) for the body, and
-  num_layers + 1 for everything on top (final norms, pre-logits, head)."""
-  depth = block_depth(name)
-  if depth is not None:
-    return depth
-  return 0 if _STEM.search(name) else num_layers + 1
-
-
-def layerwise_scales(params: Any, decay: float) -> Any:
-  """Learning-rate multipliers ``decay ** (top - depth)``: the head learns at full rate, the stem slowest."""
+def layerwise_scales(params: Any, decay: float, groups: models.LayerGroups) -> Any:
+  """Learning-rate multipliers ``decay ** (top - depth)``, depths as the model family's layer ``groups`` say: the
+  head learns at full rate, each block or stage below it ``decay`` times slower, the stem slowest."""
   names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-  num_layers = max((d for d in map(block_depth, names) if d is not None), default=0)
-  return map_names(lambda name, _: decay ** (num_layers + 1 - layer_index(name, num_layers)), params)
+  num_layers = max((d for d in map(groups.block_depth, names) if d is not None), default=0)
+  return map_names(lambda name, _: decay ** (num_layers + 1 - groups.layer_index(name, num_layers)), params)
 
 
 def scale_by_tree(scales: Any) -> optax.GradientTransformation:
@@ -155,7 +123,8 @@ def from_config(
   if layerwise_decay != 1.0:
     if params is None:
       raise ValueError("optimizer.layerwise_decay needs the parameter tree: pass params to optim.from_config.")
-    parts.append(scale_by_tree(layerwise_scales(params, layerwise_decay)))
+    groups = models.layer_groups(config.model.name)
+    parts.append(scale_by_tree(layerwise_scales(params, layerwise_decay, groups)))
   tx = optax.chain(*parts)
   freeze = opt.freeze
   if freeze:
