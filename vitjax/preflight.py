@@ -8,7 +8,6 @@ part as it builds (the model name, the preprocessing ops, batch sizes against th
 import os
 
 import ml_collections
-from absl import logging
 
 from vitjax.errors import ConfigError
 
@@ -19,7 +18,8 @@ HUB_PREFIX = "hf-hub:"
 
 
 def validate(config: ml_collections.ConfigDict, workdir: str | None, *, mode: str = "train") -> None:
-  """Raises ConfigError at the first value that cannot work; warns about a warmup longer than the run."""
+  """Raises ConfigError at the first value that cannot work. A warmup longer than the run is no error: the run's
+  length may only be known from the data, so the optimizer's schedule deals with it."""
   _check_workdir(workdir)
   for key in ("batch_size", "eval_batch_size", "accum_steps", "keep_checkpoints"):
     if config[key] < 1:
@@ -31,13 +31,6 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None, *, mode: st
     raise ConfigError(f"config.num_epochs={config.num_epochs} must be positive (or set config.total_steps).")
   if config.schedule.warmup_steps < 0:
     raise ConfigError(f"config.schedule.warmup_steps={config.schedule.warmup_steps} must be 0 or more.")
-  if mode == "train" and 0 < config.total_steps <= config.schedule.warmup_steps:
-    logging.warning(
-      "config.schedule.warmup_steps=%d is not below config.total_steps=%d: the learning rate never reaches "
-      "config.optimizer.learning_rate.",
-      config.schedule.warmup_steps,
-      config.total_steps,
-    )
   if config.pretrained.path:
     check_weights(config.pretrained.path, "config.pretrained.path")
   if config.objective == "distill" and config.distill.checkpoint:
