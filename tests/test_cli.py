@@ -16,7 +16,7 @@ from clu import metric_writers
 from PIL import Image
 
 from configs import common
-from vitjax import console, describe, preflight
+from vitjax import checkpoints, console, describe, preflight
 from vitjax.errors import ConfigError
 from vitjax.train import hooks
 from vitjax.transfer import importer
@@ -114,6 +114,18 @@ def test_validate_accepts_hub_names_runs_and_weight_files(tmp_path):
   config.pretrained.path = None
   with pytest.raises(ConfigError, match="is a file, not a folder"):
     preflight.validate(config, str(tmp_path / "a_file"))
+
+
+def test_modes_that_read_a_run_need_one_in_the_workdir(tmp_path):
+  config = common.get_base_config()
+  for mode in ("eval", "robustness", "explain"):
+    with pytest.raises(ConfigError, match="holds no training run"):
+      preflight.validate(config, str(tmp_path), mode=mode)
+  (tmp_path / checkpoints.CONFIG_FILE).write_text("{}")
+  for mode in ("eval", "robustness", "explain"):
+    preflight.validate(config, str(tmp_path), mode=mode)
+  config.eval.checkpoints = (str(tmp_path),)
+  preflight.validate(config, str(tmp_path / "reports"), mode="eval")
 
 
 def test_help_exits_zero_and_names_describe():

@@ -15,6 +15,9 @@ from vitjax.errors import ConfigError
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 WEIGHT_SUFFIXES = (".npz", ".safetensors")
 HUB_PREFIX = "hf-hub:"
+RUN_CONFIG_FILE = "config.json"  # checkpoints.CONFIG_FILE: what makes a folder a training run's workdir.
+# Modes that read the run in --workdir (eval too, unless config.eval.checkpoints names what to evaluate).
+RUN_MODES = ("robustness", "explain")
 
 
 def validate(config: ml_collections.ConfigDict, workdir: str | None, *, mode: str = "train") -> None:
@@ -38,6 +41,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None, *, mode: st
   if mode == "eval":
     for path in config.eval.checkpoints:
       check_weights(path, "config.eval.checkpoints entry")
+  if mode in RUN_MODES or (mode == "eval" and not config.eval.checkpoints):
+    _check_run(workdir)
 
 
 def check_weights(path: str, name: str) -> None:
@@ -67,3 +72,11 @@ def refuse_pickle(path: str) -> None:
 def _check_workdir(workdir: str | None) -> None:
   if workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir!r} is a file, not a folder: choose another path.")
+
+
+def _check_run(workdir: str | None) -> None:
+  if workdir and not os.path.isfile(os.path.join(workdir, RUN_CONFIG_FILE)):
+    raise ConfigError(
+      f"--workdir={workdir!r} holds no training run (no {RUN_CONFIG_FILE}): train there first with --mode=train, "
+      "or give a run's workdir."
+    )
