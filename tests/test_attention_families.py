@@ -13,7 +13,6 @@ from scipy.special import erf
 
 from tests.test_models import (
   abstract_variables,
-  count_params,
   fill_random,
   flat,
   images_of,
@@ -27,20 +26,6 @@ from vitjax import losses, models, transfer
 from vitjax.models import swin, vit
 from vitjax.train import objectives
 from vitjax.transfer import timm as timm_convert
-
-# timm 1.0.31's parameter counts at 224x224 with a 1000-class head (`sum(p.numel() for p in model.parameters())`).
-EXPECTED_PARAMS = {
-  "deit_ti16_distilled": 5_910_800,
-  "deit_s16_distilled": 22_436_432,
-  "deit_b16_distilled": 87_338_192,
-  "swin_t": 28_288_354,
-  "swin_s": 49_606_258,
-  "swin_b": 87_768_224,
-  "mixer_s16": 18_528_264,
-  "mixer_b16": 59_880_472,
-  "mixer_l16": 208_196_168,
-  "coatnet_0": 25_036_820,
-}
 
 TINY = {
   # ViT-micro's width and heads: timm files do not record the head count, the converter takes it from the width.
@@ -97,16 +82,6 @@ def silu(x):
 def softmax(x):
   e = np.exp(x - x.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Registry.
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
-def test_param_count(name):
-  assert name in models.names()
-  assert count_params(models.build(name, num_classes=1000)) == EXPECTED_PARAMS[name]
 
 
 # ---------------------------------------------------------------------------------------------------------------

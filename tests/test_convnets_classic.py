@@ -13,33 +13,12 @@ import safetensors.numpy
 
 from tests.test_models import np_conv, relu
 from vitjax import models, transfer
-from vitjax.models import alexnet
+from vitjax.models import alexnet, registry
 
-# Parameter counts at 224x224 with a 1000-class head: torchvision's (equal to timm's for VGG and DenseNet).
-EXPECTED_PARAMS = {
-  "alexnet": 61_100_840,
-  "vgg11": 132_863_336,
-  "vgg13": 133_047_848,
-  "vgg16": 138_357_544,
-  "vgg19": 143_667_240,
-  "vgg11_bn": 132_868_840,
-  "vgg13_bn": 133_053_736,
-  "vgg16_bn": 138_365_992,
-  "vgg19_bn": 143_678_248,
-  "densenet121": 7_978_856,
-  "densenet169": 14_149_480,
-  "densenet201": 20_013_928,
-  "densenet161": 28_681_000,
-}
-# CIFAR ResNets with 10 classes: He et al. 2016 table 6 gives 0.27M, 0.46M, 0.66M, 0.85M and 1.7M (option A); the
-# exact counts are 432 + 32 (stem) + 650 (head) + per stage n blocks of two 3x3 convolutions and BatchNorms.
-CIFAR_PARAMS = {
-  "resnet20": 269_722,
-  "resnet32": 464_154,
-  "resnet44": 658_586,
-  "resnet56": 853_018,
-  "resnet110": 1_727_962,
-}
+# He et al. 2016 table 6: the CIFAR ResNets' counts with 10 classes (option A), as the paper rounds them; the exact
+# counts are registered in models/cifar_resnet.py.
+PAPER_CIFAR_PARAMS = {"resnet20": 270_000, "resnet32": 460_000, "resnet44": 660_000, "resnet56": 850_000}
+PAPER_CIFAR_PARAMS["resnet110"] = 1_700_000
 # Option B adds two 1x1 projections with BatchNorm: 16 * 32 + 64 + 32 * 64 + 128.
 PROJECTION_EXTRA = 2_752
 
@@ -63,26 +42,19 @@ def count_params(name, image_size, **overrides):
   return sum(math.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
-def test_param_count(name):
-  assert count_params(name, 224) == EXPECTED_PARAMS[name]
-
-
-@pytest.mark.parametrize("name", sorted(CIFAR_PARAMS))
-def test_cifar_resnet_param_count(name):
-  assert count_params(name, 32) == CIFAR_PARAMS[name]
-  assert (
-    round(CIFAR_PARAMS[name], -4 if name != "resnet110" else -5)
-    == {20: 270_000, 32: 460_000, 44: 660_000, 56: 850_000, 110: 1_700_000}[int(name[6:])]
-  )
+@pytest.mark.parametrize("name", sorted(PAPER_CIFAR_PARAMS))
+def test_cifar_resnet_counts_round_to_the_papers(name):
+  registered = registry.entry(name)
+  assert registered.params_at == (32, 10) and count_params(name, 32) == registered.params
+  assert round(registered.params, -4 if name != "resnet110" else -5) == PAPER_CIFAR_PARAMS[name]
 
 
 def test_cifar_projection_shortcuts_add_two_projections():
-  assert count_params("resnet20", 32, shortcut="projection") == 272_474 == CIFAR_PARAMS["resnet20"] + PROJECTION_EXTRA
+  expected = registry.entry("resnet20").params + PROJECTION_EXTRA
+  assert count_params("resnet20", 32, shortcut="projection") == 272_474 == expected
 
 
-def test_registered_names_and_bad_shortcut():
-  assert set(EXPECTED_PARAMS) | set(CIFAR_PARAMS) <= set(models.names())
+def test_bad_shortcut_names_the_choices():
   with pytest.raises(ValueError, match="shortcut='option_b'.*zero_pad, projection"):
     models.build("resnet20", num_classes=10, shortcut="option_b")
 

@@ -12,43 +12,6 @@ import pytest
 from vitjax import models
 from vitjax.models import hybrid, layers, resnet, vit
 
-# Parameter counts at 224x224 with a 1000-class head.
-EXPECTED_PARAMS = {
-  # The public vit_jax models_test.py.
-  "vit_ti16": 5_717_416,
-  "vit_s16": 22_050_664,
-  "vit_s32": 22_878_952,
-  "vit_b16": 86_567_656,
-  "vit_b32": 88_224_232,
-  "vit_b8": 86_576_872,
-  "vit_l16": 304_326_632,
-  "vit_l32": 306_535_400,
-  "vit_h14": 632_045_800,
-  "r50_vit_b16": 98_659_112,
-  "r50_vit_l32": 328_994_856,
-  "r26_vit_s32": 36_431_912,
-  "r_vit_ti16": 6_337_704,
-  # "Scaling Vision Transformers" table 2 gives ViT-g/14 1011M; this is 1,011,202,432 plus the 1000-class head.
-  "vit_g14": 1_012_611_432,
-  # Computed here (no published count): 4 blocks of width 128 on 4x4 / 8x8 patches of a 224 image.
-  "vit_micro4": 1_067_112,
-  "vit_micro8": 784_488,
-  # torchvision.
-  "resnet18": 11_689_512,
-  "resnet34": 21_797_672,
-  "resnet50": 25_557_032,
-  "resnet101": 44_549_160,
-  "resnet152": 60_192_808,
-  # Computed here; R50x1, R101x1, R50x3, R101x3 and R152x4 agree with timm's ports of the BiT weights
-  # (resnetv2_*_bit, 25.5M / 44.5M / 217.3M / 387.9M / 936.5M). R152x2 has no independent count.
-  "bit_r50x1": 25_549_352,
-  "bit_r101x1": 44_541_480,
-  "bit_r50x3": 217_319_080,
-  "bit_r101x3": 387_934_888,
-  "bit_r152x2": 236_335_208,
-  "bit_r152x4": 936_533_224,
-}
-
 # A tiny ViT used wherever compile time matters more than size.
 TINY_VIT = dict(hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2)
 
@@ -99,22 +62,7 @@ def flat(tree) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Registry and parameter counts.
-
-
-def test_every_registered_name_has_an_expected_count():
-  # Each family's test module holds its own table of published counts (and tests them).
-  from tests import test_attention_families, test_convnets_classic, test_convnets_modern
-
-  tables = [EXPECTED_PARAMS, test_convnets_classic.EXPECTED_PARAMS, test_convnets_classic.CIFAR_PARAMS]
-  tables += [test_convnets_modern.EXPECTED_PARAMS, test_attention_families.EXPECTED_PARAMS]
-  counted = [name for table in tables for name in table]
-  assert len(counted) == len(set(counted)) and sorted(models.names()) == sorted(counted)
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
-def test_param_count(name):
-  assert count_params(models.build(name, num_classes=1000)) == EXPECTED_PARAMS[name]
+# Registry (counts of every registered name: tests/test_registry.py).
 
 
 @pytest.mark.parametrize("name, expected", [("vit_b16", 86_566_120), ("vit_s32", 22_878_184)])

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models.layers import Conv
+from vitjax.models import registry
+from vitjax.models.layers import Conv, classifier_head
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -72,12 +73,14 @@ class AlexNet(nn.Module):
       dense = nn.Dense(self.mlp_features, dtype=self.dtype, kernel_init=_torch_default_init, name=f"classifier_{index}")
       x = nn.relu(dense(x))
     x = x.astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init)
+
+
+FAMILY = registry.family(
+  "alexnet",
+  options={
+    "dropout_rate": registry.Option(float, "Dropout before both hidden layers of the classifier (torchvision: 0.5).")
+  },
+  layer_groups=registry.LayerGroups(blocks=((r"^features_(\d+)/", 1),)),  # Each layer of `features`; no stem.
+)
+registry.register(FAMILY, "alexnet", AlexNet, params=61_100_840)  # torchvision's count, 224x224, 1000 classes.

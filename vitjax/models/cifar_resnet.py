@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import ConfigError
-from vitjax.models.layers import BatchNorm, Conv
+from vitjax.models import registry
+from vitjax.models.layers import BatchNorm, Conv, classifier_head
 
 Array = jax.Array
 Dtype = Any
@@ -112,12 +113,20 @@ class CifarResNet(nn.Module):
       strides = 1 if i == 0 else 2
       x = Stage(num_blocks, self.width * 2**i, strides, self.shortcut, train, self.dtype, name=f"layer{i + 1}")(x)
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init)
+
+
+FAMILY = registry.family(
+  "cifar_resnet",
+  options={
+    "width": registry.Option(int, "Channels of the first stage, doubled per stage."),
+    "shortcut": registry.Option(str, '"zero_pad" (the paper\'s option A) or "projection" (option B).'),
+  },
+  layer_groups=registry.LayerGroups(blocks=((r"^layer(\d+)/", 0),), stem=r"^(conv1|bn1)/"),
+)
+# 6n + 2 layers with 10 classes at 32x32: He et al. 2016 table 6 gives 0.27M, 0.46M, 0.66M, 0.85M and 1.7M
+# (option A); exactly 432 + 32 (stem) + 650 (head) + per stage n blocks of two 3x3 convolutions and BatchNorms.
+for _n, _params in {3: 269_722, 5: 464_154, 7: 658_586, 9: 853_018, 18: 1_727_962}.items():
+  registry.register(
+    FAMILY, f"resnet{6 * _n + 2}", CifarResNet, dict(stage_sizes=(_n,) * 3), params=_params, params_at=(32, 10)
+  )

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import ConfigError
-from vitjax.models.layers import BatchNorm, Conv, DropPath
+from vitjax.models import registry
+from vitjax.models.layers import BatchNorm, Conv, DropPath, classifier_head
 from vitjax.models.swin import relative_position_index
 
 Array = jax.Array
@@ -236,13 +237,17 @@ class CoAtNet(nn.Module):
       )(x)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="final_norm")(jnp.mean(x, axis=(1, 2)))
     x = jnp.tanh(nn.Dense(self.head_hidden_size, dtype=self.dtype, name="pre_head")(x)).astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(
+      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
+    )
+
+
+FAMILY = registry.family(
+  "coatnet",
+  options={
+    "dropout_rate": registry.Option(float, "Dropout before the head."),
+    "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
+  },
+  layer_groups=registry.LayerGroups(blocks=((r"^stages_(\d+)/", 1),), stem=r"^stem/"),
+)
+registry.register(FAMILY, "coatnet_0", CoAtNet, params=25_036_820)  # timm 1.0.31's coatnet_0_224, 1000 classes.

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models.layers import Conv, DropPath
+from vitjax.models import registry
+from vitjax.models.layers import Conv, DropPath, classifier_head
 
 Array = jax.Array
 Dtype = Any
@@ -138,13 +139,19 @@ class ConvNeXt(nn.Module):
       start += depth
     x = jnp.mean(x, axis=(1, 2))
     x = _layer_norm("head_norm", self.dtype)(x).astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(
+      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
+    )
+
+
+FAMILY = registry.family(
+  "convnext",
+  options={
+    "dropout_rate": registry.Option(float, "Dropout before the head."),
+    "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
+  },
+  layer_groups=registry.LayerGroups(blocks=((r"^stages_(\d+)/", 1),), stem=r"^(stem_conv|stem_norm)/"),
+)
+# timm 1.0.31's counts (convnext_*) at 224x224 with 1000 classes.
+for _variant, _params in {"tiny": 28_589_128, "small": 50_223_688, "base": 88_591_464, "large": 197_767_336}.items():
+  registry.register(FAMILY, f"convnext_{_variant}", ConvNeXt, variant_args(_variant), params=_params)

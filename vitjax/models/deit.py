@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import ConfigError
-from vitjax.models import vit
-from vitjax.models.layers import Conv
+from vitjax.models import registry, vit
+from vitjax.models.layers import Conv, pre_logits, zero_head
 
 Array = jax.Array
 Dtype = Any
@@ -63,20 +63,23 @@ class DistilledVisionTransformer(nn.Module):
     )(x, train=train)
     # Static slices, not gathers (see VisionTransformer).
     cls, dist = (jax.lax.index_in_dim(x, i, axis=1, keepdims=False).astype(jnp.float32) for i in (0, 1))
-    self.sow("intermediates", "pre_logits", (cls + dist) / 2)
+    features = pre_logits(self, (cls + dist) / 2)
     if not self.num_classes:
-      return (cls + dist) / 2
-    heads = {
-      name: nn.Dense(
-        self.num_classes,
-        kernel_init=nn.initializers.zeros,
-        bias_init=nn.initializers.constant(self.head_bias_init),
-        name=name,
-      )
-      for name in ("head", "head_dist")
-    }
-    logits, distill_logits = heads["head"](cls), heads["head_dist"](dist)
+      return features
+    logits = zero_head(self.num_classes, self.head_bias_init)(cls)
+    distill_logits = zero_head(self.num_classes, self.head_bias_init, name="head_dist")(dist)
     if train:
       self.sow("intermediates", "class_logits", logits)
       self.sow("intermediates", "distill_logits", distill_logits)
     return (logits + distill_logits) / 2
+
+
+FAMILY = registry.family(
+  "deit",
+  options={key: vit.OPTIONS[key] for key in ("dropout_rate", "attention_dropout_rate", "stochastic_depth")},
+  layer_groups=registry.LayerGroups(blocks=(vit.BLOCKS,), stem=rf"{vit.STEM}|(^|/)dist(/|$)"),
+)
+# timm 1.0.31's counts (deit_*_distilled_patch16_224) at 224x224 with 1000 classes.
+for _variant, _params in {"ti": 5_910_800, "s": 22_436_432, "b": 87_338_192}.items():
+  _kwargs = dict(vit.VARIANTS[_variant], patch_size=16)
+  registry.register(FAMILY, f"deit_{_variant}16_distilled", DistilledVisionTransformer, _kwargs, params=_params)

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.layers import BatchNorm, Conv
+from vitjax.models import registry
+from vitjax.models.layers import BatchNorm, Conv, classifier_head
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -118,13 +119,17 @@ class DenseNet(nn.Module):
         x = Transition(x.shape[-1] // 2, train, self.dtype, name=f"transition{i + 1}")(x)
     x = nn.relu(_norm(train, self.dtype, "norm5")(x))
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(
+      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
+    )
+
+
+# A dense block and the transition after it share a depth; stem `conv0`/`norm0`.
+FAMILY = registry.family(
+  "densenet",
+  options={"dropout_rate": registry.Option(float, "Dropout after every dense layer.")},
+  layer_groups=registry.LayerGroups(blocks=((r"^(?:denseblock|transition)(\d+)/", 0),), stem=r"^(conv0|norm0)/"),
+)
+# torchvision's (and timm's) counts at 224x224 with 1000 classes.
+for _depth, _params in {121: 7_978_856, 169: 14_149_480, 201: 20_013_928, 161: 28_681_000}.items():
+  registry.register(FAMILY, f"densenet{_depth}", DenseNet, VARIANTS[_depth], params=_params)

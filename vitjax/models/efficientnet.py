@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models import mobile_blocks
+from vitjax.models import mobile_blocks, registry
+from vitjax.models.layers import classifier_head
 from vitjax.models.mobile_blocks import EFFICIENTNET_SE, SqueezeExciteStyle
 
 Array = jax.Array
@@ -100,13 +101,28 @@ class EfficientNet(nn.Module):
     x = mobile_blocks.conv(features, 1, name="conv_head", dtype=self.dtype)(x)
     x = mobile_blocks.ACTIVATIONS[self.act](mobile_blocks.batch_norm(train, name="bn2", dtype=self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(
+      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
+    )
+
+
+# Stages `blocks_{stage}_{block}`; stem `conv_stem`/`bn1` (timm's names, MobileNetV3's too).
+LAYER_GROUPS = registry.LayerGroups(blocks=((r"^blocks_(\d+)_\d+/", 1),), stem=r"^(conv_stem|bn1)/")
+OPTIONS = {
+  "dropout_rate": registry.Option(float, "Dropout before the head."),
+  "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
+}
+FAMILY = registry.family("efficientnet", options=OPTIONS, layer_groups=LAYER_GROUPS)
+# timm 1.0.31's counts (efficientnet_b*, mobilenetv2_100) at 224x224 with 1000 classes.
+for _variant, _params in {
+  "b0": 5_288_548,
+  "b1": 7_794_184,
+  "b2": 9_109_994,
+  "b3": 12_233_232,
+  "b4": 19_341_616,
+  "b5": 30_389_784,
+  "b6": 43_040_704,
+  "b7": 66_347_960,
+}.items():
+  registry.register(FAMILY, f"efficientnet_{_variant}", EfficientNet, variant_args(_variant), params=_params)
+registry.register(FAMILY, "mobilenet_v2", EfficientNet, MOBILENETV2_ARGS, params=3_504_872)

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vitjax.models import registry, vit
 from vitjax.models.layers import Conv, standardize_kernel
 from vitjax.models.pooling import max_pool
 from vitjax.models.vit import VisionTransformer
@@ -88,3 +89,28 @@ class HybridVisionTransformer(VisionTransformer):
     for i, num_units in enumerate(self.resnet_stages):
       x = ResNetStage(num_units, width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype, name=f"block{i + 1}")(x)
     return x
+
+
+# The ViT's groups, and the ResNet's root (stem) and stages `block{1,2,..}` (depths overlapping the transformer's).
+FAMILY = registry.family(
+  "hybrid",
+  options=vit.OPTIONS,
+  layer_groups=registry.LayerGroups(
+    blocks=(vit.BLOCKS, (r"^block(\d+)/", 0)), stem=rf"{vit.STEM}|(^|/)(conv_root|gn_root)(/|$)"
+  ),
+)
+
+
+def _arguments(variant: str, *, patch_size: int, resnet_stages: tuple[int, ...]) -> dict[str, Any]:
+  """Arguments of a hybrid as vit_jax's configs: the ResNet's strides times `patch_size` give the /16 or /32."""
+  return dict(vit.VARIANTS[variant], patch_size=patch_size, resnet_stages=resnet_stages)
+
+
+# The public vit_jax models_test.py, at 224x224 with 1000 classes.
+for _name, _args, _params in (
+  ("r50_vit_b16", _arguments("b", patch_size=1, resnet_stages=(3, 4, 9)), 98_659_112),
+  ("r50_vit_l32", _arguments("l", patch_size=1, resnet_stages=(3, 4, 6, 3)), 328_994_856),
+  ("r26_vit_s32", _arguments("s", patch_size=1, resnet_stages=(2, 2, 2, 2)), 36_431_912),
+  ("r_vit_ti16", _arguments("ti", patch_size=8, resnet_stages=()), 6_337_704),
+):
+  registry.register(FAMILY, _name, HybridVisionTransformer, _args, params=_params)

@@ -1,4 +1,4 @@
-"""Layers shared by several architectures: drop-path, a CPU-friendly convolution and BatchNorm."""
+"""Layers shared by several architectures: drop-path, a CPU-friendly convolution, BatchNorm and the classifier head."""
 
 import functools
 from collections.abc import Callable, Sequence
@@ -139,3 +139,37 @@ class BatchNorm(nn.Module):
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.reshape(x.shape).astype(self.dtype)
+
+
+def pre_logits(module: nn.Module, features: Array) -> Array:
+  """`features` in float32, sown as `module`'s `intermediates/pre_logits` (what probes and explanations read)."""
+  features = features.astype(jnp.float32)
+  module.sow("intermediates", "pre_logits", features)
+  return features
+
+
+def zero_head(num_classes: int, bias_init: float, *, name: str = "head") -> nn.Dense:
+  """The classifier layer: a zero kernel, so that every logit starts at `bias_init` whatever the features."""
+  return nn.Dense(
+    num_classes, kernel_init=nn.initializers.zeros, bias_init=nn.initializers.constant(bias_init), name=name
+  )
+
+
+def classifier_head(
+  module: nn.Module,
+  features: Array,
+  *,
+  num_classes: int | None,
+  bias_init: float,
+  dropout_rate: float = 0.0,
+  train: bool = False,
+  head: Callable[[Array], Array] | None = None,
+) -> Array:
+  """How every family ends, called inside `module`'s compact method: the pre-logits `features` (sown), returned
+  as they are when `num_classes` is 0 or None, else the logits of dropout then `head` (default: `zero_head`)."""
+  features = pre_logits(module, features)
+  if not num_classes:
+    return features
+  if dropout_rate:
+    features = nn.Dropout(dropout_rate)(features, deterministic=not train)
+  return (head or zero_head(num_classes, bias_init))(features)

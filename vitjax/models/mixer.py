@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import ConfigError
-from vitjax.models.layers import Conv, DropPath
+from vitjax.models import registry
+from vitjax.models.layers import Conv, DropPath, classifier_head
 
 Array = jax.Array
 Dtype = Any
@@ -90,13 +91,19 @@ class MlpMixer(nn.Module):
       )
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="pre_head_layer_norm")(x)
     x = jnp.mean(x.astype(jnp.float32), axis=1)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(
+      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
+    )
+
+
+FAMILY = registry.family(
+  "mixer",
+  options={
+    "dropout_rate": registry.Option(float, "Dropout before the head."),
+    "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
+  },
+  layer_groups=registry.LayerGroups(blocks=((r"^MixerBlock_(\d+)/", 1),), stem=r"^stem/"),
+)
+# timm 1.0.31's counts (mixer_*16_224) at 224x224 with 1000 classes.
+for _variant, _params in {"s": 18_528_264, "b": 59_880_472, "l": 208_196_168}.items():
+  registry.register(FAMILY, f"mixer_{_variant}16", MlpMixer, dict(VARIANTS[_variant], patch_size=16), params=_params)

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models import mobile_blocks
+from vitjax.models import efficientnet, mobile_blocks, registry
+from vitjax.models.layers import classifier_head
 from vitjax.models.mobile_blocks import MOBILENETV3_SE
 
 Array = jax.Array
@@ -74,13 +75,12 @@ class MobileNetV3(nn.Module):
     x = jnp.mean(x, axis=(1, 2), keepdims=True)
     x = mobile_blocks.conv(self.head_features, 1, use_bias=True, name="conv_head", dtype=self.dtype)(x)
     x = mobile_blocks.ACTIVATIONS[self.act](x)[:, 0, 0].astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(
+      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
+    )
+
+
+FAMILY = registry.family("mobilenet_v3", options=efficientnet.OPTIONS, layer_groups=efficientnet.LAYER_GROUPS)
+# timm 1.0.31's counts (mobilenetv3_{small,large}_100) at 224x224 with 1000 classes.
+for _variant, _params in {"small": 2_542_856, "large": 5_483_032}.items():
+  registry.register(FAMILY, f"mobilenet_v3_{_variant}", MobileNetV3, VARIANTS[_variant], params=_params)

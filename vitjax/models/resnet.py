@@ -16,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.layers import BatchNorm, Conv, standardize_kernel
+from vitjax.models import registry
+from vitjax.models.layers import BatchNorm, Conv, classifier_head, standardize_kernel
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -108,15 +109,7 @@ class ResNet(nn.Module):
         name=f"layer{i + 1}",
       )(x)
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init)
 
 
 class _ResNetStage(nn.Module):
@@ -259,11 +252,12 @@ class BiTResNet(nn.Module):
         num_units=num_units, features=width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype, name=f"block{i + 1}"
       )(x)
     x = nn.relu(_bit_group_norm(self.dtype)(x))
-    x = jnp.mean(x, axis=(1, 2), keepdims=True).astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x[:, 0, 0])
-    if not self.num_classes:
-      return x[:, 0, 0]
-    return _BiTHead(self.num_classes, self.head_bias_init, name="head")(x)[:, 0, 0]
+    x = jnp.mean(x, axis=(1, 2))
+    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, head=self._head)
+
+  def _head(self, features: Array) -> Array:
+    """BiT's classifier: a 1x1 convolution (`head/conv2d`) on the pooled features."""
+    return _BiTHead(self.num_classes, self.head_bias_init, name="head")(features[:, None, None])[:, 0, 0]
 
 
 class _BiTStage(nn.Module):
@@ -297,3 +291,34 @@ class _BiTHead(nn.Module):
       bias_init=nn.initializers.constant(self.bias_init),
       name="conv2d",
     )(x)
+
+
+# torchvision's names: stages `layer{1-4}`, stem `conv1` and `bn1`.
+RESNET = registry.family(
+  "resnet",
+  options={
+    "width": registry.Option(int, "Channels of the stem, doubled per stage."),
+    "zero_init_last_bn": registry.Option(bool, "Every residual branch starts at zero."),
+  },
+  layer_groups=registry.LayerGroups(blocks=((r"^layer(\d+)/", 0),), stem=r"^(conv1|bn1)/"),
+)
+# torchvision's counts at 224x224 with 1000 classes.
+for _depth, _params in {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}.items():
+  registry.register(
+    RESNET, f"resnet{_depth}", ResNet, dict(stage_sizes=STAGE_SIZES[_depth], bottleneck=_depth >= 50), params=_params
+  )
+BIT = registry.family(
+  "bit", layer_groups=registry.LayerGroups(blocks=((r"^block(\d+)/", 0),), stem=r"(^|/)root_block(/|$)")
+)
+# Computed here; R50x1, R101x1, R50x3, R101x3 and R152x4 agree with timm's ports of the BiT weights
+# (resnetv2_*_bit, 25.5M / 44.5M / 217.3M / 387.9M / 936.5M). R152x2 has no independent count.
+for (_depth, _width), _params in {
+  (50, 1): 25_549_352,
+  (101, 1): 44_541_480,
+  (50, 3): 217_319_080,
+  (101, 3): 387_934_888,
+  (152, 2): 236_335_208,
+  (152, 4): 936_533_224,
+}.items():
+  _kwargs = dict(stage_sizes=STAGE_SIZES[_depth], width_factor=_width)
+  registry.register(BIT, f"bit_r{_depth}x{_width}", BiTResNet, _kwargs, params=_params)

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.errors import ConfigError
-from vitjax.models.layers import Conv, DropPath
+from vitjax.models import registry
+from vitjax.models.layers import Conv, DropPath, classifier_head
 
 Array = jax.Array
 Dtype = Any
@@ -274,13 +275,20 @@ class SwinTransformer(nn.Module):
       )(x, deterministic=not train)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(
+      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
+    )
+
+
+FAMILY = registry.family(
+  "swin",
+  options={
+    "dropout_rate": registry.Option(float, "Dropout after the patch embedding and in every block."),
+    "attention_dropout_rate": registry.Option(float, "Dropout on the attention weights."),
+    "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
+  },
+  layer_groups=registry.LayerGroups(blocks=((r"^layers_(\d+)/", 1),), stem=r"^patch_embed/"),
+)
+# timm 1.0.31's counts (swin_*_patch4_window7_224) at 224x224 with 1000 classes.
+for _variant, _params in {"t": 28_288_354, "s": 49_606_258, "b": 87_768_224}.items():
+  registry.register(FAMILY, f"swin_{_variant}", SwinTransformer, VARIANTS[_variant], params=_params)

@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vitjax.models import registry
 from vitjax.models.alexnet import adaptive_avg_pool
-from vitjax.models.layers import BatchNorm, Conv
+from vitjax.models.layers import BatchNorm, Conv, classifier_head
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -77,16 +78,9 @@ class VGG(nn.Module):
     x = self._features(images, train=train)
     x = ConvMlp(self.mlp_features, dropout_rate=self.dropout_rate, dtype=self.dtype, name="conv_mlp")(x, train=train)
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(
+      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
+    )
 
   def _features(self, x: Array, *, train: bool) -> Array:
     """timm's `features` Sequential; `index` counts its modules (ReLU and pools too) to name the layers as torch."""
@@ -111,3 +105,21 @@ class VGG(nn.Module):
       x = max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
       index += 1
     return x
+
+
+FAMILY = registry.family(
+  "vgg",
+  options={
+    "dropout_rate": registry.Option(float, "Dropout inside the ConvMlp and before the head (timm's drop_rate).")
+  },
+  layer_groups=registry.LayerGroups(blocks=((r"^features_(\d+)/", 1),)),  # Each layer of `features`; no stem.
+)
+# torchvision's (and timm's) counts at 224x224 with 1000 classes: plain, then with BatchNorm.
+for _depth, (_plain, _bn) in {
+  11: (132_863_336, 132_868_840),
+  13: (133_047_848, 133_053_736),
+  16: (138_357_544, 138_365_992),
+  19: (143_667_240, 143_678_248),
+}.items():
+  registry.register(FAMILY, f"vgg{_depth}", VGG, dict(stages=STAGES[_depth]), params=_plain)
+  registry.register(FAMILY, f"vgg{_depth}_bn", VGG, dict(stages=STAGES[_depth], batch_norm=True), params=_bn)

@@ -8,6 +8,7 @@ in every block. `scan` stores the blocks stacked on a leading axis as `Transform
 """
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,15 +17,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models import flexi
+from vitjax.errors import ConfigError
+from vitjax.models import flexi, registry
 from vitjax.models.attention import IMPLEMENTATIONS, MultiHeadDotProductAttention
-from vitjax.models.layers import Conv, DropPath
+from vitjax.models.layers import Conv, classifier_head
+from vitjax.models.posemb import AddPositionEmbs, posemb_sincos_2d
 from vitjax.models.remat import remat_block
+from vitjax.models.transformer import Encoder1DBlock, LayerScale, MAPHead, MlpBlock
 
 Array = jax.Array
 Dtype = Any
 
-__all__ = ["MultiHeadDotProductAttention", "VisionTransformer", "posemb_sincos_2d"]
+__all__ = [
+  "AddPositionEmbs",
+  "Encoder1DBlock",
+  "LayerScale",
+  "MAPHead",
+  "MlpBlock",
+  "MultiHeadDotProductAttention",
+  "VisionTransformer",
+  "posemb_sincos_2d",
+]
 
 # hidden size, MLP size, heads, depth. Ti/S/B/L/H from the ViT and DeiT papers, g from "Scaling Vision
 # Transformers" (Zhai et al. 2022, table 2); micro is a CIFAR-scale model for laptop runs.
@@ -40,96 +53,6 @@ VARIANTS = {
 
 CLASSIFIERS = ("token", "gap", "map")
 POSEMBS = ("learn", "sincos2d", "rope2d")
-
-
-def posemb_sincos_2d(*, height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
-  """Fixed 2-D sin-cos position embedding (1, height*width, dim), the MoCo v3 / big_vision formula.
-
-  A quarter of the channels each hold sin(x w), cos(x w), sin(y w), cos(y w) with
-  w_k = temperature^(-k / (dim/4 - 1)), tokens in row-major order.
-  """
-  if dim % 4:
-    raise ValueError(f"sincos2d posemb needs a hidden size divisible by 4, got {dim}")
-  y, x = np.mgrid[:height, :width]
-  omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1))
-  y = np.einsum("m,d->md", y.reshape(-1), omega)
-  x = np.einsum("m,d->md", x.reshape(-1), omega)
-  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
-  return pe[None].astype(np.float32)
-
-
-class MlpBlock(nn.Module):
-  """Transformer feed-forward block: Dense, GELU, dropout, Dense, dropout."""
-
-  mlp_dim: int
-  dropout_rate: float = 0.0
-  gelu_approximate: bool = True
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, *, deterministic: bool) -> Array:
-    inits = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(stddev=1e-6))
-    dim = x.shape[-1]
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", **inits)(x)
-    # vit_jax and big_vision call `nn.gelu` with its default, the tanh approximation; timm uses the exact GELU.
-    x = nn.gelu(x, approximate=self.gelu_approximate)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-    x = nn.Dense(dim, dtype=self.dtype, name="Dense_1", **inits)(x)
-    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-
-
-class LayerScale(nn.Module):
-  """A learned per-channel scale of a residual branch (CaiT, Touvron et al. 2021), starting at `init_value`."""
-
-  init_value: float
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    scale = self.param("scale", nn.initializers.constant(self.init_value), (x.shape[-1],), jnp.float32)
-    return x * scale.astype(x.dtype)
-
-
-class Encoder1DBlock(nn.Module):
-  """Pre-LayerNorm transformer block; both residual branches go through LayerScale (optional) and drop-path.
-
-  `drop_path_rate` may come as a call argument instead (a traced per-block rate when the blocks are scanned).
-  """
-
-  mlp_dim: int
-  num_heads: int
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  drop_path_rate: float = 0.0
-  qk_norm: bool = False
-  layerscale: float | None = None
-  rope_grid: tuple[int, int] | None = None
-  attention: str = "xla"
-  gelu_approximate: bool = True
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, inputs: Array, deterministic: bool = True, drop_path_rate: Array | None = None) -> Array:
-    rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
-    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(inputs)
-    x = MultiHeadDotProductAttention(
-      num_heads=self.num_heads,
-      dropout_rate=self.attention_dropout_rate,
-      qk_norm=self.qk_norm,
-      rope_grid=self.rope_grid,
-      implementation=self.attention,
-      dtype=self.dtype,
-      name="MultiHeadDotProductAttention_0",
-    )(x, x, deterministic=deterministic)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-    if self.layerscale is not None:
-      x = LayerScale(self.layerscale, name="LayerScale_0")(x)
-    x = inputs + DropPath(rate)(x, deterministic=deterministic)
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_1")(x)
-    mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype, name="MlpBlock_0")
-    y = mlp(y, deterministic=deterministic)
-    if self.layerscale is not None:
-      y = LayerScale(self.layerscale, name="LayerScale_1")(y)
-    return x + DropPath(rate)(y, deterministic=deterministic)
 
 
 class Encoder(nn.Module):
@@ -208,46 +131,6 @@ def _scan_body(*, deterministic: bool) -> Callable:
     return module(x, deterministic, rate), None
 
   return body
-
-
-class AddPositionEmbs(nn.Module):
-  """Adds a learned (1, tokens, hidden) position embedding, initialised N(0, 0.02) as BERT.
-
-  With `grids` (stored (h, w), used (h', w')) the table holds the stored grid and its grid part is resized
-  bilinearly to the used one; tokens before the grid keep their entries.
-  """
-
-  @nn.compact
-  def __call__(self, x: Array, *, grids: tuple[tuple[int, int], tuple[int, int]] | None = None) -> Array:
-    if grids is None:
-      pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:], jnp.float32)
-      return x + pe.astype(x.dtype)
-    (h, w), used = grids
-    prefix = x.shape[1] - used[0] * used[1]
-    pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, prefix + h * w, x.shape[2]), jnp.float32)
-    pe = jnp.concatenate([pe[:, :prefix], flexi.resize_posemb_grid(pe[:, prefix:], (h, w), used)], axis=1)
-    return x + pe.astype(x.dtype)
-
-
-class MAPHead(nn.Module):
-  """Multihead attention pooling (big_vision): a learned probe token attends to all tokens."""
-
-  mlp_dim: int
-  num_heads: int
-  attention: str = "xla"
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    n, _, dim = x.shape
-    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, dim), jnp.float32)
-    probe = jnp.tile(probe.astype(x.dtype), (n, 1, 1))
-    x = MultiHeadDotProductAttention(
-      num_heads=self.num_heads, implementation=self.attention, dtype=self.dtype, name="MultiHeadDotProductAttention_0"
-    )(probe, x, deterministic=True)
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, name="MlpBlock_0")(y, deterministic=True)
-    return jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)  # A slice, not a gather: see VisionTransformer.
 
 
 class VisionTransformer(nn.Module):
@@ -343,22 +226,22 @@ class VisionTransformer(nn.Module):
   def _check_options(self) -> None:
     """One line naming the bad option and the choices, before anything is built."""
     if self.classifier not in CLASSIFIERS:
-      raise ValueError(f"Unknown classifier {self.classifier!r}; choose one of: {', '.join(CLASSIFIERS)}")
+      raise ConfigError(f"Unknown classifier {self.classifier!r}; choose one of: {', '.join(CLASSIFIERS)}")
     if self.posemb not in POSEMBS:
-      raise ValueError(f"Unknown posemb {self.posemb!r}; choose one of: {', '.join(POSEMBS)}")
+      raise ConfigError(f"Unknown posemb {self.posemb!r}; choose one of: {', '.join(POSEMBS)}")
     if self.attention not in IMPLEMENTATIONS:
-      raise ValueError(f"Unknown attention {self.attention!r}; choose one of: {', '.join(IMPLEMENTATIONS)}")
+      raise ConfigError(f"Unknown attention {self.attention!r}; choose one of: {', '.join(IMPLEMENTATIONS)}")
     if self.num_registers < 0:
-      raise ValueError(f"num_registers must be 0 or more, got {self.num_registers}")
+      raise ConfigError(f"num_registers must be 0 or more, got {self.num_registers}")
     if self.patch_sizes is not None and any(int(p) < 1 for p in self.patch_sizes):
-      raise ValueError(f"patch_sizes must be positive integers, got {tuple(self.patch_sizes)}")
+      raise ConfigError(f"patch_sizes must be positive integers, got {tuple(self.patch_sizes)}")
 
   def _embed(self, x: Array, *, patch: int) -> Array:
     """The public `embedding`: a p x p stride-p convolution, at `patch` x `patch` when FlexiViT is on."""
     sizes = {self.patch_size, patch, *(self.patch_sizes or ())}
     bad = sorted(p for p in sizes if x.shape[1] % p or x.shape[2] % p)
     if bad:
-      raise ValueError(f"Feature map {x.shape[1]}x{x.shape[2]} is not divisible by the patch size {bad[0]}")
+      raise ConfigError(f"Feature map {x.shape[1]}x{x.shape[2]} is not divisible by the patch size {bad[0]}")
     if self.patch_sizes:
       return flexi.FlexiPatchEmbedding(self.hidden_size, self.patch_size, dtype=self.dtype, name="embedding")(
         x, patch=patch
@@ -383,18 +266,61 @@ class VisionTransformer(nn.Module):
     """Optional pre-logits layer, the sown features, and the zero-initialised classifier."""
     if self.representation_size is not None:
       x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
-    x = x.astype(jnp.float32)
-    self.sow("intermediates", "pre_logits", x)
-    if not self.num_classes:
-      return x
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=nn.initializers.zeros,
-      bias_init=nn.initializers.constant(self.head_bias_init),
-      name="head",
-    )(x)
+    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init)
 
 
 def _train_at_patch_size(module: VisionTransformer, images: Array, *, patch: int) -> Array:
   """A branch of FlexiViT training: the training forward pass at one patch size."""
   return module.forward(images, patch=patch, train=True)
+
+
+def parse_name(name: str) -> tuple[type[nn.Module], dict[str, Any]] | None:
+  """`vit_{variant}{patch}`, any patch size -> (VisionTransformer, its arguments); None for any other name."""
+  match = re.fullmatch(rf"vit_({'|'.join(VARIANTS)})([1-9]\d*)", name)
+  return (VisionTransformer, dict(VARIANTS[match[1]], patch_size=int(match[2]))) if match else None
+
+
+OPTIONS = {
+  "classifier": registry.Option(str, '"token", "gap" or "map" (attention pooling): what the head reads.'),
+  "representation_size": registry.Option(int, "A tanh pre-logits layer of this width before the head."),
+  "posemb": registry.Option(str, '"learn", "sincos2d" or "rope2d".'),
+  "dropout_rate": registry.Option(float, "Dropout after the position embedding and in every block."),
+  "attention_dropout_rate": registry.Option(float, "Dropout on the attention weights."),
+  "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
+  "num_registers": registry.Option(int, "Register tokens after the class token (no position embedding)."),
+  "gelu_approximate": registry.Option(bool, "tanh GELU (True, vit_jax/big_vision) or exact (False, timm)."),
+  "qk_norm": registry.Option(bool, "LayerNorm on queries and keys over the head dimension."),
+  "layerscale": registry.Option(float, "Per-channel residual scales starting at this value (e.g. 1e-5)."),
+  "patch_sizes": registry.Option(tuple, "FlexiViT: a patch size drawn per training step; eval uses patch_size."),
+  "remat": registry.Option(str, '"none", "full" or a jax.checkpoint_policies name ("dots_saveable").'),
+  "scan": registry.Option(bool, "Blocks as one nn.scan, parameters stacked under Transformer/encoderblock."),
+  "attention": registry.Option(str, '"xla" (jax.nn.dot_product_attention), "cudnn" (GPU) or "explicit".'),
+}
+# The transformer's blocks; the patch embedding, class token, registers and position embedding form the stem.
+BLOCKS = (r"encoderblock_(\d+)/", 1)
+STEM = r"(^|/)(embedding|cls|registers|pos_embedding|posembed_input)(/|$)"
+FAMILY = registry.family(
+  "vit",
+  options=OPTIONS,
+  layer_groups=registry.LayerGroups(blocks=(BLOCKS,), stem=STEM),
+  parse=parse_name,
+  parse_help=f"vit_{{variant}}{{patch}} (variants: {', '.join(VARIANTS)})",
+)
+# Parameter counts at 224x224 with 1000 classes: the public vit_jax models_test.py; g/14: "Scaling Vision
+# Transformers" table 2 gives 1011M, here 1,011,202,432 plus the head; micro: computed here (no published count).
+for _name, _params in {
+  "vit_ti16": 5_717_416,
+  "vit_s16": 22_050_664,
+  "vit_s32": 22_878_952,
+  "vit_b16": 86_567_656,
+  "vit_b32": 88_224_232,
+  "vit_b8": 86_576_872,
+  "vit_l16": 304_326_632,
+  "vit_l32": 306_535_400,
+  "vit_h14": 632_045_800,
+  "vit_g14": 1_012_611_432,
+  "vit_micro4": 1_067_112,
+  "vit_micro8": 784_488,
+  "vit_micro16": 782_952,
+}.items():
+  registry.register(FAMILY, _name, *parse_name(_name), params=_params)
