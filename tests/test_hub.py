@@ -179,8 +179,8 @@ def _image_folder(root, classes=("circle", "square"), per_class=6) -> None:
       Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
 
 
-def test_predict_command_takes_a_hub_model(hub_cache, tmp_path):
-  write_repo(tmp_path / "repo", *VIT)
+def test_predict_and_export_commands_take_a_hub_model(hub_cache, tmp_path):
+  _, _, config = write_repo(tmp_path / "repo", *VIT)
   name = add_folder(hub_cache, "test/vit", tmp_path / "repo")
   _image_folder(tmp_path / "images", per_class=2)
   output = tmp_path / "predictions.csv"
@@ -188,6 +188,8 @@ def test_predict_command_takes_a_hub_model(hub_cache, tmp_path):
   with open(output) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 4 and {row["label"] for row in rows} <= {"cat", "dog", "fish"}
+  _command("vitjax.export", f"--model={name}", "--format=timm", f"--output={tmp_path / 'again'}")
+  assert json.loads((tmp_path / "again" / "config.json").read_text()) == config
 
 
 def test_fine_tune_from_the_hub_then_publish_the_run(hub_cache, tmp_path):
