@@ -12,6 +12,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from vitjax import models
+
 # The config-argument option that shrinks a config to a smoke run, and what it shrinks to.
 RUNLOCAL = "runlocal"
 RUNLOCAL_BATCH = 16  # Train and eval batch: a multiple of 8 so that it divides over 1 or 8 (simulated) devices.
