@@ -26,8 +26,11 @@ TARGET_SEED = 7_919
 PARAMS_FILE = "params.txt"  # The model's parameter table, in the workdir.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir` (resuming from its checkpoints) and returns the final eval metrics."""
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, more_hooks: tuple[hooks.Hook, ...] = ()
+) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its checkpoints) and returns the final eval metrics. `more_hooks`
+  see every step after early stopping and before the checkpoint, so a stop they ask for is saved."""
   config = transfer.hub.configure(config)  # An `hf-hub:` pretrained.path names the model and its preprocessing.
   source, target = data.from_config(config.data), data.target_from_config(config.data)
   loss_fn = losses.from_config(config.loss)
@@ -57,7 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   evaluate = _evaluator(config, parallel, loss_fn, eval_ds)
   writer = _writer(workdir)
   extra = _extra_evaluators(config, source, target, model, parallel, loss_fn, eval_ds)
-  run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, flops=flops)
+  run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, flops=flops, more=more_hooks)
   batches = sharding.prefetch_to_device(data.as_numpy(train_ds), parallel.place_batch, size=config.data.prefetch)
   _run(train_step, run_hooks[0].timed(batches), train_rng, ctx, run_hooks)
   writer.close()
@@ -217,13 +220,14 @@ def _shapes(ds) -> dict[str, tuple[tuple[int, ...], Any]]:
   return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
 
 
-def _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, *, flops: float) -> list[hooks.Hook]:
+def _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, *, flops, more=()) -> list[hooks.Hook]:
   """The periodic actions of the run, in the order they see each step; the train log first (it times the input)."""
   run_hooks = [
     _train_log(config, workdir, writer, manager, parallel, start_step=ctx.step, flops=flops),
     hooks.Preemption(config.log_every),
     hooks.Evaluate(config.eval_every, evaluate, writer, _history_path(workdir), extra=extra),
     hooks.EarlyStopping(config.early_stopping, ctx.meta),
+    *more,
     hooks.Checkpoint(manager, config.checkpoint_every, parallel.to_checkpoint, config.name),
   ]
   if config.profile.num_steps:

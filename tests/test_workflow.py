@@ -1,0 +1,165 @@
+"""python -m vitjax.workflow: a stable, duplicate-safe split; one Optuna study shared by two worker processes; the
+whole workflow at runlocal size on the digits as PNG files, interrupted inside the study and continued."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitjax.workflow import split, study
+
+FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+class Killed(Exception):
+  """The workflow stopped from outside."""
+
+
+def _png(path, seed: int) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  pixels = np.random.default_rng(seed).integers(0, 256, (8, 8), dtype=np.uint8)
+  Image.fromarray(pixels).save(path)
+
+
+def _splits(root: str) -> dict[str, str]:
+  with open(os.path.join(root, split.SPLIT_FILE)) as f:
+    return {f["file"]: f["split"] for f in json.load(f)["files"]}
+
+
+def test_split_is_stable_stratified_and_keeps_duplicates_together(tmp_path):
+  images, root = tmp_path / "images", str(tmp_path / "split")
+  for i in range(60):
+    _png(str(images / "cat" / f"{i}.png"), i)
+  for i in range(20):
+    _png(str(images / "dog" / f"{i}.png"), 100 + i)
+  shutil.copy(images / "cat" / "0.png", images / "cat" / "copy.png")
+  shutil.copy(images / "cat" / "1.png", images / "dog" / "same_bytes.png")  # A duplicate with another label.
+  (images / "dog" / "broken.png").write_bytes(b"not an image")
+  result = split.split_folder(str(images), root, fractions=FRACTIONS, seed=0, imbalance_threshold=2.0)
+  first = _splits(root)
+  assert result["skipped"] == 1 and "dog/broken.png" not in first
+  assert result["duplicate_groups"] == 2 and result["conflicting_labels"] == 1
+  assert first["cat/copy.png"] == first["cat/0.png"] and first["dog/same_bytes.png"] == first["cat/1.png"]
+  assert result["imbalance_ratio"] > 2.0 and result["imbalanced"]
+  assert all(result["counts"][s].get("cat") for s in split.SPLITS)
+  assert 0.5 < result["totals"]["train"] / len(first) < 0.9
+  linked = sum(len(files) for s in split.SPLITS for _, _, files in os.walk(os.path.join(root, s)))
+  assert linked == len(first)
+  for i in range(60, 90):  # New images move no old one.
+    _png(str(images / "cat" / f"{i}.png"), i)
+  split.split_folder(str(images), root, fractions=FRACTIONS, seed=0, imbalance_threshold=2.0)
+  second = _splits(root)
+  assert {k: second[k] for k in first} == first and len(second) == len(first) + 30
+
+
+def test_existing_splits_are_respected_and_duplicates_never_straddle(tmp_path):
+  images, root = tmp_path / "images", str(tmp_path / "split")
+  for name in ("a", "b"):
+    for i in range(30):
+      _png(str(images / "train" / name / f"{i}.png"), ord(name) * 100 + i)
+    for i in range(5):
+      _png(str(images / "test" / name / f"t{i}.png"), 20_000 + ord(name) * 100 + i)
+  shutil.copy(images / "train" / "a" / "0.png", images / "test" / "a" / "leak.png")
+  split.split_folder(str(images), root, fractions=FRACTIONS, seed=0, imbalance_threshold=3.0)
+  splits = _splits(root)
+  assert all(s == "test" for f, s in splits.items() if f.startswith("test/") and not f.endswith("leak.png"))
+  assert splits["test/a/leak.png"] == splits["train/a/0.png"] == "train"
+  from_train = [s for f, s in splits.items() if f.startswith("train/")]
+  assert set(from_train) == {"train", "val"}  # Val is drawn from train; the given test split stays whole.
+
+
+WORKER = textwrap.dedent(
+  """
+  import sys, time
+  from vitjax.workflow import study
+  def objective(trial):
+    x = trial.suggest_float("x", -5.0, 5.0)
+    time.sleep(0.05)
+    return -(x - 2.0) ** 2
+  shared = study.open_study("shared", sys.argv[1], seed=int(sys.argv[3]), startup_trials=2)
+  study.optimize(shared, objective, trials=12, worker=sys.argv[2], deadline=time.time() + 120)
+  """
+)
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+  url = study.storage_url("", str(tmp_path))
+  study.open_study("shared", url, seed=0, startup_trials=2)  # Created once; the workers load it.
+  env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+  workers = [
+    subprocess.Popen([sys.executable, "-c", WORKER, url, name, str(seed)], env=env, stderr=subprocess.PIPE)
+    for seed, name in enumerate(("one", "two"))
+  ]
+  for worker in workers:
+    assert worker.wait(timeout=300) == 0, worker.stderr.read().decode()[-3000:]
+  trials = study.summary(study.open_study("shared", url, seed=0, startup_trials=2))
+  assert len(trials) == 12 and all(t["state"] == "COMPLETE" for t in trials)
+  assert {t["worker"] for t in trials} == {"one", "two"}
+  assert len({t["number"] for t in trials}) == 12
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory) -> str:
+  """The first 400 scikit-learn digits as 8x8 PNG files, one folder per class."""
+  from sklearn.datasets import load_digits
+
+  digits, root = load_digits(), tmp_path_factory.mktemp("digits_png")
+  for i, (image, label) in enumerate(zip(digits.images[:400], digits.target[:400])):
+    os.makedirs(root / str(label), exist_ok=True)
+    Image.fromarray((image * 255 / 16).astype(np.uint8)).save(root / str(label) / f"{i}.png")
+  return str(root)
+
+
+def test_workflow_end_to_end_resumes_inside_the_study(digits_folder, tmp_path, monkeypatch):
+  from configs import workflow as workflow_config
+  from vitjax.deploy import predictions
+  from vitjax.deploy.classifier import Classifier
+  from vitjax.workflow import baseline, pipeline, runs, select
+
+  config, workdir = workflow_config.get_config("runlocal"), str(tmp_path / "wf")
+  config.budget = "60m"  # No stage stops on the clock here: the counts below are exact.
+  train = runs.train
+
+  def killed_in_second_trial(run_config, run_dir, **kwargs):
+    if run_dir.endswith("trial_001"):
+      raise Killed  # As a kill inside the study: trial 1 stays running.
+    return train(run_config, run_dir, **kwargs)
+
+  monkeypatch.setattr(runs, "train", killed_in_second_trial)
+  with pytest.raises(Killed):
+    pipeline.run(config, digits_folder, workdir)
+  before = study.summary(
+    study.open_study("workflow", study.storage_url("", os.path.join(workdir, "tune")), seed=0, startup_trials=1)
+  )
+  assert [t["state"] for t in before] == ["COMPLETE", "RUNNING"]
+  monkeypatch.setattr(runs, "train", train)
+  for finished in (baseline, select):  # Finished stages are not run again.
+    monkeypatch.setattr(finished, "run", lambda *a, **k: pytest.fail("a finished stage ran again"))
+  summary = pipeline.run(config, digits_folder, workdir)
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  trials = report["tuning"]["trials"]
+  assert len(trials) == 3 and trials[0]["accuracy"] == before[0]["accuracy"]
+  assert trials[1]["params"] == before[1]["params"] and trials[1]["state"] in ("COMPLETE", "PRUNED")
+  stages = [row["stage"] for row in report["rows"]]
+  assert stages[0] == "baseline (classical)" and stages[-1].startswith("deploy (tflite int8")
+  assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in report["rows"])
+  assert report["rows"][-1]["size_bytes"] > 0 and report["rows"][-1]["latency_ms"] > 0
+  assert len(report["ensemble"]["members"]) == 2 and "ece_after" in report["calibration"]
+  with open(os.path.join(workdir, "report.html")) as f:
+    page = f.read()
+  assert page.count("data:image/png;base64,") == 4 and "src='http" not in page
+  deployed = summary["deployed"]["workdir"]
+  output = str(tmp_path / "predictions.csv")
+  predictions.write_csv(
+    Classifier.load(deployed),
+    [os.path.join(digits_folder, "3", os.listdir(os.path.join(digits_folder, "3"))[0])],
+    output,
+  )
+  assert open(output).read().count("\n") == 2
