@@ -159,10 +159,14 @@ def _schedule() -> ml_collections.ConfigDict:
   """`config.schedule`: the learning rate over the steps, as a multiple of optimizer.learning_rate."""
   # Linear warmup from 0, then the decay of `name`: "cosine", "linear" or "constant" (to end_value), "rsqrt" (over
   # `timescale` steps) or "step" (times decay_factor at each of `boundaries`, fractions of the total steps).
+  # Warmup: `warmup_fraction` of the run when set (it scales with num_epochs), else `warmup_steps`, cut to
+  # `max_warmup_fraction` of the run with a warning so that a shortened run still peaks and decays.
   return ml_collections.ConfigDict(
     {
       "name": "cosine",
       "warmup_steps": 0,
+      "warmup_fraction": 0.0,
+      "max_warmup_fraction": 0.25,
       "end_value": 0.0,
       "timescale": 10_000,
       "boundaries": (0.3, 0.6, 0.9),

@@ -32,6 +32,11 @@ PROBE_IMAGES = 32
 # minutes there; 2 epochs at least, 100 at most.
 SMALL_IMAGES_SEEN = 150_000
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL's single-channel modes (with or without alpha).
+# Warmup shares of the run: 200 of the about 1,170 steps of a default small-image run; the ImageNet recipe's 5 of its
+# epochs, at most a quarter of a short run.
+SMALL_WARMUP_FRACTION = 0.17
+MAX_LARGE_WARMUP_FRACTION = 0.25
+EVALS_PER_RUN = 4  # A run evaluates (and checkpoints) about this many times, the last at its end, whatever its length.
 
 
 def get_config(arg: str | None = None):
@@ -67,7 +72,7 @@ def _small_images(config, *, side: int, colour: bool, num_train: int) -> None:
   config.data.cache = num_train * side * side * 3 < 2**31  # Decoded examples kept in memory below 2 GB.
   config.batch_size = config.eval_batch_size = 128
   config.num_epochs = float(min(max(round(SMALL_IMAGES_SEEN / num_train), 2), 100))
-  _sgd(config, learning_rate=0.1, weight_decay=5e-4, warmup_steps=200)
+  _sgd(config, learning_rate=0.1, weight_decay=5e-4, warmup_fraction=SMALL_WARMUP_FRACTION, num_train=num_train)
 
 
 def _large_images(config, *, num_train: int) -> None:
@@ -78,10 +83,13 @@ def _large_images(config, *, num_train: int) -> None:
   config.data.pp_eval = f"resize_small(256)|center_crop(224)|{normalize}"
   config.batch_size = config.eval_batch_size = 256
   config.num_epochs = float(min(max(round(1_000_000 / num_train), 3), 90))
-  _sgd(config, learning_rate=0.1, weight_decay=1e-4, warmup_steps=5 * max(num_train // 256, 1))
+  warmup_fraction = min(5 / config.num_epochs, MAX_LARGE_WARMUP_FRACTION)
+  _sgd(config, learning_rate=0.1, weight_decay=1e-4, warmup_fraction=warmup_fraction, num_train=num_train)
 
 
-def _sgd(config, *, learning_rate: float, weight_decay: float, warmup_steps: int) -> None:
+def _sgd(config, *, learning_rate: float, weight_decay: float, warmup_fraction: float, num_train: int) -> None:
+  """SGD with Nesterov momentum and cosine decay; warmup and the eval and checkpoint intervals are shares of the
+  run, so that `--config.num_epochs=N` (or `batch_size`) keeps the schedule's shape and the number of evaluations."""
   config.optimizer.name = "sgd"
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = True
@@ -90,8 +98,11 @@ def _sgd(config, *, learning_rate: float, weight_decay: float, warmup_steps: int
   config.optimizer.weight_decay_mode = "l2"  # As the torch recipes: added to the gradient before momentum.
   config.optimizer.grad_clip_norm = 0.0
   config.schedule.name = "cosine"
-  config.schedule.warmup_steps = warmup_steps
-  config.log_every, config.eval_every, config.checkpoint_every = 100, 1000, 1000
+  config.schedule.warmup_fraction = warmup_fraction
+  config.log_every = 100
+  # Lazy references: read after the command line's overrides; a quarter of the run, rounded up (at least 1).
+  run_steps = config.get_ref("num_epochs") * num_train / config.get_ref("batch_size")
+  config.eval_every = config.checkpoint_every = (run_steps / EVALS_PER_RUN + 1).to_int()
 
 
 def _layout(root: str) -> tuple[str, str, str, list[str]]:

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from configs import common, folder
-from vitjax.train.loop import train_and_evaluate
+from vitjax.train import optim
+from vitjax.train.loop import total_steps, train_and_evaluate
 
 
 def _write_images(class_dir, count, size, mode, suffix, seed):
@@ -74,3 +75,17 @@ def test_runlocal_trains_on_the_folder(grey_scans, tmp_path):
   config.total_steps = 2
   results = train_and_evaluate(config, str(tmp_path / "workdir"))
   assert results["step"] == 2 and math.isfinite(results["loss"])
+
+
+def test_a_shortened_run_still_reaches_the_peak_rate_and_decays(tmp_path):
+  for c in range(3):  # 1,500 training images, 500 per class, beside a test split.
+    _write_images(tmp_path / "train" / f"class_{c}", 500, (8, 8), "L", ".png", seed=c)
+    _write_images(tmp_path / "test" / f"class_{c}", 1, (8, 8), "L", ".png", seed=c)
+  config = folder.get_config(str(tmp_path))
+  config.num_epochs = 10.0  # As --config.num_epochs=10 does: after get_config.
+  steps = total_steps(config, 1500)
+  assert steps == 118 and config.eval_every == config.checkpoint_every == 30  # Four evaluations, the last at the end.
+  schedule = optim.create_learning_rate_fn(config.schedule, base_learning_rate=0.1, total_steps=steps)
+  learning_rates = np.array([float(schedule(step)) for step in range(steps + 1)])
+  assert learning_rates.max() == pytest.approx(0.1) and 0 < learning_rates.argmax() < steps // 4
+  assert learning_rates[-1] < 1e-6 and np.all(np.diff(learning_rates[learning_rates.argmax() :]) <= 0)

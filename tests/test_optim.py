@@ -170,3 +170,42 @@ def test_gradient_accumulation_equals_the_big_batch():
     results.append((new_state.params, float(metrics["loss"]), float(metrics["accuracy"])))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][0], results[1][0])
   assert results[0][1] == pytest.approx(results[1][1], rel=1e-5) and results[0][2] == results[1][2]
+
+
+def _schedule(**fields) -> ml_collections.ConfigDict:
+  schedule = common.get_base_config().schedule
+  schedule.update(fields)
+  return schedule
+
+
+def test_warmup_fraction_scales_with_the_run():
+  schedule = _schedule(warmup_fraction=0.1)
+  for total in (100, 1000):
+    learning_rates = optim.create_learning_rate_fn(schedule, base_learning_rate=1.0, total_steps=total)
+    assert float(learning_rates(total // 10)) == pytest.approx(1.0) and float(learning_rates(total)) < 1e-6
+    assert float(learning_rates(total // 20)) == pytest.approx(0.5)
+
+
+def test_a_warmup_longer_than_its_share_of_the_run_is_cut_with_one_warning(caplog):
+  schedule = _schedule(warmup_steps=200)
+  assert optim.warmup_steps(schedule, 1000) == 200  # A fifth of the run: under the 25% cap, as set.
+  with caplog.at_level("WARNING"):
+    assert optim.warmup_steps(schedule, 117, warn=True) == 29
+  (line,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+  assert "warmup_steps=200" in line and "117 steps" in line and "--config.schedule.warmup_fraction=" in line
+  learning_rates = optim.create_learning_rate_fn(schedule, base_learning_rate=0.1, total_steps=117)
+  assert float(learning_rates(29)) == pytest.approx(0.1) and float(learning_rates(117)) < 1e-7
+  schedule.max_warmup_fraction = 1.0  # The cap is a setting: at 1.0 only a warmup longer than the run is cut.
+  assert optim.warmup_steps(schedule, 150) == 150 and optim.warmup_steps(schedule, 300) == 200
+
+
+@pytest.mark.parametrize(
+  "fields, message",
+  [
+    ({"warmup_fraction": 1.0}, r"warmup_fraction=1.0 must be in \[0, 1\)"),
+    ({"warmup_fraction": 0.1, "warmup_steps": 50}, "both set: set one, the other to 0"),
+  ],
+)
+def test_warmup_settings_that_cannot_work_say_what_to_set(fields, message):
+  with pytest.raises(ValueError, match=message):
+    optim.create_learning_rate_fn(_schedule(**fields), base_learning_rate=1.0, total_steps=100)

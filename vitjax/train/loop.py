@@ -83,10 +83,11 @@ def _run(train_step: Callable, batches, rng: jax.Array, ctx: hooks.Context, run_
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
-  """`config.total_steps`, or `config.num_epochs` over the training split in whole steps."""
-  if config.total_steps:
-    return config.total_steps
-  return math.ceil(config.num_epochs * num_train_examples / config.batch_size)
+  """`config.total_steps`, or `config.num_epochs` over the training split in whole steps; says once (a warning)
+  when the schedule's warmup is cut to fit a run this short."""
+  steps = config.total_steps or math.ceil(config.num_epochs * num_train_examples / config.batch_size)
+  optim.warmup_steps(config.schedule, steps, warn=True)
+  return steps
 
 
 def _initial_state(config, manager, model, mesh, objective, *, image_shape, num_steps, rng, workdir):

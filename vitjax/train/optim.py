@@ -1,5 +1,6 @@
 """Optax recipes: schedules, optimizers, clipping, weight-decay masks, layer-wise learning rates, freezing."""
 
+import math
 import re
 from typing import Any
 
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import logging
 
 from vitjax import models
 from vitjax.errors import ConfigError
@@ -22,8 +24,9 @@ NO_DECAY_PATTERN = r"(^|/)(bias|scale|gamma|beta|pos_embedding|cls|probe)$"
 def create_learning_rate_fn(
   config: ml_collections.ConfigDict, *, base_learning_rate: float, total_steps: int
 ) -> optax.Schedule:
-  """Linear warmup from 0 to ``base_learning_rate`` over ``warmup_steps``, then the configured decay."""
-  warmup = config.warmup_steps
+  """Linear warmup from 0 to ``base_learning_rate`` over ``warmup_steps(config, total_steps)``, then the configured
+  decay."""
+  warmup = warmup_steps(config, total_steps)
   decay_steps = max(total_steps - warmup, 1)
   name = config.name
   end = config.end_value
@@ -45,6 +48,36 @@ def create_learning_rate_fn(
   if not warmup:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, base_learning_rate, warmup), decay], [warmup])
+
+
+def warmup_steps(config: ml_collections.ConfigDict, total_steps: int, *, warn: bool = False) -> int:
+  """The warmup of schedule ``config`` in a run of ``total_steps``: ``warmup_fraction`` of the run when set, else
+  ``warmup_steps`` cut to ``max_warmup_fraction`` of the run, so that a shortened run still reaches its peak rate and
+  decays. ``warn`` logs one line when the cut applies, saying what was set and what to set."""
+  fraction, steps = config.get("warmup_fraction") or 0.0, config.warmup_steps
+  if not 0.0 <= fraction < 1.0:
+    raise ConfigError(f"config.schedule.warmup_fraction={fraction} must be in [0, 1): the share of the run to warm up.")
+  if fraction and steps:
+    raise ConfigError(
+      f"config.schedule.warmup_steps={steps} and warmup_fraction={fraction} are both set: set one, the other to 0."
+    )
+  if fraction:
+    return round(fraction * total_steps)
+  max_fraction = config.get("max_warmup_fraction", 1.0)
+  cap = math.floor(max_fraction * total_steps)
+  if steps <= cap:
+    return steps
+  if warn:
+    logging.warning(
+      "config.schedule.warmup_steps=%d is over max_warmup_fraction=%g of this run's %d steps: warming up over %d "
+      "steps; set --config.schedule.warmup_fraction=F (a share of the run) or warmup_steps=N (N <= %d) to choose.",
+      steps,
+      max_fraction,
+      total_steps,
+      cap,
+      cap,
+    )
+  return cap
 
 
 def path_name(path: tuple[Any, ...]) -> str:
