@@ -24,8 +24,8 @@ use_xla_cpu_emitters()  # As the command-line entry points do; before the first 
 import jax  # noqa: E402
 
 from configs import adapt_digits  # noqa: E402
-from vitjax import data, models  # noqa: E402
-from vitjax.evaluate import evaluators  # noqa: E402
+from vitjax import data, losses, models, sharding  # noqa: E402
+from vitjax.evaluate import registry  # noqa: E402
 from vitjax.train import loop  # noqa: E402
 
 
@@ -43,8 +43,6 @@ def _config(args, shift: str, objective: str, *, seed: int, model: str, pretrain
   config.model.name = model
   if args.domain_weight is not None:
     config.adapt.domain_weight = args.domain_weight
-  if objective in adapt_digits.SELF_SUPERVISED:
-    config.evaluators.every = args.steps
   if pretrained:
     config.pretrained.path = pretrained
   return config
@@ -68,23 +66,16 @@ def _run(config, workdir: str) -> dict:
 
 def random_encoder_probes(config, seed: int) -> dict[str, float]:
   """k-NN and few-shot probe accuracies of the untrained model of `config` (the floor SSL must beat)."""
-  source = data.from_config(config.data)
-  data.prepare(source)
+  source, target = data.from_config(config.data), data.target_from_config(config.data)
+  for each in (source, target):
+    data.prepare(each)
   model = models.from_config(config.model, num_classes=data.num_classes(source))
-  train = data.eval_dataset(source, config.data, split=config.data.train_split, batch_size=config.eval_batch_size)
-  test = data.eval_dataset(source, config.data, batch_size=config.eval_batch_size)
-  shape = tuple(test.element_spec["image"].shape[1:])
+  mesh, loss_fn = sharding.mesh_from_config(config), losses.from_config(config.loss)
+  setting = registry.Setting(config, model, source, target, loss_fn, mesh, data.class_names(source))
+  probes = [entry for entry in registry.from_config(config, setting) if entry.type in ("fewshot", "knn")]
+  shape = tuple(setting.dataset("source", config.data.eval_split).element_spec["image"].shape[1:])
   variables = models.init_variables(model, jax.random.key(seed), image_shape=shape)
-  return evaluators.feature_metrics(
-    model.apply,
-    variables,
-    data.as_numpy(train),
-    data.as_numpy(test),
-    shots=tuple(config.evaluators.shots),
-    knn_k=config.evaluators.knn_k,
-    l2_reg=config.evaluators.l2_reg,
-    seed=seed,
-  )
+  return registry.evaluate(probes, registry.Weights(members=(variables,)))
 
 
 def _spread(values: list[float]) -> str:

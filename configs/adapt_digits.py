@@ -17,6 +17,7 @@ benchmarks/RESULTS.md. Smoke run: append `,runlocal`.
 
 from configs import common
 from vitjax.errors import ConfigError
+from vitjax.evaluate import registry
 
 SHIFTS = ("inverted", "rotated", "noised", "colour")
 OBJECTIVES = ("source_only", "dann", "rotation", "simclr", "mae")
@@ -62,7 +63,8 @@ def get_config(arg: str | None = None):
   config.schedule.warmup_steps = 50
   config.log_every = 100
   config.eval_every = config.checkpoint_every = 300
-  if objective in SELF_SUPERVISED:
-    config.evaluators.every = config.eval_every  # k-NN and few-shot probes track the encoder.
-    config.evaluators.shots = (10,)
+  config.evals.target = registry.config("classification", dataset="target", prefix="target_")
+  if objective in SELF_SUPERVISED:  # k-NN and few-shot probes track the encoder.
+    config.evals.fewshot = registry.config("fewshot", shots=(10,))
+    config.evals.knn = registry.config("knn")
   return common.runlocal(config) if local else config

@@ -11,6 +11,8 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from vitjax.evaluate import registry
+
 from vitjax import models
 
 # The config-argument option that shrinks a config to a smoke run, and what it shrinks to.
@@ -72,11 +74,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.adversarial = _adversarial()
   config.robustness = _robustness()
   config.explain = _explain()
-  # Few-shot ridge probes and k-NN on pre-logits features every `every` steps (0: never), fitted on train_split
-  # (None: data.train_split) with eval preprocessing and scored on data.eval_split.
-  config.evaluators = ml_collections.ConfigDict(
-    {"every": 0, "train_split": placeholder(str), "shots": (1, 5, 10, 25), "l2_reg": 2.0**10, "knn_k": 20}
-  )
+  # The evaluators by name: each entry has its type (vitjax/evaluate/<type>.py: classification, fewshot, knn) and
+  # every option of it (registry.config fills in the defaults, so --config.evals.<name>.<option> overrides work).
+  # Every entry runs every `every` steps (None: eval_every) and at the end; configs add entries. "val" is the run's
+  # accuracy and loss (results.json, early stopping).
+  config.evals = ml_collections.ConfigDict({"val": registry.config("classification")})
 
   # Stop when eval/<metric> has not improved for `patience` evaluations; 0 disables.
   config.early_stopping = ml_collections.ConfigDict({"metric": "accuracy", "mode": "max", "patience": 0})
@@ -413,7 +415,8 @@ def runlocal(config: ml_collections.ConfigDict, updates: Mapping[str, Any] | Non
   config.schedule.warmup_steps = min(config.schedule.warmup_steps, RUNLOCAL_STEPS // 10)
   config.log_every, config.eval_every, config.checkpoint_every = 5, 10, 10
   config.keep_checkpoints = 1
-  config.evaluators.every = 0  # Feature evaluators off: they fit probes on the whole training split.
+  for name in [name for name, entry in config.evals.items() if entry.type != "classification"]:
+    del config.evals[name]  # Feature probes read the whole training split.
   config.data.eval_split = first_examples(config.data.eval_split, RUNLOCAL_EVAL_EXAMPLES)
   config.data.shuffle_buffer = 256
   config.baseline.max_train_examples = min(config.baseline.max_train_examples, RUNLOCAL_BASELINE_TRAIN_EXAMPLES)

@@ -37,7 +37,9 @@ def test_runlocal_shrinks_the_run_but_keeps_the_recipe(name):
   assert 0 < config.total_steps <= 20 and config.schedule.warmup_steps < config.total_steps
   assert max(config.log_every, config.eval_every, config.checkpoint_every) <= config.total_steps
   assert config.data.eval_split == f"{full.data.eval_split}[:64]"
-  assert (config.keep_checkpoints, config.evaluators.every) == (1, 0) and config.data.shuffle_buffer <= 256
+  assert config.keep_checkpoints == 1 and config.data.shuffle_buffer <= 256
+  # Feature probes (they read the whole training split) are dropped; every classification entry stays.
+  assert {n for n, e in full.evals.items() if e.type == "classification"} == set(config.evals)
   # The same code path: data, loss, optimizer (freezing included) and schedule are the recipe's.
   for key in ("data.dataset", "data.train_split", "loss", "optimizer", "schedule.name", "data.mixup"):
     assert config[key] == full[key], key
@@ -71,9 +73,20 @@ def test_baseline_digits_argument_fails_naming_the_choices():
 
 def test_adapt_digits_arguments_fail_naming_the_choices():
   assert adapt_digits.get_config("colour,mae").name == "adapt_digits_colour_mae"
-  assert adapt_digits.get_config("colour,mae").evaluators.every > 0  # Probes track self-supervised encoders.
+  evals = adapt_digits.get_config("colour,mae").evals  # Probes track self-supervised encoders.
+  assert {"val", "target", "fewshot", "knn"} == set(evals) and evals.fewshot.shots == (10,)
+  assert set(adapt_digits.get_config("colour,dann").evals) == {"val", "target"}
   with pytest.raises(ValueError, match="Bad argument 'blurred,dann' for adapt_digits: give SHIFT,OBJECTIVE"):
     adapt_digits.get_config("blurred,dann,runlocal")
+
+
+def test_evaluator_options_override_from_the_command_line():
+  config = _parse_config_flag(
+    f"--config={REPO}/configs/adapt_digits.py:rotated,mae", "--config.evals.knn.k=10", "--config.evals.val.every=7"
+  )
+  assert (config.evals.knn.k, config.evals.val.every, config.evals.fewshot.l2_reg) == (10, 7, 2.0**10)
+  with pytest.raises(Exception, match="kk"):
+    _parse_config_flag(f"--config={REPO}/configs/adapt_digits.py:rotated,mae", "--config.evals.knn.kk=10")
 
 
 def test_runlocal_from_the_command_line_with_checked_overrides():

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import shutil
 
 import flax
 import jax
@@ -15,7 +16,7 @@ from sklearn import datasets
 from configs import quickstart
 from vitjax import checkpoints, losses, models
 from vitjax.data import digits
-from vitjax.evaluate import metrics
+from vitjax.evaluate import metrics, registry
 from vitjax.evaluate import report as evaluation
 from vitjax.train.state import TrainState
 
@@ -43,12 +44,13 @@ def _random_params(seed):
   return jax.tree.map(lambda x: np.asarray(x) + 0.2 * rng.normal(size=x.shape).astype(np.float32), params["params"])
 
 
-def _save_run(workdir, params, *, step):
-  """A checkpoint as the training loop writes it: the full train state and its meta record."""
+def _save_run(workdir, params, *, step, config):
+  """A run as the training loop leaves it: the full train state with its meta record, its config, class names."""
   manager = checkpoints.create_manager(workdir)
   state = TrainState.create(apply_fn=None, params=params, tx=optax.adam(1e-3))
   checkpoints.save(manager, state, step=step, meta={"step": step, "train_seconds": 12.0})
   manager.wait_until_finished()
+  checkpoints.write_run_info(workdir, config, [str(d) for d in range(10)])
 
 
 def _test_images_and_labels():
@@ -61,12 +63,12 @@ def _test_images_and_labels():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, digits_dir):
   root = tmp_path_factory.mktemp("runs")
   out = {}
   for name, seed in (("a", 0), ("b", 1)):
     params = _random_params(seed)
-    _save_run(str(root / name), params, step=7)
+    _save_run(str(root / name), params, step=7, config=_config(digits_dir))
     out[name] = (str(root / name), params)
   return out
 
@@ -110,6 +112,26 @@ def test_eval_of_a_run_writes_every_metric_and_plot(digits_dir, runs):
   np.testing.assert_array_equal(confusion["matrix"], metrics.confusion_matrix(labels, logits.argmax(1), 10))
   for plot in ("confusion_test.png", "reliability_test.png"):
     assert os.path.getsize(os.path.join(workdir, plot)) > 10_000
+
+
+def test_eval_reads_the_model_from_the_run_and_runs_every_listed_evaluator(digits_dir, runs, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(runs["a"][0], workdir)
+  config = _config(digits_dir)
+  config.model.update(num_layers=2, hidden_size=48)  # Not the run's model: the run's own config describes it.
+  config.evals.knn = registry.config("knn", k=5)
+  config.evals.train = registry.config("classification", split="train[:100]", prefix="train_")
+  results = evaluation.evaluate_checkpoint(config, workdir)
+  images, labels = _test_images_and_labels()
+  logits = np.asarray(_model().apply({"params": runs["a"][1]}, images, train=False))
+  assert results["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
+  assert 0 <= results["knn_5"] <= 1 and results["train_num_examples"] == 100 and "train_per_class" not in results
+  with open(os.path.join(workdir, "eval_test.json")) as f:
+    assert json.load(f)["knn_5"] == results["knn_5"]
+  with open(os.path.join(workdir, "eval_train_train_100.json")) as f:
+    train_report = json.load(f)
+  assert train_report["split"] == "train[:100]" and train_report["accuracy"] == results["train_accuracy"]
+  assert os.path.exists(os.path.join(workdir, "confusion_train_train_100.png"))
 
 
 def test_ensemble_averages_logits_and_public_files_evaluate_too(digits_dir, runs, tmp_path):

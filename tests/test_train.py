@@ -14,7 +14,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import quickstart
-from vitjax import checkpoints, models
+from vitjax import checkpoints, data, models
+from vitjax.evaluate import registry
 from vitjax.train import hooks, loop, objectives
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,7 +231,8 @@ def test_bfloat16_compute_keeps_float32_state(digits_dir, tmp_path):
 
 def test_feature_evaluators_and_distillation_run_inside_the_loop(digits_dir, tmp_path):
   teacher = tiny_config(digits_dir, total_steps=4)
-  teacher.evaluators.update(every=4, shots=(1, 5), knn_k=5)
+  teacher.evals.fewshot = registry.config("fewshot", every=4, shots=(1, 5))
+  teacher.evals.knn = registry.config("knn", every=4, k=5)
   results = loop.train_and_evaluate(teacher, str(tmp_path / "teacher"))
   assert {"fewshot_1shot", "fewshot_5shot", "knn_5"} <= set(results)
   assert all(0.0 <= results[k] <= 1.0 for k in ("fewshot_1shot", "fewshot_5shot", "knn_5"))
@@ -249,3 +251,39 @@ def test_feature_evaluators_and_distillation_run_inside_the_loop(digits_dir, tmp
   assert np.isfinite(distilled["loss"])
   # Same student, same batches: only the teacher's soft targets can change the training loss.
   assert first_loss(str(tmp_path / "student")) != pytest.approx(first_loss(str(tmp_path / "plain")), rel=1e-3)
+
+
+@registry.register("mean_logit_for_test", options={"scale": registry.Option(1.0, "multiplies the mean logit")})
+class _MeanLogit(registry.Evaluator):
+  """An evaluator written outside the library: the mean logit over the first eval batch, times `scale`."""
+
+  def __init__(self, options, setting):
+    self.scale, self.model = options.scale, setting.model
+    self.ds = setting.dataset("source", setting.config.data.eval_split)
+
+  def __call__(self, weights):
+    batch = next(data.as_numpy(self.ds))
+    logits = self.model.apply(weights.members[0], batch["image"], train=False)
+    return {"mean_logit": self.scale * float(jnp.mean(logits)), "note": "not a number: reports only"}
+
+
+def test_an_evaluator_defined_outside_the_library_runs_at_its_own_interval(digits_dir, tmp_path):
+  config = quickstart.get_config("runlocal")
+  config.data.data_dir, config.total_steps = digits_dir, 4
+  config.evals.toy = registry.config("mean_logit_for_test", every=2, scale=2.0, prefix="toy_")
+  results = loop.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    evals = [r for r in map(json.loads, f) if r["split"] == "eval"]
+  # The toy runs at steps 2 and 4; the main evaluation (eval_every 10) only at the end.
+  assert [r["step"] for r in evals] == [2, 4] and "accuracy" not in evals[0] and "accuracy" in evals[1]
+  assert all(np.isfinite(r["toy_mean_logit"]) and "toy_note" not in r for r in evals)
+  assert results["toy_mean_logit"] == evals[1]["toy_mean_logit"] and results["num_examples"] == 64
+
+  config.evals.toy.sale = 3.0
+  with pytest.raises(ValueError, match=r"Unknown option config.evals.toy.sale of type 'mean_logit_for_test'; it "):
+    loop.train_and_evaluate(config, str(tmp_path / "bad"))
+  del config.evals.toy["sale"]
+  config.evals.toy.type = "mean_logits"
+  with pytest.raises(ValueError, match=r"Unknown config.evals.toy.type='mean_logits'; choose one of: classification"):
+    loop.train_and_evaluate(config, str(tmp_path / "bad"))
+  assert not os.path.exists(tmp_path / "bad" / "checkpoints")

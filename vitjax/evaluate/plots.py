@@ -80,7 +80,8 @@ def plot_curves(records: list[dict[str, Any]], path: str, *, title: str = "") ->
   fig = Figure(figsize=(11, 4))
   loss_ax, acc_ax = fig.subplots(1, 2)
   for split, style in (("train", "-"), ("eval", "o-")):
-    rows = [r for r in records if r["split"] == split]
+    # Eval records of steps where only some evaluators ran may lack the loss: the curves skip them.
+    rows = [r for r in records if r["split"] == split and "loss" in r]
     steps = [r["step"] for r in rows]
     if rows:
       loss_ax.plot(steps, [r["loss"] for r in rows], style, label=split, markersize=3)

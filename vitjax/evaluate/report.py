@@ -1,4 +1,5 @@
-"""Evaluation of trained checkpoints: ``--mode=eval`` writes every metric to ``workdir/eval_<split>.json``.
+"""Evaluation of trained checkpoints: ``--mode=eval`` runs the evaluators of ``config.evals`` (registry.py) on a
+run and writes every metric to ``workdir/eval_<split>.json``; the helpers the classification evaluator shares.
 
 One checkpoint, or several (``config.eval.checkpoints``) whose logits are averaged: an ensemble. Test-time
 augmentation (``config.eval.tta``) averages the logits of mirrored and/or cropped views of each image; resize and
@@ -6,6 +7,7 @@ center crop belong in ``config.data.pp_eval``. Beside the JSON: the confusion ma
 and a reliability diagram (single-label data).
 """
 
+import functools
 import json
 import os
 import re
@@ -18,9 +20,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vitjax import data, losses, models, sharding, transfer
+from vitjax import checkpoints, data, losses, models, sharding, transfer
 from vitjax.errors import ConfigError
-from vitjax.evaluate import metrics, plots
+from vitjax.evaluate import metrics, plots, registry
 
 TTA = ("none", "flip", "five_crop", "ten_crop")
 
@@ -67,12 +69,13 @@ def make_logits_fn(model, *, tta: str = "none", crop_size: int = 0) -> Callable[
 def collect_logits(
   logits_fn: Callable, variables: Any, batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh
 ) -> tuple[np.ndarray, np.ndarray]:
-  """(logits, float targets) of every real (`mask` 1) example of `batches`, gathered on every process."""
+  """(logits, float targets) of every real (`mask` 1) example of `batches`, gathered on every process.
+
+  Host arrays among `variables` are replicated on `mesh`; device arrays (a training state's) stay where they are.
+  """
   replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  variables = jax.device_put(variables, replicated)
-  step = jax.jit(
-    lambda v, batch: (logits_fn(v, batch["image"]), batch["labels"], batch["mask"]), out_shardings=replicated
-  )
+  variables = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, replicated), variables)
+  step = _logits_step(logits_fn, replicated)
   logits, targets = [], []
   for batch in batches:
     placed = sharding.to_global({k: batch[k] for k in ("image", "labels", "mask")}, batch_sharding)
@@ -80,6 +83,15 @@ def collect_logits(
     logits.append(batch_logits[mask > 0])
     targets.append(batch_targets[mask > 0])
   return np.concatenate(logits), np.concatenate(targets)
+
+
+@functools.lru_cache(maxsize=32)
+def _logits_step(logits_fn: Callable, out_sharding: jax.sharding.NamedSharding) -> Callable:
+  """The jitted step of `collect_logits`, one per logits function: an evaluator that runs at every evaluation of a
+  training run compiles it once."""
+  return jax.jit(
+    lambda v, batch: (logits_fn(v, batch["image"]), batch["labels"], batch["mask"]), out_shardings=out_sharding
+  )
 
 
 def compute_metrics(
@@ -104,69 +116,103 @@ def compute_metrics(
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Evaluates `config.eval.checkpoints` (default: `workdir`'s newest checkpoint) on `config.data.eval_split`.
+  """Runs the evaluators of `config.evals` once on a trained run; writes their reports into `workdir` and returns
+  the metrics of the unprefixed classification entry (`eval_<split>.json`) with every other entry's numbers.
 
-  Writes `eval_<split>.json` (and the plots) into `workdir` and returns the same dict.
+  The model, its class names and the run's own config come from the run (`checkpoints.load_run`): `workdir`, or
+  when it holds none the first of `config.eval.checkpoints` that is one (only public files: the command line's
+  config describes the model). The command line chooses what to evaluate and how: `config.eval` (checkpoints,
+  several averaged as an ensemble; test-time views; the moving average), `config.evals`, the eval batch size and
+  the mesh.
   """
   options = config.eval
   check_options(options)
-  source = data.from_config(config.data)
-  loss_fn = losses.from_config(config.loss)
-  mesh = sharding.mesh_from_config(config)
-  sharding.first_process_first(lambda: data.prepare(source))
-  class_names = data.class_names(source)
-  model = models.from_config(config.model, num_classes=len(class_names))
-  eval_ds = data.eval_dataset(
-    source,
-    config.data,
-    batch_size=config.eval_batch_size // jax.process_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-  logits_fn = make_logits_fn(model, tta=options.tta, crop_size=options.crop_size)
-  image_shape = jax.eval_shape(
-    lambda x: tta_views(x, mode=options.tta, crop_size=options.crop_size)[0],
-    jax.ShapeDtypeStruct((1, *eval_ds.element_spec["image"].shape[1:]), jnp.float32),
-  ).shape[1:]
-  abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape=image_shape))
-  logits, targets, members = ensemble_logits(
-    logits_fn, abstract, options.checkpoints or (workdir,), lambda: data.as_numpy(eval_ds), mesh, ema=options.use_ema
-  )
-  results = {
-    "config": config.name,
-    "model": config.model.name,
-    "dataset": config.data.dataset,
-    "split": config.data.eval_split,
+  paths = tuple(options.checkpoints) or (workdir,)
+  run_path, run = _find_run(workdir, paths)
+  run_config = _with_eval_choices(run.config, config) if run else config
+  registry.check(run_config)
+  setting = _setting(run_config, run, options)
+  evals = registry.from_config(run_config, setting)
+  weights, members = _weights(setting, paths, (run_path, run), ema=options.use_ema)
+  outputs = list(registry.run(evals, weights))
+  header = {
+    "config": run_config.name,
+    "model": run_config.model.name,
     "step": members[0]["step"],
     "train_seconds": sum(m["train_seconds"] for m in members),
     "members": members,
     "tta": options.tta,
-    **compute_metrics(
-      logits,
-      targets,
-      multilabel=source.multilabel,
-      loss_fn=loss_fn,
-      threshold=options.multilabel_threshold,
-      num_bins=options.calibration_bins,
-    ),
   }
+  main = next(found for entry, found in outputs if entry.type == "classification" and not entry.prefix)
+  others = [registry.scalars(found, entry.prefix) for entry, found in outputs if found is not main]
+  results = {**header, **main, **{k: v for numbers in others for k, v in numbers.items()}}
   if jax.process_index() == 0:
-    write_report(results, workdir, class_names=class_names)
+    for entry, found in outputs:
+      entry.evaluator.write_report(
+        results if found is main else {**header, **found}, workdir, prefix=entry.prefix, class_names=setting.class_names
+      )
   return results
 
 
-def ensemble_logits(
-  logits_fn: Callable, abstract: Any, paths: Iterable[str], batches: Callable, mesh: jax.sharding.Mesh, *, ema: bool
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-  """(mean logits over the checkpoints at `paths`, targets, one record per member) on `batches()`."""
-  members, total, targets = [], None, None
+def _find_run(workdir: str, paths: tuple[str, ...]) -> tuple[str | None, checkpoints.Run | None]:
+  """(path, run) of the run that describes the model: `workdir` or the first of `paths` holding a run's config."""
+  for path in (workdir, *paths):
+    if os.path.exists(os.path.join(path, checkpoints.CONFIG_FILE)):
+      return path, checkpoints.load_run(path)
+  if paths == (workdir,):
+    return workdir, checkpoints.load_run(workdir)  # Fails naming what is missing.
+  return None, None
+
+
+def _with_eval_choices(run_config: ml_collections.ConfigDict, config: ml_collections.ConfigDict):
+  """The run's config (model, data, loss) with the command line's choices of what to evaluate and how."""
+  merged = ml_collections.ConfigDict(run_config.to_dict())
+  for key in ("eval", "evals", "eval_batch_size", "mesh"):
+    merged[key] = config[key]
+  return merged
+
+
+def _setting(config: ml_collections.ConfigDict, run, options: ml_collections.ConfigDict) -> registry.Setting:
+  source, target = data.from_config(config.data), data.target_from_config(config.data)
+  for each in (source, target) if target else (source,):
+    sharding.first_process_first(lambda each=each: data.prepare(each))
+  class_names = run.class_names if run else data.class_names(source)
+  return registry.Setting(
+    config=config,
+    model=models.from_config(config.model, num_classes=len(class_names)),
+    source=source,
+    target=target,
+    loss_fn=losses.from_config(config.loss),
+    mesh=sharding.mesh_from_config(config),
+    class_names=class_names,
+    tta=options.tta,
+    crop_size=options.crop_size,
+  )
+
+
+def _weights(setting: registry.Setting, paths, found, *, ema: bool) -> tuple[registry.Weights, list[dict[str, Any]]]:
+  """The variables of every checkpoint at `paths` (the run's own from `found`, the run and its path), placed on the
+  mesh, and a record of each (checkpoint, step, train seconds)."""
+  (run_path, run), members, variables = found, [], []
   for path in paths:
-    variables, meta = transfer.load_variables(path, abstract, params_key="ema_params" if ema else "params")
+    if run is not None and os.path.abspath(path) == os.path.abspath(run_path):
+      each, meta = run.variables(ema=ema), run.meta
+    else:
+      each, meta = transfer.load_variables(path, _abstract(setting), params_key="ema_params" if ema else "params")
     logging.info("Evaluating %s (step %s).", path, meta.get("step"))
-    logits, targets = collect_logits(logits_fn, variables, batches(), mesh)
-    total = logits if total is None else total + logits
+    variables.append(jax.device_put(each, sharding.replicated(setting.mesh)))
     members.append({"checkpoint": path, "step": meta.get("step"), "train_seconds": meta.get("train_seconds", 0.0)})
-  return total / len(members), targets, members
+  return registry.Weights(members=tuple(variables)), members
+
+
+def _abstract(setting: registry.Setting) -> Any:
+  """The model's variables as shapes, at the size its eval images reach it (after test-time cropping)."""
+  spec = setting.dataset("source", setting.config.data.eval_split).element_spec["image"]
+  image_shape = jax.eval_shape(
+    lambda x: tta_views(x, mode=setting.tta, crop_size=setting.crop_size)[0],
+    jax.ShapeDtypeStruct((1, *spec.shape[1:]), jnp.float32),
+  ).shape[1:]
+  return jax.eval_shape(lambda: models.init_variables(setting.model, jax.random.key(0), image_shape=image_shape))
 
 
 def split_file_name(split: str) -> str:
@@ -174,10 +220,10 @@ def split_file_name(split: str) -> str:
   return re.sub(r"[^\w.-]+", "_", split).strip("_")
 
 
-def write_report(results: dict[str, Any], workdir: str, *, class_names: list[str]) -> None:
-  """`eval_<split>.json` with every metric (per-class ones keyed by class name), and for single-label data
-  `confusion_<split>.json` / `.png` and `reliability_<split>.png`."""
-  split = split_file_name(results["split"])
+def write_report(results: dict[str, Any], workdir: str, *, class_names: list[str], name: str | None = None) -> None:
+  """`eval_<name>.json` with every metric (per-class ones keyed by class name), and for single-label data
+  `confusion_<name>.json` / `.png` and `reliability_<name>.png`; `name` defaults to the split's."""
+  split = name or split_file_name(results["split"])
   title = f"{results['model']} on {results['dataset']}:{results['split']}"
   report = dict(results)
   per_class = ("precision", "recall", "f1", "support", "average_precision")

@@ -8,7 +8,7 @@ import datetime
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from vitjax import checkpoints
 from vitjax.errors import ConfigError
+from vitjax.evaluate import registry
 from vitjax.train import history
 
 # Steps dispatched ahead of the host: enough to hide dispatch latency. Unbounded run-ahead also starves XLA's CPU
@@ -46,6 +47,7 @@ class Context:
   stop_reason: str | None = None
   eval_metrics: dict[str, float] | None = None
   evaluated: bool = False  # Whether `eval_metrics` are from this step.
+  eval_complete: bool = False  # Whether every evaluator gave its metrics to the latest `eval_metrics`.
 
   @property
   def is_last(self) -> bool:
@@ -248,23 +250,21 @@ class Preemption(Hook):
 
 @dataclasses.dataclass
 class Evaluate(Hook):
-  """Every `interval` steps and at the last: `evaluate(state)`, plus each `(interval, evaluator)` of `extra` whose
-  own interval has come, written as one eval record."""
+  """At each evaluator's own interval and at the last step: the evaluators of `evals` then due score
+  `weights(state)`, their metrics written as one eval record."""
 
-  interval: int
-  evaluate: Callable[[Any], dict[str, float]]
+  evals: Sequence[registry.Scheduled]
+  weights: Callable[[Any], registry.Weights]
   writer: metric_writers.MetricWriter
   history_path: str | None
-  extra: tuple[tuple[int, Callable[[Any], dict[str, float]]], ...] = ()
 
   def __call__(self, ctx: Context) -> None:
-    ctx.evaluated = ctx.is_last or every(ctx.step, self.interval)
+    due = [entry for entry in self.evals if entry.due(ctx.step, is_last=ctx.is_last)]
+    ctx.evaluated = bool(due)
     if not ctx.evaluated:
       return
-    ctx.eval_metrics = self.evaluate(ctx.state)
-    for interval, evaluator in self.extra:
-      if ctx.is_last or every(ctx.step, interval):
-        ctx.eval_metrics.update(evaluator(ctx.state))
+    ctx.eval_complete = len(due) == len(self.evals)
+    ctx.eval_metrics = registry.evaluate(due, self.weights(ctx.state))
     self.writer.write_scalars(ctx.step, {f"eval/{k}": v for k, v in ctx.eval_metrics.items()})
     if self.history_path:
       history.append(self.history_path, {"step": ctx.step, "split": "eval", **ctx.eval_metrics})
@@ -281,8 +281,8 @@ class EarlyStopping(Hook):
     meta.setdefault("evals_without_improvement", 0)
 
   def __call__(self, ctx: Context) -> None:
-    if not ctx.evaluated:
-      return
+    if not ctx.evaluated or (self.metric not in ctx.eval_metrics and not ctx.eval_complete):
+      return  # Its evaluator was not due at this step.
     if self.metric not in ctx.eval_metrics:
       raise ConfigError(
         f"config.early_stopping.metric={self.metric!r} is not an eval metric; "

@@ -18,7 +18,7 @@ from absl import logging
 from clu import metric_writers
 
 from vitjax import checkpoints, data, losses, models, sharding, transfer
-from vitjax.evaluate import evaluators, plots
+from vitjax.evaluate import plots, registry
 from vitjax.train import history, hooks, mfu, objectives, optim, state, steps
 
 # Offset of the target stream's seed from config.seed: its shuffle and augmentation differ from the source's.
@@ -34,6 +34,7 @@ def train_and_evaluate(
   config = transfer.hub.configure(config)  # An `hf-hub:` pretrained.path names the model and its preprocessing.
   source, target = data.from_config(config.data), data.target_from_config(config.data)
   loss_fn = losses.from_config(config.loss)
+  registry.check(config)
   mesh = sharding.mesh_from_config(config)
   for each_source in (source, target) if target else (source,):
     sharding.first_process_first(functools.partial(data.prepare, each_source))
@@ -57,14 +58,14 @@ def train_and_evaluate(
   train_ds = _train_dataset(source, target, config, start_batch=ctx.step)
   abstract_batch = parallel.abstract_batch(_shapes(train_ds))
   flops = mfu.lowered_flops(train_step, train_state, abstract_batch, train_rng) * parallel.programs
-  evaluate = _evaluator(config, parallel, loss_fn, eval_ds)
+  evals = _evaluators(config, model, source, target, loss_fn, mesh)
+  weights = functools.partial(_weights, parallel)
   writer = _writer(workdir)
-  extra = _extra_evaluators(config, source, target, model, parallel, loss_fn, eval_ds)
-  run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, flops=flops, more=more_hooks)
+  run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evals, weights, flops=flops, more=more_hooks)
   batches = sharding.prefetch_to_device(data.as_numpy(train_ds), parallel.place_batch, size=config.data.prefetch)
   _run(train_step, run_hooks[0].timed(batches), train_rng, ctx, run_hooks)
   writer.close()
-  return _finish(config, workdir, ctx, evaluate)
+  return _finish(config, workdir, ctx, lambda train_state: registry.evaluate(evals, weights(train_state)))
 
 
 def _run(train_step: Callable, batches, rng: jax.Array, ctx: hooks.Context, run_hooks: list[hooks.Hook]) -> None:
@@ -206,11 +207,10 @@ def _train_dataset(source: data.Source, target: data.Source | None, config, *, s
   return data.with_target(ds, target_ds)
 
 
-def _eval_dataset(source: data.Source, config: ml_collections.ConfigDict, *, split: str | None = None, view=None):
+def _eval_dataset(source: data.Source, config: ml_collections.ConfigDict):
   return data.eval_dataset(
     source,
-    view or config.data,
-    split=split,
+    config.data,
     batch_size=config.eval_batch_size // jax.process_count(),
     process_index=jax.process_index(),
     process_count=jax.process_count(),
@@ -221,12 +221,12 @@ def _shapes(ds) -> dict[str, tuple[tuple[int, ...], Any]]:
   return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
 
 
-def _hooks(config, workdir, writer, manager, parallel, ctx, evaluate, extra, *, flops, more=()) -> list[hooks.Hook]:
+def _hooks(config, workdir, writer, manager, parallel, ctx, evals, weights, *, flops, more=()) -> list[hooks.Hook]:
   """The periodic actions of the run, in the order they see each step; the train log first (it times the input)."""
   run_hooks = [
     _train_log(config, workdir, writer, manager, parallel, start_step=ctx.step, flops=flops),
     hooks.Preemption(config.log_every),
-    hooks.Evaluate(config.eval_every, evaluate, writer, _history_path(workdir), extra=extra),
+    hooks.Evaluate(evals, weights, writer, _history_path(workdir)),
     hooks.EarlyStopping(config.early_stopping, ctx.meta),
     *more,
     hooks.Checkpoint(manager, config.checkpoint_every, parallel.to_checkpoint, config.name),
@@ -249,7 +249,7 @@ def _train_log(config, workdir, writer, manager, parallel, *, start_step: int, f
   return hooks.TrainLog(
     writer=writer,
     history_path=path,
-    intervals=(config.log_every, config.eval_every, config.checkpoint_every),
+    intervals=(config.log_every, *registry.intervals(config), config.checkpoint_every),
     batch_size=config.batch_size,
     host_metrics=parallel.host_metrics,
     last_checkpoint=manager.latest_step,
@@ -258,60 +258,25 @@ def _train_log(config, workdir, writer, manager, parallel, *, start_step: int, f
   )
 
 
-def _extra_evaluators(config, source, target, model, parallel, loss_fn, eval_ds) -> tuple[tuple[int, Callable], ...]:
-  """(interval, evaluator) pairs beside the main evaluation: the feature probes when `config.evaluators.every`,
-  and loss and accuracy on the target's labelled eval split (`target_*`) at every evaluation when there is one."""
-  extra = []
-  if config.evaluators.every:
-    extra.append((config.evaluators.every, _feature_evaluator(config, source, model, parallel, eval_ds)))
-  if target is not None and config.data.target_eval_split:
-    target_ds = _eval_dataset(target, config, view=data.target_config(config.data))
-    evaluate_target = _evaluator(config, parallel, loss_fn, target_ds)
-    extra.append((config.eval_every, lambda s: {f"target_{k}": v for k, v in evaluate_target(s).items()}))
-  return tuple(extra)
+def _evaluators(config, model, source, target, loss_fn, mesh) -> list[registry.Scheduled]:
+  """The evaluators `config.evals` lists, built on the run's model and data."""
+  setting = registry.Setting(
+    config=config,
+    model=model,
+    source=source,
+    target=target,
+    loss_fn=loss_fn,
+    mesh=mesh,
+    class_names=data.class_names(source),
+  )
+  return registry.from_config(config, setting)
 
 
-def _evaluator(config, parallel, loss_fn, eval_ds) -> Callable[[Any], dict[str, float]]:
-  """`evaluate(state)`: loss and accuracy over the eval split, also of the moving average (`ema_`) if kept."""
-  axis = sharding.PMAP_AXIS if config.parallelism == "pmap" else None
-  eval_steps = {"": parallel.eval_step(steps.make_eval_step(loss_fn=loss_fn, axis_name=axis))}
-  if config.ema_decay:
-    eval_steps["ema_"] = parallel.eval_step(steps.make_eval_step(loss_fn=loss_fn, use_ema=True, axis_name=axis))
-
-  def evaluate(train_state) -> dict[str, float]:
-    results = {}
-    for prefix, eval_step in eval_steps.items():
-      total = None
-      for batch in data.as_numpy(eval_ds):
-        batch_metrics = parallel.host_metrics(eval_step(train_state, parallel.place_batch(batch)))
-        total = batch_metrics if total is None else total.merge(batch_metrics)
-      metrics = {name: float(value) for name, value in total.compute().items()}
-      results.update({prefix + k: v for k, v in {**metrics, "num_examples": int(total.loss.count)}.items()})
-    return results
-
-  return evaluate
-
-
-def _feature_evaluator(config, source, model, parallel, eval_ds) -> Callable[[Any], dict[str, float]]:
-  """Few-shot ridge probes and k-NN on the pre-logits features of the current parameters."""
-  options = config.evaluators
-
-  def evaluate(train_state) -> dict[str, float]:
-    probe_ds = _eval_dataset(source, config, split=options.train_split or config.data.train_split)
-    current = parallel.to_checkpoint(train_state)
-    return evaluators.feature_metrics(
-      model.apply,
-      state.variables(current.params, current.batch_stats),
-      data.as_numpy(probe_ds),
-      data.as_numpy(eval_ds),
-      shots=tuple(options.shots),
-      knn_k=options.knn_k,
-      l2_reg=options.l2_reg,
-      seed=config.seed,
-      place_batch=functools.partial(sharding.to_global, sharding=parallel.batch),
-    )
-
-  return evaluate
+def _weights(parallel: sharding.Jit, train_state: state.TrainState) -> registry.Weights:
+  """What the evaluators score of `train_state`: its parameters, and their moving average when kept."""
+  current = parallel.to_checkpoint(train_state)
+  ema = None if current.ema_params is None else state.variables(current.ema_params, current.batch_stats)
+  return registry.Weights(members=(state.variables(current.params, current.batch_stats),), ema=ema)
 
 
 def _finish(config, workdir: str, ctx: hooks.Context, evaluate: Callable) -> dict[str, Any]:
@@ -328,7 +293,7 @@ def _finish(config, workdir: str, ctx: hooks.Context, evaluate: Callable) -> dic
     "train_seconds": round(ctx.meta.get("train_seconds", 0.0), 2),
     "finished": ctx.step >= ctx.num_steps,
     "stop_reason": ctx.stop_reason,
-    **(ctx.eval_metrics if ctx.eval_metrics is not None else evaluate(ctx.state)),
+    **(ctx.eval_metrics if ctx.eval_complete else evaluate(ctx.state)),
   }
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -56,8 +56,8 @@ class Pruning(hooks.Hook):
     self.trial, self.pruned = trial, False
 
   def __call__(self, ctx: hooks.Context) -> None:
-    if not ctx.evaluated or ctx.is_last:
-      return
+    if not ctx.evaluated or ctx.is_last or "accuracy" not in ctx.eval_metrics:
+      return  # Also when only evaluators other than the accuracy's were due at this step.
     self.trial.report(ctx.eval_metrics["accuracy"], ctx.step)
     if self.trial.should_prune():
       self.pruned, ctx.stop_reason = True, "pruned"
