@@ -11,9 +11,8 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from vitjax.evaluate import registry
-
 from vitjax import models
+from vitjax.evaluate import registry
 
 # The config-argument option that shrinks a config to a smoke run, and what it shrinks to.
 RUNLOCAL = "runlocal"
