@@ -32,6 +32,7 @@ ROUND_TRIPS = [
   ("convnext_tiny", dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), 32),
   ("mobilenet_v3_small", {}, 32),
   ("efficientnet_b0", {}, 32),
+  ("swin_t", dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4)), 224),
 ]
 
 

@@ -8,6 +8,7 @@ attention masks some files carry are derived from the window size here, so they 
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +63,22 @@ def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return layout.to_torch(flat, _torch_module)
 
 
+_ARGS = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "mlp_ratio")
+
+
+def options(architecture: str, model_args: Mapping[str, Any]) -> dict[str, Any]:
+  """timm's Swin `model_args` (sizes, window, patch) as `SwinTransformer` options; `img_size` needs none."""
+  registry.check_args(architecture, model_args, (*_ARGS, "img_size"))
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in model_args.items() if k in _ARGS}
+
+
+def model_args(architecture: str, model: Any, image_size: int) -> dict[str, Any]:
+  """Every size of `model` and the input size, so that any `SwinTransformer` builds in timm."""
+  del architecture
+  out = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(model, k)) for k in _ARGS)}
+  return {**out, "img_size": image_size}
+
+
 registry.register(
   registry.Family(
     "swin",
@@ -74,5 +91,7 @@ registry.register(
       "swin_small_patch4_window7_224": "swin_s",
       "swin_base_patch4_window7_224": "swin_b",
     },
+    options=options,
+    model_args=model_args,
   )
 )
