@@ -73,6 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.deploy = ml_collections.ConfigDict(
     {"alpha": 0.5, "temperature": 2.0, "epochs": 10.0, "format": "tflite", "quantize": "int8", "latency_images": 50}
   )
+  # The deployed model's predictions on a few test images explained by --mode=explain, shown in the report.
+  config.report = ml_collections.ConfigDict({"explain_methods": ("gradients", "occlusion"), "explain_images": 2})
   return _runlocal(config) if local else config
 
 
@@ -87,4 +89,5 @@ def _runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.tune.update(trials=3, startup_trials=1, evals_per_trial=2, epochs=(0.1, 0.2))
   config.ensemble.seeds = 2
   config.deploy.update(epochs=0.1, latency_images=10)
+  config.report.update(explain_methods=("gradients",), explain_images=1)
   return config

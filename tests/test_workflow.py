@@ -154,7 +154,7 @@ def test_workflow_end_to_end_resumes_inside_the_study(digits_folder, tmp_path, m
   assert len(report["ensemble"]["members"]) == 2 and "ece_after" in report["calibration"]
   with open(os.path.join(workdir, "report.html")) as f:
     page = f.read()
-  assert page.count("data:image/png;base64,") == 4 and "src='http" not in page
+  assert page.count("data:image/png;base64,") == 5 and "src='http" not in page
   deployed = summary["deployed"]["workdir"]
   output = str(tmp_path / "predictions.csv")
   predictions.write_csv(

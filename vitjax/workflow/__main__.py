@@ -27,7 +27,7 @@ def main(argv):
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # The input pipeline and exporters run on the CPU.
-  from vitjax.workflow import pipeline
+  from vitjax.workflow import pipeline, runs
 
   workflow = FLAGS.config
   if FLAGS.budget:
@@ -38,6 +38,8 @@ def main(argv):
     )
   except ValueError as e:
     sys.exit(f"error: {e}")
+  except runs.Preempted as e:
+    sys.exit(str(e))
   print(f"Report: {os.path.join(FLAGS.workdir, 'report.html')}; deployed run: {summary['deployed']['workdir']}")
 
 

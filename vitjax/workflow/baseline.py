@@ -20,6 +20,7 @@ def run(workflow: ml_collections.ConfigDict, base: ml_collections.ConfigDict, wo
   table = classical.run_baseline(config, classical_dir)
   scratch = runs.with_steps(base, options.epochs)
   scratch.model.name = options.model
+  scratch.pretrained.path = None  # From scratch: --pretrained weights are the pretrained candidate's.
   scratch_dir = os.path.join(workdir, "scratch")
   results = runs.train(scratch, scratch_dir, more_hooks=(runs.Deadline(deadline),))
   return {

@@ -66,7 +66,7 @@ def _stage(stage, workflow, images, workdir, root, record, storage, pretrained, 
     student = select.candidate_config(workflow, base, _student(workflow, base, done["select"], chosen))
     teacher_dir = done["ensemble"]["teacher"]
     return deploy.run(workflow, student, chosen, best["params"], teacher_dir, stage_dir, deadline=deadline)
-  return report.write(done, root, workdir)
+  return report.write(done, root, workdir, workflow.report)
 
 
 def _student(workflow, base, selected: dict[str, Any], chosen: ml_collections.ConfigDict) -> str:

@@ -2,7 +2,8 @@
 
 One row per stage with validation and test accuracy, parameters, training images/s, latency per image and size;
 the test split is read here only, once, after every choice was made on the validation split. The deployed model's
-confusion matrix and its expected calibration error before and after temperature scaling come with it.
+confusion matrix, its expected calibration error before and after temperature scaling and an explanation of a
+test prediction (``--mode=explain``) come with it.
 """
 
 import base64
@@ -14,11 +15,12 @@ import tempfile
 import time
 from typing import Any
 
+import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from vitjax import checkpoints, classical, data
+from vitjax import checkpoints, classical, data, explain
 from vitjax.deploy.classifier import Classifier
 from vitjax.evaluate import metrics, plots
 from vitjax.workflow import deploy, runs
@@ -74,12 +76,16 @@ def classical_row(record: dict[str, Any], root: str) -> dict[str, Any]:
   for path in paths:  # Decoded as the folder source decodes them (three channels), grey files included.
     with Image.open(path) as image:
       pixels.append(np.asarray(image.convert("RGB")))
+  start = time.perf_counter()
   predicted = classical.predict(record["workdir"], pixels)
+  seconds = time.perf_counter() - start
   return {
     "stage": "baseline (classical)",
     "model": f"{record['feature']} + {record['classifier']}",
     "val_accuracy": record["val_accuracy"],
     "test_accuracy": float(np.mean(np.array(predicted) == np.array(labels))),
+    "latency_ms": 1000 * seconds / max(len(paths), 1),  # Features and classifier, batched over the test split.
+    "size_bytes": os.path.getsize(os.path.join(record["workdir"], record["model"])),
   }
 
 
@@ -163,7 +169,19 @@ def figures(report: dict[str, Any], test: dict[str, Any], bins: tuple, candidate
   }
 
 
-def write(stages: dict[str, Any], root: str, workdir: str) -> dict[str, Any]:
+def explanation_png(run_dir: str, options: ml_collections.ConfigDict) -> str:
+  """--mode=explain on the deployed run's first test images; the first image's figure."""
+  config = checkpoints.load_run(run_dir).config
+  config.explain.methods, config.explain.num_images = tuple(options.explain_methods), options.explain_images
+  config.data.eval_split = "test"
+  explain.run_explain(config, run_dir)
+  folder = os.path.join(run_dir, "explain")
+  first = sorted(name for name in os.listdir(folder) if name.startswith("image_") and name.endswith(".png"))[0]
+  with open(os.path.join(folder, first), "rb") as f:
+    return base64.b64encode(f.read()).decode()
+
+
+def write(stages: dict[str, Any], root: str, workdir: str, options: ml_collections.ConfigDict) -> dict[str, Any]:
   """Scores every stage on the test split and writes report.json and report.html into `workdir`."""
   base, select, tuned = stages["baseline"], stages["select"], stages["tune"]
   ensemble, deployed = stages["ensemble"], stages["deploy"]
@@ -190,6 +208,7 @@ def write(stages: dict[str, Any], root: str, workdir: str) -> dict[str, Any]:
     "deployed": {"workdir": deployed["workdir"], "export": deployed["export"], "teacher": deployed["teacher"]},
   }
   images = figures(report, test, cal["bins"], select["candidates"], select["pareto"])
+  images["explanation (deployed, first test image)"] = explanation_png(deployed["workdir"], options)
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(workdir, "report.html"), "w") as f:

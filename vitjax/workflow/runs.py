@@ -81,9 +81,16 @@ class Deadline(hooks.Hook):
       ctx.stop_reason = "budget"
 
 
+class Preempted(Exception):
+  """A run stopped on SIGTERM (its checkpoint saved): the workflow stops too, recording nothing as finished."""
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, more_hooks: tuple[hooks.Hook, ...] = ()):
   """Trains (or resumes) one run; its results dict as the train loop returns it."""
-  return loop.train_and_evaluate(config, workdir, more_hooks=more_hooks)
+  results = loop.train_and_evaluate(config, workdir, more_hooks=more_hooks)
+  if results["stop_reason"] == "SIGTERM":
+    raise Preempted(f"SIGTERM: {workdir} saved its checkpoint; rerun the same command to continue.")
+  return results
 
 
 def images_per_sec(workdir: str) -> float:
