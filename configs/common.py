@@ -247,8 +247,8 @@ def _robustness() -> ml_collections.ConfigDict:
     "grayscale",
   )
   robustness.reference = placeholder(str)
-  # Held-out labelled examples for temperature scaling and the label-shift confusion matrix; None: the last
-  # `calibration_fraction` of data.train_split.
+  # Held-out labelled examples for temperature scaling and the label-shift confusion matrix; None: a random
+  # `calibration_fraction` of data.eval_split, the rest of it scoring them (the run never trained on either).
   robustness.calibration_split = placeholder(str)
   robustness.calibration_fraction = 0.2
   # Label shift: the eval split resampled (with replacement, `num_examples`, 0: its size) to a class prior

@@ -16,11 +16,11 @@ import pytest
 from scipy import ndimage
 from sklearn import datasets
 
-from configs import robust_digits
+from configs import quickstart, robust_digits
 from tests.test_train import tiny_config
 from vitjax import losses
 from vitjax.models.layers import BatchNorm
-from vitjax.robustness import attacks, corruptions, shift, summaries, uncertainty
+from vitjax.robustness import attacks, corruptions, report, shift, summaries, uncertainty
 from vitjax.train import loop, objectives
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -313,7 +313,6 @@ def test_robustness_mode_writes_the_report(digits_dir, tmp_path):
     "robustness.l2_epsilons": "(64.0,)",
     "robustness.steps": 2,
     "robustness.corruptions": "('gaussian_noise','contrast')",
-    "robustness.calibration_split": "test[40:80]",
     "robustness.label_shift.trials": 2,
     "robustness.mc_dropout.passes": 3,
     "robustness.mc_dropout.dropout_rate": 0.2,
@@ -336,6 +335,25 @@ def test_robustness_mode_writes_the_report(digits_dir, tmp_path):
   assert set(report["adversarial"]["pgd_l2"]) == {"64"} and 0 <= report["adversarial"]["fgsm"]["8"] <= 1
   assert list(report["corruptions"]["contrast"]) == ["0", "1", "2", "3", "4", "5"]
   assert report["calibration"]["heldout_nll_after"] <= report["calibration"]["heldout_nll_before"]
+  # No calibration_split: 8 of the 40 eval examples are held out, the other 32 score the temperature and BBSE.
+  held_out = "test[:40]: 8 of 40 examples at random (seed 0); calibration and label shift scored on the other 32"
+  assert report["calibration"]["split"] == held_out
   assert report["mc_dropout"]["mutual_information"] > 0 and 0 <= report["label_shift"]["corrected_accuracy"] <= 1
   assert os.path.exists(os.path.join(workdir, "robustness_corruptions.png"))
   assert "Robustness on 40 examples: clean" in out and "Final test[:40] accuracy" in out
+
+
+def test_the_default_calibration_examples_are_never_training_examples(caplog):
+  config = quickstart.get_config()  # Trains on all of "train": no slice of it is held out.
+  with caplog.at_level("WARNING"):
+    report._warn_if_seen(config, config)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    config.robustness.calibration_split = "train[-20%:]"
+    report._warn_if_seen(config, config)
+  (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert "calibration_split=train[-20%:] is part of the run's training split train" in line
+  logits, labels = np.random.default_rng(0).normal(size=(360, 10)), np.arange(360) % 10
+  (held_logits, held_labels), (logits_rest, labels_rest) = report.split_off_heldout(logits, labels, 0.2, seed=0)
+  assert len(held_labels) == 72 and len(labels_rest) == 288 and len(set(held_labels)) == 10  # Not one class.
+  rows = np.concatenate([held_logits, logits_rest])
+  assert sorted(map(tuple, rows)) == sorted(map(tuple, logits))  # Disjoint and complete.

@@ -3,13 +3,15 @@
 On `config.data.eval_split`: clean accuracy; accuracy under FGSM and PGD (L-inf, L2) at radii in pixel levels;
 accuracy under common corruptions at severities 0-5 (``robustness_corruptions.png``), with mean corruption error
 when `config.robustness.reference` names a run measured the same way; MC-dropout uncertainty and how well it flags
-errors. With a held-out split (`calibration_split`, default the tail of the train split): temperature scaling and
-its ECE before and after, and label shift (the eval split resampled to another class prior) corrected by BBSE.
+errors. With held-out labelled examples (`calibration_split`, by default a random `calibration_fraction` of the eval
+split, the rest of which then scores them, so that nothing the run trained on is used): temperature scaling and its
+ECE before and after, and label shift (the scored examples resampled to another class prior) corrected by BBSE.
 The run is read through `checkpoints.load_run`; `config` gives the data and the robustness options.
 """
 
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -48,19 +50,24 @@ def check_options(options: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.robustness.calibration_fraction must be in (0, 1), got {options.calibration_fraction}.")
 
 
-def heldout_split(config: ml_collections.ConfigDict) -> str:
-  """`calibration_split`, or the last `calibration_fraction` of the train split as a TFDS slice."""
-  options = config.robustness
-  return options.calibration_split or f"{config.data.train_split}[-{round(100 * options.calibration_fraction)}%:]"
+def split_off_heldout(
+  logits: np.ndarray, labels: np.ndarray, fraction: float, *, seed: int
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+  """((logits, labels) of a random `fraction` of the examples, those of the others): disjoint, whatever the order."""
+  order = np.random.default_rng(seed).permutation(len(labels))
+  held, rest = np.sort(order[: round(fraction * len(labels))]), np.sort(order[round(fraction * len(labels)) :])
+  return (logits[held], labels[held]), (logits[rest], labels[rest])
 
 
 def _warn_if_seen(config: ml_collections.ConfigDict, run_config: ml_collections.ConfigDict) -> None:
   """Temperature and the BBSE confusion fitted on examples the run trained on are biased (near-perfect there)."""
-  if not config.robustness.calibration_split and config.data.train_split == run_config.data.train_split:
+  split, trained = config.robustness.calibration_split, run_config.data.train_split
+  if split and re.fullmatch(r"\w+", trained) and split.split("[")[0] == trained:
     logging.warning(
-      "The held-out split %s is part of the run's training split: set config.robustness.calibration_split to "
-      "examples the run never saw for an unbiased temperature and label-shift confusion matrix.",
-      heldout_split(config),
+      "config.robustness.calibration_split=%s is part of the run's training split %s: leave it unset (a share of "
+      "the eval split) or name examples the run never saw, for an unbiased temperature and label-shift confusion.",
+      split,
+      trained,
     )
 
 
@@ -114,9 +121,12 @@ def evaluate_robustness(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   fns = sweep.make_functions(model, mc_model, options, affine, mesh)
   swept = sweep.sweep(fns, variables, batches(config.data.eval_split), mesh, options, affine, seed=config.seed)
-  held_logits, held_targets = eval_report.collect_logits(
-    eval_report.make_logits_fn(model), variables, batches(heldout_split(config)), mesh
-  )
+  heldout = None
+  if options.calibration_split:
+    held_logits, held_targets = eval_report.collect_logits(
+      eval_report.make_logits_fn(model), variables, batches(options.calibration_split), mesh
+    )
+    heldout = (held_logits, held_targets.argmax(1))
   results = {
     "config": config.name,
     "model": run.config.model.name,
@@ -124,7 +134,7 @@ def evaluate_robustness(config: ml_collections.ConfigDict, workdir: str) -> dict
     "split": config.data.eval_split,
     "step": run.meta.get("step"),
     "train_seconds": run.meta.get("train_seconds", 0.0),
-    **measure(swept, (held_logits, held_targets.argmax(1)), config, reference),
+    **measure(swept, heldout, config, reference),
   }
   if jax.process_index() == 0:
     write_report(results, workdir)
@@ -133,11 +143,22 @@ def evaluate_robustness(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 
 def measure(
-  swept: dict[str, np.ndarray], heldout: tuple[np.ndarray, np.ndarray], config: ml_collections.ConfigDict, reference
+  swept: dict[str, np.ndarray],
+  heldout: tuple[np.ndarray, np.ndarray] | None,
+  config: ml_collections.ConfigDict,
+  reference,
 ) -> dict[str, Any]:
-  """Every number of the report from the sweep of the eval split and the held-out (logits, labels)."""
+  """Every number of the report from the sweep of the eval split and the held-out (logits, labels); without them,
+  a random `calibration_fraction` of the eval split is held out and calibration and label shift use the rest."""
   options = config.robustness
   evaluated = (swept["logits"], swept["labels"])
+  heldout_name = options.calibration_split
+  if heldout is None:
+    heldout, evaluated = split_off_heldout(*evaluated, options.calibration_fraction, seed=config.seed)
+    heldout_name = (
+      f"{config.data.eval_split}: {len(heldout[1])} of {len(swept['labels'])} examples at random (seed {config.seed}); "
+      f"calibration and label shift scored on the other {len(evaluated[1])}"
+    )
   clean = float(np.mean(swept["logits"].argmax(1) == swept["labels"]))
   table = summaries.corruption_table(swept, options.corruptions, clean)
   results = {
@@ -156,7 +177,7 @@ def measure(
     if table
     else None,
     "calibration": {
-      "split": heldout_split(config),
+      "split": heldout_name,
       **summaries.calibration_summary(heldout, evaluated, num_bins=config.eval.calibration_bins),
     },
     "label_shift": summaries.label_shift_summary(heldout, evaluated, options.label_shift, seed=config.seed),
