@@ -138,6 +138,17 @@ def test_classifier_from_hub_predicts_as_the_model(hub_cache, tmp_path):
   np.testing.assert_allclose(classifier.predict(images), direct.predict(images), atol=1e-6)
 
 
+@pytest.mark.parametrize("classifier", ["gap", "token"])
+def test_a_fixed_position_embedding_publishes_as_timms_table(hub_cache, tmp_path, classifier):
+  options = dict(VIT[1], num_registers=0, posemb="sincos2d", classifier=classifier)
+  module, variables, _ = write_repo(tmp_path, "vit_micro4", options, 16)
+  loaded = Classifier.load(add_folder(hub_cache, "test/sincos", tmp_path))
+  assert loaded.model.posemb == "learn"
+  direct = Classifier(module, variables, class_names=["a", "b", "c"], pp_eval="resize(16)|value_range(-1, 1)")
+  images = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+  np.testing.assert_allclose(loaded.predict(images), direct.predict(images), atol=1e-6)
+
+
 def test_class_names_default_to_imagenet(hub_cache):
   config = {"architecture": "resnet18", "pretrained_cfg": {"input_size": [3, 224, 224], "crop_pct": 0.875}}
   name = add_repo(hub_cache, "test/in1k", {"config.json": json.dumps(config).encode()})
@@ -159,8 +170,8 @@ def test_pickle_only_repos_and_unknown_architectures_fail_in_one_line(hub_cache)
     Classifier.load(name)
   with pytest.raises(ConfigError, match=r"cannot get config\.json"):
     hub.resolve("hf-hub:test/absent")
-  module = models.build("vit_micro4", num_classes=3, posemb="sincos2d")
-  with pytest.raises(ConfigError, match=r"timm's ViT has no posemb='sincos2d'"):
+  module = models.build("vit_micro4", num_classes=3, posemb="rope2d")
+  with pytest.raises(ConfigError, match=r"timm's ViT has no posemb='rope2d'"):
     timm.for_model("vit_micro4")[0].model_args("vit_tiny_patch16_224", module, 8)
 
 

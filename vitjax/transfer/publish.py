@@ -85,6 +85,7 @@ def write(repo: Repo, output: str) -> dict[str, Any]:
     for collection, tree in repo.variables.items()
     for key, value in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/").items()
   }
+  flat = family.complete(repo.model, flat, repo.image_size)
   state = family.to_timm(flat)
   config = {
     "architecture": architecture,
@@ -96,7 +97,7 @@ def write(repo: Repo, output: str) -> dict[str, Any]:
   os.makedirs(output, exist_ok=True)
   weights = os.path.join(output, hub.WEIGHTS_FILE)
   safetensors.numpy.save_file(state, weights, metadata={"format": "pt"})
-  _check_reads_back(repo, config, weights)
+  _check_reads_back(repo, config, weights, flat)
   with open(os.path.join(output, hub.CONFIG_FILE), "w") as f:
     json.dump(config, f, indent=2)
   with open(os.path.join(output, "README.md"), "w") as f:
@@ -104,23 +105,26 @@ def write(repo: Repo, output: str) -> dict[str, Any]:
   return config
 
 
-def _check_reads_back(repo: Repo, config: Mapping[str, Any], weights: str) -> None:
-  """A ConfigError if the module that `config` builds or the variables `weights` give differ from `repo`'s."""
+def _check_reads_back(repo: Repo, config: Mapping[str, Any], weights: str, flat: dict[str, np.ndarray]) -> None:
+  """A ConfigError if the module that `config` builds or the variables `weights` give differ from `repo`'s (`flat`,
+  completed by the family)."""
   family = timm.for_architecture(config["architecture"])
   options = family.options(config["architecture"], config["model_args"])
   rebuilt = models.build(family.architectures[config["architecture"]], num_classes=len(repo.class_names), **options)
   fields = {f.name for f in dataclasses.fields(rebuilt) if f.name not in _TRAINING_FIELDS}
   for name in sorted(fields):
     ours, theirs = getattr(repo.model, name, None), getattr(rebuilt, name)
-    if _plain(ours) != _plain(theirs):
+    if _plain(ours) != _plain(theirs) and (name, ours, theirs) not in family.equivalent:
       raise ConfigError(
         f"timm's {config['architecture']} cannot express {name}={ours!r} (it would load as {theirs!r})."
       )
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32), dict(repo.variables))
+  written = flax.traverse_util.unflatten_dict(flat, sep="/")
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32), written)
   restored, _ = importer.load_variables(weights, abstract)
-  for (path, ours), theirs in zip(jax.tree_util.tree_leaves_with_path(dict(repo.variables)), jax.tree.leaves(restored)):
-    if not np.array_equal(np.asarray(ours, np.float32), np.asarray(theirs)):
-      raise ConfigError(f"{jax.tree_util.keystr(path)} does not survive the timm layout; nothing was published.")
+  restored = flax.traverse_util.flatten_dict(restored, sep="/")
+  for key, ours in flat.items():
+    if not np.array_equal(ours, np.asarray(restored[key])):
+      raise ConfigError(f"{key} does not survive the timm layout; nothing was published.")
 
 
 def _plain(value: Any) -> Any:

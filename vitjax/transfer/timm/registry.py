@@ -61,6 +61,10 @@ class Family:
   model_args: Callable[[str, Any, int], dict[str, Any]] = no_model_args
   # Registered model name -> timm architecture, for models that `architectures` does not list by name.
   publish_as: Callable[[str], str | None] = lambda name: None
+  # (module, flat variables, input size) -> the flat variables with what the module computes but timm stores (a
+  # fixed position embedding), before `to_timm`; published modules that differ only so are `equivalent` fields.
+  complete: Callable[[Any, Flat, tuple[int, int]], Flat] = lambda model, flat, image_size: flat
+  equivalent: tuple[tuple[str, Any, Any], ...] = ()
 
   def architecture_of(self, name: str) -> str | None:
     """The timm architecture that the registered model `name` is published as, if this family has one."""

@@ -210,7 +210,9 @@ def model_args(architecture: str, model: Any, image_size: int) -> dict[str, Any]
   out.update(img_size=image_size, mlp_ratio=model.mlp_dim / model.hidden_size)
   if not isinstance(model, vit_model.VisionTransformer):
     return out
-  unsupported = {"representation_size": None, "posemb": "learn"}
+  if model.posemb not in ("learn", "sincos2d"):
+    raise ConfigError(f"{architecture}: timm's ViT has no posemb={model.posemb!r}; publish a model without.")
+  unsupported = {"representation_size": None}
   for name, default in unsupported.items():
     if getattr(model, name) != default:
       raise ConfigError(f"{architecture}: timm's ViT has no {name}={getattr(model, name)!r}; publish a model without.")
@@ -227,6 +229,18 @@ def model_args(architecture: str, model: Any, image_size: int) -> dict[str, Any]
   if model.layerscale is not None:
     out["init_values"] = model.layerscale
   return out
+
+
+def complete(model: Any, flat: dict[str, np.ndarray], image_size: tuple[int, int]) -> dict[str, np.ndarray]:
+  """A fixed sin-cos position embedding as the learned table timm stores: the same values on the patches, zero on
+  the class token (which the fixed one leaves without position)."""
+  if getattr(model, "posemb", "learn") != "sincos2d":
+    return flat
+  grid = (image_size[0] // model.patch_size, image_size[1] // model.patch_size)
+  table = vit_model.posemb_sincos_2d(height=grid[0], width=grid[1], dim=model.hidden_size)
+  if model.classifier == "token":
+    table = np.concatenate([np.zeros((1, 1, model.hidden_size), np.float32), table], axis=1)
+  return {**flat, "params/Transformer/posembed_input/pos_embedding": table}
 
 
 def publish_as(name: str) -> str | None:
@@ -249,5 +263,7 @@ registry.register(
     options=options,
     model_args=model_args,
     publish_as=publish_as,
+    complete=complete,
+    equivalent=(("posemb", "sincos2d", "learn"),),
   )
 )
