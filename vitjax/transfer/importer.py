@@ -61,6 +61,19 @@ class LoadReport:
         logging.info("%s: %s (%s)", title, key, why)
 
 
+# The end of a mismatch error: what the caller can change. Fine-tuning (load_pretrained) may leave keys out; loading
+# a model whole for evaluation or prediction (load_variables) may not.
+DONT_LOAD_HINT = (
+  "Is it for another architecture? Keys that should keep the model's value go in dont_load "
+  "(config.pretrained.dont_load for training)."
+)
+EVERY_KEY_HINT = (
+  "Every key loads here, the head included: give the architecture and number of classes it was trained with "
+  "(Classifier.load's model= and class_names=, or config.model), or fine-tune it with config.pretrained.path, "
+  "whose dont_load leaves keys out."
+)
+
+
 def load_pretrained(
   path: str,
   params: Any,
@@ -112,7 +125,11 @@ def load_variables(path: str, variables: Any, *, params_key: str = "params") -> 
   """
   source, collections, meta = read_checkpoint(path, params_key=params_key)
   params, _ = match_params(
-    source, flax.traverse_util.flatten_dict(variables["params"], sep="/"), dont_load=(), keep_pre_logits=True
+    source,
+    flax.traverse_util.flatten_dict(variables["params"], sep="/"),
+    dont_load=(),
+    keep_pre_logits=True,
+    hint=EVERY_KEY_HINT,
   )
   restored = {"params": flax.traverse_util.unflatten_dict(params, sep="/")}
   for name in variables.keys() - {"params"}:
@@ -204,9 +221,16 @@ def blocks_like(source: Flat, target: Flat) -> Flat:
 
 
 def match_params(
-  source: Flat, target: Flat, *, dont_load: Iterable[str], head_bias_init: float = 0.0, keep_pre_logits: bool
+  source: Flat,
+  target: Flat,
+  *,
+  dont_load: Iterable[str],
+  head_bias_init: float = 0.0,
+  keep_pre_logits: bool,
+  hint: str = DONT_LOAD_HINT,
 ) -> tuple[Flat, LoadReport]:
-  """The `target` keys filled from `source` (both flat, canonical names), and a report of every decision.
+  """The `target` keys filled from `source` (both flat, canonical names), and a report of every decision; `hint`
+  ends the error, saying what the caller can change.
 
   Raises ValueError naming the first key (in the order of `target`) that is missing from the checkpoint or has a
   shape no known transformation explains, or else the first checkpoint key the model has no place for.
@@ -246,7 +270,7 @@ def match_params(
     raise ConfigError(
       f"Checkpoint does not fit the model: {problems[0]}"
       + (f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else "")
-      + ". Is it for another architecture? Keys that should keep the model's value go in dont_load."
+      + f". {hint}"
     )
   return out, report
 
