@@ -30,6 +30,7 @@ VIT = dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64)
 CASES = {
   "vit_micro4": (dict(VIT, num_registers=2, layerscale=0.1), 16),
   "vit_micro8": (dict(VIT, classifier="gap", qk_norm=True, gelu_approximate=False), 16),
+  "vit_s16": (dict(VIT, posemb="sincos2d", classifier="gap"), 32),
   "deit_ti16_distilled": (dict(VIT, patch_size=8), 16),
   "resnet18": ({}, 32),
   "bit_r50x1": ({}, 32),
