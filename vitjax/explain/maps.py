@@ -6,8 +6,14 @@ import jax
 
 
 def prefix_tokens(model) -> int:
-  """Tokens before the patch tokens: the class token of a ViT with the `token` classifier, else none."""
-  return 1 if getattr(model, "classifier", None) == "token" else 0
+  """Tokens before the patch tokens, as the model says (a ViT's class token and registers, DeiT's class and
+  distillation tokens); none for a model without them (a conv net)."""
+  return getattr(model, "prefix_tokens", 0)
+
+
+def readout_tokens(model) -> tuple[int, ...]:
+  """The prefix tokens the model's head reads (a ViT's class token, DeiT's two), () when it pools the patches."""
+  return tuple(getattr(model, "readout_tokens", ()))
 
 
 def grid_shape(num_patches: int, image_shape: tuple[int, ...]) -> tuple[int, int]:

@@ -36,6 +36,10 @@ class DistilledVisionTransformer(nn.Module):
   head_bias_init: float = 0.0
   dtype: Dtype = jnp.float32
 
+  # Tokens before the patch tokens (class, distillation) and those the two heads read, as VisionTransformer's.
+  prefix_tokens = 2
+  readout_tokens = (0, 1)
+
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
     p = self.patch_size

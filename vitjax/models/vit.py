@@ -168,6 +168,16 @@ class VisionTransformer(nn.Module):
   gelu_approximate: bool = True  # False: the exact GELU of timm's ViTs (DeiT, AugReg in timm's layout, DINO).
   dtype: Dtype = jnp.float32
 
+  @property
+  def prefix_tokens(self) -> int:
+    """Tokens before the patch tokens in every block (class token, then registers): what maps of tokens skip."""
+    return int(self.classifier == "token") + self.num_registers
+
+  @property
+  def readout_tokens(self) -> tuple[int, ...]:
+    """The prefix tokens the head reads (the class token), or () when it pools the patch tokens (gap, map)."""
+    return (0,) if self.classifier == "token" else ()
+
   def stem(self, images: Array, *, train: bool) -> Array:
     """Feature map that the patch embedding reads; the images themselves for a plain ViT."""
     del train
