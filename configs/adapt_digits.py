@@ -15,7 +15,7 @@ Every run reports eval/accuracy on the clean test digits and eval/target_accurac
 benchmarks/RESULTS.md. Smoke run: append `,runlocal`.
 """
 
-from configs import common
+from vitjax.configs import common
 from vitjax.errors import ConfigError
 from vitjax.evaluate import registry
 

@@ -25,8 +25,10 @@ quickstart's smoke run with `--mode=train`):
     python -m vitjax.main --config=configs/baseline_digits.py:runlocal --workdir=/tmp/baseline-runlocal --mode=baseline
 """
 
-from configs import common, quickstart
+from vitjax.configs import common, sibling
 from vitjax.errors import ConfigError
+
+quickstart = sibling(__file__, "quickstart")  # The config this one builds on, beside it.
 
 
 def get_config(arg: str | None = None):

@@ -11,7 +11,7 @@ Images of at most 96x96 pixels are resized to 160 and randomly cropped to 128, l
 cropped to 480; random horizontal flip; evaluation resizes to the crop size. Inputs in [-1, 1].
 
 The public BiT `.npz` (TF names, `resnet/...`) loads onto `bit_r50x1` with its head replaced by a zero one.
-A strategy may follow the dataset (configs/finetune.py), e.g. `cifar10,feature_extraction` or `cifar10,freeze2`
+A strategy may follow the dataset (vitjax/configs/finetune.py), e.g. `cifar10,feature_extraction` or `cifar10,freeze2`
 (root and stages 1-2 frozen).
 
 Smoke run on a laptop, same code path (32-pixel crops, 20 steps, the first 64 test images; no checkpoint needed):
@@ -19,7 +19,7 @@ Smoke run on a laptop, same code path (32-pixel crops, 20 steps, the first 64 te
     python -m vitjax.main --config=configs/bit_r50x1.py:cifar10,runlocal --workdir=/tmp/bit_r50x1_runlocal
 """
 
-from configs import finetune
+from vitjax.configs import finetune
 
 # dataset -> (train split, eval split, training examples, small images (<= 96x96)).
 PRESETS = {

@@ -21,7 +21,7 @@ import statistics
 
 from PIL import Image
 
-from configs import common
+from vitjax.configs import common
 from vitjax.errors import ConfigError
 
 EVAL_SPLITS = ("test", "val", "validation", "valid")

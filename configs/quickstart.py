@@ -13,7 +13,7 @@ Smoke run of the same code path in under a minute (20 steps, the first 64 test d
     python -m vitjax.main --config=configs/quickstart.py:runlocal --workdir=/tmp/vitjax-quickstart-runlocal
 """
 
-from configs import common
+from vitjax.configs import common
 from vitjax.errors import ConfigError
 
 

@@ -10,8 +10,10 @@ Compare with the quickstart run's `--mode=robustness` (benchmarks/RESULTS.md has
     python -m vitjax.main --config=configs/robust_digits.py:trades,runlocal --workdir=/tmp/robust-digits-runlocal
 """
 
-from configs import common, quickstart
+from vitjax.configs import common, sibling
 from vitjax.errors import ConfigError
+
+quickstart = sibling(__file__, "quickstart")  # The config this one builds on, beside it.
 
 OBJECTIVES = ("pgd_at", "trades", "fast_fgsm")
 

@@ -12,7 +12,7 @@ Presets: cifar10, cifar100, imagenet2012, oxford_iiit_pet, oxford_flowers102.
 Transfer: the upstream file's 224px position embeddings are resized to the 384px grid (24x24) on load, its
 ImageNet-21k head is replaced by a zero one, and its `pre_logits` layer is dropped (the public fine-tunes train
 without a representation layer; set model.representation_size and pretrained.keep_pre_logits to keep it).
-A strategy may follow the dataset (configs/finetune.py): `cifar10,feature_extraction`, `cifar10,freeze6`,
+A strategy may follow the dataset (vitjax/configs/finetune.py): `cifar10,feature_extraction`, `cifar10,freeze6`,
 `cifar10,layer_decay0.75`; the default, `full`, is the published recipe.
 
 Smoke run on a laptop, same code path (vit_ti16, 32-pixel crops, 20 steps, the first 64 test images; no checkpoint
@@ -21,7 +21,7 @@ needed), optionally after a strategy (`cifar10,freeze6,runlocal`):
     python -m vitjax.main --config=configs/vit_b16.py:cifar10,runlocal --workdir=/tmp/vit_b16_runlocal
 """
 
-from configs import finetune
+from vitjax.configs import finetune
 
 # dataset -> (train split, eval split, total steps, base learning rate) as in the public fine-tuning configs.
 PRESETS = {

@@ -11,7 +11,7 @@ they say: the model (select), the searched hyperparameters (tune), the seed (ens
 
 import ml_collections
 
-from configs import common
+from vitjax.configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     {
       "features": ("hog", "raw_pixels"),
       "classifiers": ("svm_rbf", "logistic"),
-      "search": True,  # The small grid of config.baseline.grid (configs/common.py), cross-validated on train.
+      "search": True,  # The small grid of config.baseline.grid (vitjax/configs/common.py), cross-validated on train.
       "model": "resnet20",  # The small network from scratch, the run config's own recipe.
       "epochs": 10.0,
     }

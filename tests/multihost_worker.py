@@ -14,8 +14,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from configs import common  # noqa: E402
 from vitjax import checkpoints, losses, models, sharding  # noqa: E402
+from vitjax.configs import common  # noqa: E402
 from vitjax.train import objectives, optim, steps  # noqa: E402
 from vitjax.train.state import create_train_state  # noqa: E402
 

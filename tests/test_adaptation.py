@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import common
 from vitjax import checkpoints, data, losses, models, transfer
+from vitjax.configs import common
 from vitjax.data import shifts
 from vitjax.train import adaptation, objectives, state, steps
 

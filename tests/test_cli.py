@@ -15,8 +15,8 @@ import pytest
 from clu import metric_writers
 from PIL import Image
 
-from configs import common
 from vitjax import checkpoints, console, describe, preflight
+from vitjax.configs import common
 from vitjax.errors import ConfigError
 from vitjax.train import hooks
 from vitjax.transfer import importer

@@ -8,8 +8,9 @@ import re
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import adapt_digits, baseline_digits, bit_r50x1, common, finetune, quickstart, robust_digits, vit_b16
+from configs import adapt_digits, baseline_digits, bit_r50x1, quickstart, robust_digits, vit_b16
 from tests.test_train import _parse_config_flag
+from vitjax.configs import common, finetune
 from vitjax.train.loop import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
 from vitjax import checkpoints, models
+from vitjax.configs import common
 from vitjax.explain import attention, attributions, faithfulness, gradcam, lime, methods, occlusion, visualize
 from vitjax.explain.scorer import Scorer
 

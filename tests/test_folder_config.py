@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import common, folder
+from configs import folder
+from vitjax.configs import common
 from vitjax.train import optim
 from vitjax.train.loop import total_steps, train_and_evaluate
 

@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import common
 from vitjax import losses, models
+from vitjax.configs import common
 from vitjax.train import objectives, optim, steps
 from vitjax.train.state import create_train_state
 

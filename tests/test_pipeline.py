@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import common
 from vitjax import data
+from vitjax.configs import common
 from vitjax.data import mixing
 
 

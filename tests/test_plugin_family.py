@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common, quickstart
+from configs import quickstart
 from tests.test_registry import param_count
 from vitjax import checkpoints, models
+from vitjax.configs import common
 from vitjax.models import registry
 from vitjax.models.layers import classifier_head
 from vitjax.train import loop, optim

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import common
 from vitjax import models
+from vitjax.configs import common
 from vitjax.models import registry
 from vitjax.train import optim
 

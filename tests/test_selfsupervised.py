@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
 from vitjax import losses, models
+from vitjax.configs import common
 from vitjax.train import masked, objectives, selfsupervised
 
 

@@ -13,8 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from configs import common, quickstart
+from configs import quickstart
 from vitjax import data
+from vitjax.configs import common
 from vitjax.data import tfds_source
 from vitjax.train import loop
 

@@ -3,9 +3,9 @@
 import jax
 import numpy as np
 
-from configs import common
 from tests.test_optim import optimizer_config
 from vitjax import data, losses, models
+from vitjax.configs import common
 from vitjax.train import objectives, optim, steps
 from vitjax.train.state import create_train_state
 

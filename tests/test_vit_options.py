@@ -151,7 +151,7 @@ def test_layerscale_names_init_and_scales_the_branches():
 
 
 def test_options_come_from_config():
-  from configs import common
+  from vitjax.configs import common
 
   config = common.get_base_config().model
   config.update(dict(name="vit_micro8", num_registers=4, qk_norm=True, patch_sizes=(4, 8), remat="full", scan=True))

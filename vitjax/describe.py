@@ -1,5 +1,5 @@
 """`--mode=describe`: every key of a config with its value and what it means, grouped by section, read from the
-comments and docstrings of configs/common.py (where every key is defined once). Needs neither JAX nor TensorFlow.
+comments and docstrings of vitjax/configs/common.py (where every key is defined once). Needs neither JAX nor TensorFlow.
 """
 
 import ast
@@ -16,7 +16,7 @@ GENERAL = "general"
 
 @dataclasses.dataclass
 class Doc:
-  """What configs/common.py says about a key: a comment block above it, a comment beside it, and its line."""
+  """What vitjax/configs/common.py says about a key: a comment block above it, a comment beside it, and its line."""
 
   above: str = ""
   beside: str = ""
@@ -25,7 +25,7 @@ class Doc:
 
 def key_docs(source: str) -> dict[str, Doc]:
   """The `Doc` of every dotted key ("batch_size", "data.pp_train", "model.name") defined in `source`, the text of
-  configs/common.py; a section ("data") is documented by its builder's docstring and the comment above its return."""
+  vitjax/configs/common.py; a section ("data") is documented by its builder's docstring and the comment above its return."""
   tree = ast.parse(source)
   comments = _comments(source)
   functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
@@ -135,7 +135,7 @@ def _comments(source: str) -> dict[int, tuple[str, bool]]:
 
 def add_docs(docs: dict[str, Doc], prefix: str, beside: dict[str, str]) -> None:
   """Docs from elsewhere (`models.option_docs()` for `config.model`) for the keys under `prefix` that
-  configs/common.py leaves undocumented, in the order given."""
+  vitjax/configs/common.py leaves undocumented, in the order given."""
   start = docs.get(prefix, Doc()).line
   for index, (key, text) in enumerate(beside.items()):
     doc = docs.setdefault(f"{prefix}.{key}", Doc(line=start + index))

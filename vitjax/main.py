@@ -96,8 +96,8 @@ def initialize_distributed() -> None:
 
 
 def describe_config(config) -> str:
-  """`--mode=describe`: every key of `config` with its value and the doc of configs/common.py."""
-  common = importlib.import_module("configs.common")
+  """`--mode=describe`: every key of `config` with its value and the doc of vitjax/configs/common.py."""
+  common = importlib.import_module("vitjax.configs.common")
   with open(common.__file__) as f:
     docs = describe.key_docs(f.read())
   if "vitjax.models" in sys.modules:  # Imported by the config already, so its option docs cost nothing more.

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from configs import common
+from vitjax.configs import common
 from vitjax.errors import ConfigError
 
 STRATEGIES = ("full", "feature_extraction", "freeze{k}", "layer_decay{d}")

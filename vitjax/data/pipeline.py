@@ -7,7 +7,7 @@ would have produced from ``k`` on. TFDS shuffles examples when it writes a datas
 and shuffling a buffer of still-encoded examples is a full mix; folder sources shuffle a whole epoch of file
 positions.
 
-Everything is driven by the data config (``config.data``, every key declared in ``configs/common.py``):
+Everything is driven by the data config (``config.data``, every key declared in ``vitjax/configs/common.py``):
   dataset, data_dir, image_key, label_key   which data (``catalog.from_config``): a TFDS name or a folder kind
   folder, strict                            the root of a folder dataset; fail on a corrupt file instead of skipping
   train_split, eval_split, classes          TFDS-style split strings; the label ids (or names) to keep, in order
