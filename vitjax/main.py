@@ -119,6 +119,28 @@ def main(argv):
   run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir)
 
 
+# Each mode's function, imported only when chosen: a mode's missing optional dependency costs the others nothing.
+MODES = {
+  "train": ("vitjax.train.loop", "train_and_evaluate"),
+  "eval": ("vitjax.evaluate.report", "evaluate_checkpoint"),
+  "baseline": ("vitjax.classical", "run_baseline"),
+  "robustness": ("vitjax.robustness.report", "evaluate_robustness"),
+  "explain": ("vitjax.explain", "run_explain"),
+}
+EXTRAS = {"cv2": "classical", "skops": "classical", "threadpoolctl": "classical"}
+
+
+def mode_function(mode: str):
+  """The function that runs `mode`; a missing optional dependency is one line naming the extra to install."""
+  module, name = MODES[mode]
+  try:
+    return getattr(importlib.import_module(module), name)
+  except ModuleNotFoundError as e:
+    if e.name not in EXTRAS:
+      raise
+    sys.exit(f"error: --mode={mode} needs {e.name}: pip install 'vitjax[{EXTRAS[e.name]}]'")
+
+
 def run_mode(mode: str, config, workdir: str) -> None:
   """Loads JAX and TensorFlow, runs `mode` and prints its result; config mistakes end it in one line."""
   import tensorflow as tf
@@ -127,11 +149,8 @@ def run_mode(mode: str, config, workdir: str) -> None:
   initialize_distributed()
   import jax
 
-  from vitjax import classical, data
-  from vitjax.evaluate import report
-  from vitjax.explain import run_explain
-  from vitjax.robustness.report import evaluate_robustness
-  from vitjax.train import hooks, loop
+  from vitjax import data
+  from vitjax.train import hooks
 
   logging.info(
     "JAX process %d of %d, %d local / %d global devices (%s).",
@@ -141,11 +160,9 @@ def run_mode(mode: str, config, workdir: str) -> None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  run = {"train": loop.train_and_evaluate, "eval": report.evaluate_checkpoint, "baseline": classical.run_baseline}
-  run["robustness"] = evaluate_robustness
-  run["explain"] = run_explain
+  run = mode_function(mode)
   try:
-    results = run[mode](config, workdir)
+    results = run(config, workdir)
   except (ConfigError, data.DatasetUnavailableError, hooks.NonFiniteLossError) as e:
     sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.
   if jax.process_index() == 0 and mode not in ("baseline", "explain"):  # These print their own table.
