@@ -174,7 +174,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   seen = {}
   for name, entry in config.evals.items():
     if not isinstance(entry, (ml_collections.ConfigDict, dict)) or "type" not in entry:
-      raise ConfigError(f"config.evals.{name} must be a dict with a type, e.g. evaluate.config('classification').")
+      raise ConfigError(f"config.evals.{name} must be a dict with a type, e.g. registry.config('classification').")
     kind = _type(name, entry["type"])
     _check_keys(name, kind, entry.keys())
     if (entry.get("every") or 0) < 0:
