@@ -11,7 +11,7 @@ import pytest
 import safetensors.numpy
 from scipy.special import erf
 
-from tests.test_models import (
+from tests.support import (
   abstract_variables,
   fill_random,
   flat,

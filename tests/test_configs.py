@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import adapt_digits, baseline_digits, bit_r50x1, quickstart, robust_digits, vit_b16
-from tests.test_train import _parse_config_flag
+from tests.support import parse_config_flag
 from vitjax.configs import common, finetune
 from vitjax.train.loop import train_and_evaluate
 
@@ -82,23 +82,23 @@ def test_adapt_digits_arguments_fail_naming_the_choices():
 
 
 def test_evaluator_options_override_from_the_command_line():
-  config = _parse_config_flag(
+  config = parse_config_flag(
     f"--config={REPO}/configs/adapt_digits.py:rotated,mae", "--config.evals.knn.k=10", "--config.evals.val.every=7"
   )
   assert (config.evals.knn.k, config.evals.val.every, config.evals.fewshot.l2_reg) == (10, 7, 2.0**10)
   with pytest.raises(Exception, match="kk"):
-    _parse_config_flag(f"--config={REPO}/configs/adapt_digits.py:rotated,mae", "--config.evals.knn.kk=10")
+    parse_config_flag(f"--config={REPO}/configs/adapt_digits.py:rotated,mae", "--config.evals.knn.kk=10")
 
 
 def test_runlocal_from_the_command_line_with_checked_overrides():
-  config = _parse_config_flag(
+  config = parse_config_flag(
     f"--config={REPO}/configs/vit_b16.py:cifar10,freeze6,runlocal", "--config.model.name=vit_s16"
   )
   assert config.name == "vit_b16_cifar10_freeze6_runlocal" and config.model.name == "vit_s16"
-  config = _parse_config_flag(f"--config={REPO}/configs/quickstart.py:runlocal", "--config.model.width=32")
+  config = parse_config_flag(f"--config={REPO}/configs/quickstart.py:runlocal", "--config.model.width=32")
   assert config.model.width == 32 and config.model.classifier == "gap"
   with pytest.raises(Exception, match="width"):
-    _parse_config_flag(f"--config={REPO}/configs/quickstart.py:runlocal", "--config.model.width=wide")
+    parse_config_flag(f"--config={REPO}/configs/quickstart.py:runlocal", "--config.model.width=wide")
 
 
 def _mock_cifar10(data_dir: str) -> contextlib.AbstractContextManager:

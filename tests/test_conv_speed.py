@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.support import cpu_only
 from vitjax.models import convolution, layers
 
 
@@ -55,10 +56,10 @@ def primitives(fn, *args) -> set[str]:
   return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).eqns}
 
 
+@cpu_only
 def test_small_maps_take_the_matmul_path_on_cpu_and_large_ones_lax_conv():
   kernel = jnp.zeros((3, 3, 8, 8))
   conv = lambda x: convolution.conv2d(x, kernel, strides=(1, 1), padding="SAME")  # noqa: E731
-  assert jax.default_backend() == "cpu"
   assert "conv_general_dilated" not in primitives(conv, jnp.zeros((2, 2, 2, 8)))  # 4 output positions.
   assert "conv_general_dilated" in primitives(conv, jnp.zeros((2, 3, 2, 8)))  # 6.
   grouped = lambda x: convolution.conv2d(x, kernel[..., :2, :], strides=(1, 1), padding="SAME", groups=4)  # noqa: E731

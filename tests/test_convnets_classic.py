@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from tests.test_models import np_conv, relu
+from tests.support import np_conv, relu
 from vitjax import models, transfer
 from vitjax.models import alexnet, registry
 

@@ -9,16 +9,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.support import (
+  TINY_VIT,
+  abstract_variables,
+  evaluate,
+  fill_random,
+  flat,
+  images_of,
+  np_attention,
+  np_batch_norm,
+  np_conv,
+  np_layer_norm,
+  np_mlp,
+  random_variables,
+  relu,
+  same_padding,
+  to_numpy,
+)
 from vitjax import models
 from vitjax.models import hybrid, layers, resnet, vit
-
-# A tiny ViT used wherever compile time matters more than size.
-TINY_VIT = dict(hidden_size=32, mlp_dim=64, num_heads=4, num_layers=2)
-
-
-def abstract_variables(model, images):
-  """The model's variable tree as shapes and dtypes; nothing is computed or allocated."""
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
 
 
 def count_params(model, *, image_size: int = 224) -> int:
@@ -29,36 +38,6 @@ def count_params(model, *, image_size: int = 224) -> int:
 def init(model, images):
   """The model's own initialisation (rbg keys: threefry init compiles twice as slowly on this CPU)."""
   return jax.jit(lambda x: model.init(jax.random.key(0, impl="rbg"), x, train=False))(images)
-
-
-def fill_random(abstract, *, seed: int = 0, scale: float = 0.3):
-  """N(0, scale^2) arrays in the shapes of `abstract`; BatchNorm statistics get mean 0 and variance 1."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    if path[0].key == "batch_stats":
-      return np.full(leaf.shape, 1.0 if path[-1].key == "var" else 0.0, np.float32)
-    return (scale * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(abstract))
-
-
-def random_variables(model, images, *, seed: int = 0, scale: float = 0.3):
-  """Random parameters in the model's tree: zero-initialised heads would hide errors."""
-  return fill_random(abstract_variables(model, images), seed=seed, scale=scale)
-
-
-def evaluate(model, variables, images):
-  """Jitted inference forward pass (op-by-op dispatch would spend the time budget compiling each op)."""
-  return jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-
-
-def images_of(shape, seed: int = 1):
-  return jax.random.uniform(jax.random.key(seed), shape, jnp.float32, -1.0, 1.0)
-
-
-def flat(tree) -> dict:
-  return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(tree).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -385,31 +364,6 @@ def test_parameter_overview_reports_total():
 # Independent numpy references (float64) given the same parameters.
 
 
-def np_layer_norm(x, p, eps=1e-6):
-  mean = x.mean(-1, keepdims=True)
-  var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) / np.sqrt(var + eps) * p["scale"] + p["bias"]
-
-
-def np_gelu_tanh(x):
-  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-
-
-def np_attention(q_in, kv_in, p):
-  q = np.einsum("nld,dhk->nhlk", q_in, p["query"]["kernel"]) + p["query"]["bias"][:, None]
-  k = np.einsum("nld,dhk->nhlk", kv_in, p["key"]["kernel"]) + p["key"]["bias"][:, None]
-  v = np.einsum("nld,dhk->nhlk", kv_in, p["value"]["kernel"]) + p["value"]["bias"][:, None]
-  logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
-  weights = np.exp(logits - logits.max(-1, keepdims=True))
-  weights /= weights.sum(-1, keepdims=True)
-  return np.einsum("nhlk,hkd->nld", weights @ v, p["out"]["kernel"]) + p["out"]["bias"]
-
-
-def np_mlp(x, p):
-  h = np_gelu_tanh(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
-  return h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
-
-
 def np_vit(images, p, *, patch, classifier, representation=False):
   n, hh, ww, c = images.shape
   grid = images.reshape(n, hh // patch, patch, ww // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
@@ -442,10 +396,6 @@ def np_vit(images, p, *, patch, classifier, representation=False):
   return x @ p["head"]["kernel"] + p["head"]["bias"]
 
 
-def to_numpy(tree):
-  return jax.tree.map(lambda a: np.asarray(a, np.float64), flax.core.unfreeze(tree))
-
-
 @pytest.mark.parametrize("classifier, representation", [("token", True), ("gap", False), ("map", False)])
 def test_vit_matches_numpy_reference(classifier, representation):
   model = models.build(
@@ -465,28 +415,6 @@ def test_vit_matches_numpy_reference(classifier, representation):
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def same_padding(size, k, s):
-  """TensorFlow/XLA SAME padding (lo, hi) for one spatial dimension."""
-  total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-  return total // 2, total - total // 2
-
-
-def np_conv(x, w, *, stride=1, padding="SAME", pad_value=0.0):
-  """Direct convolution: out[n,i,j,o] = sum over (kh,kw,c) of xpad[n, i*s+kh, j*s+kw, c] * w[kh,kw,c,o]."""
-  kh, kw = w.shape[:2]
-  if padding == "SAME":
-    pads = [same_padding(x.shape[1], kh, stride), same_padding(x.shape[2], kw, stride)]
-  else:
-    pads = [padding, padding]
-  x = np.pad(x, [(0, 0), pads[0], pads[1], (0, 0)], constant_values=pad_value)
-  ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
-  out = np.zeros((x.shape[0], ho, wo, w.shape[3]))
-  for i in range(kh):
-    for j in range(kw):
-      out += x[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride] @ w[i, j]
-  return out
-
-
 def np_max_pool(x, *, padding, pad_value):
   pads = [same_padding(x.shape[1], 3, 2), same_padding(x.shape[2], 3, 2)] if padding == "SAME" else [padding] * 2
   x = np.pad(x, [(0, 0), pads[0], pads[1], (0, 0)], constant_values=pad_value)
@@ -503,18 +431,10 @@ def np_group_norm(x, p, *, eps, groups=32):
   return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * p["scale"] + p["bias"]
 
 
-def np_batch_norm(x, p, stats):
-  return (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * p["scale"] + p["bias"]
-
-
 def np_standardize(w, *, eps, eps_on_std):
   w = w - w.mean(axis=(0, 1, 2))
   std = w.std(axis=(0, 1, 2))
   return w / (std + eps) if eps_on_std else w / np.sqrt(std**2 + eps)
-
-
-def relu(x):
-  return np.maximum(x, 0)
 
 
 def np_resnet_v15(images, p, s):

@@ -9,19 +9,11 @@ import numpy as np
 import optax
 import pytest
 
+from tests.support import optimizer_config
 from vitjax import losses, models
 from vitjax.configs import common
 from vitjax.train import objectives, optim, steps
 from vitjax.train.state import create_train_state
-
-
-def optimizer_config(**optimizer) -> ml_collections.ConfigDict:
-  """The base config with a constant schedule and no clipping, SGD without momentum, then `optimizer`."""
-  config = common.get_base_config()
-  config.optimizer.update({"name": "sgd", "learning_rate": 0.1, "momentum": 0.0, "grad_clip_norm": 0.0, **optimizer})
-  config.schedule.name = "constant"
-  return config
-
 
 _config = optimizer_config
 

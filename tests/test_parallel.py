@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_optim import optimizer_config
-from tests.test_train import _params, tiny_config
+from tests.support import checkpoint_params, optimizer_config, tiny_config
 from vitjax import losses, models, sharding
 from vitjax.train import loop, objectives, optim, steps
 from vitjax.train.state import create_train_state
@@ -81,6 +80,6 @@ def test_pmap_training_loop_matches_jit(digits_dir, tmp_path):
   assert results["jit"]["loss"] == pytest.approx(results["pmap"]["loss"], rel=1e-4)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-    _params(str(tmp_path / "jit")),
-    _params(str(tmp_path / "pmap")),
+    checkpoint_params(str(tmp_path / "jit")),
+    checkpoint_params(str(tmp_path / "pmap")),
   )

@@ -86,9 +86,21 @@ def test_caching_decoded_examples_changes_no_batch(digits_dir, pp_train):
 
 def test_epochs_are_reshuffled_and_seeds_matter(digits_dir):
   builder = data.builder_by_name("vitjax_digits", data_dir=digits_dir)
-  a = _batches(builder, 1)[0]
-  it = data.as_numpy(data.train_dataset(builder, CONFIG, batch_size=8, seed=4))
-  assert not np.array_equal(a["labels"], next(it)["labels"]) or not np.array_equal(a["image"], next(it)["image"])
+  epoch = 1437  # The digits' training split: with one batch per epoch, the second batch is the second epoch.
+  config = _data_config(pp_train="to_rgb", pp_eval="to_rgb", shuffle_buffer=10_000)
+
+  def labels(seed, n):
+    stream = data.as_numpy(data.train_dataset(builder, config, batch_size=epoch, seed=seed))
+    return [batch["labels"].argmax(-1) for batch in _take(stream, n)]
+
+  first, second = labels(3, 2)
+  np.testing.assert_array_equal(np.sort(first), np.sort(second))  # The same examples ...
+  assert np.mean(first != second) > 0.5  # ... in a new order.
+  assert np.mean(labels(4, 1)[0] != first) > 0.5
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
 
 
 @pytest.mark.parametrize("process_count", [1, 2, 3])

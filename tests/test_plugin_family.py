@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from tests.test_registry import param_count
+from tests.support import param_count
 from vitjax import checkpoints, models
 from vitjax.configs import common
 from vitjax.models import registry

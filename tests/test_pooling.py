@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.support import cpu_only
 from vitjax.models import convolution, pooling
 
 
@@ -34,6 +35,7 @@ def test_max_pool_equals_nn_max_pool_with_gradients_and_ties(shape, window, stri
   assert np.count_nonzero(dref) > 0
 
 
+@cpu_only
 def test_portable_max_pool_is_reduce_window():
   # Exporters map `reduce_window` max to their own pooling op (TFLite MAX_POOL_2D).
   def primitives(x):

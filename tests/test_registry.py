@@ -1,11 +1,10 @@
 """The model registry: every registered name's parameter count, the config keys and docs it gives, its errors."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import pytest
 
+from tests.support import param_count
 from vitjax import models
 from vitjax.configs import common
 from vitjax.models import registry
@@ -15,15 +14,6 @@ from vitjax.train import optim
 CONFIG_KEYS = {"name", "classifier", "representation_size", "posemb", "dropout_rate", "attention_dropout_rate"}
 CONFIG_KEYS |= {"stochastic_depth", "head_bias_init", "num_registers", "gelu_approximate", "qk_norm", "layerscale"}
 CONFIG_KEYS |= {"patch_sizes", "remat", "scan", "attention", "width", "zero_init_last_bn", "shortcut", "dtype"}
-
-
-def param_count(entry: registry.Entry) -> int:
-  """Parameters of `entry`'s model at its counted image size and classes; shapes only, nothing is allocated."""
-  size, classes = entry.params_at
-  model = models.build(entry.name, num_classes=classes)
-  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-  return sum(math.prod(p.shape) for p in jax.tree.leaves(variables["params"]))
 
 
 @pytest.mark.parametrize("name", [entry.name for entry in registry.entries()])

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.test_train import tiny_config
+from tests.support import tiny_config
 from vitjax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,7 @@ from scipy import ndimage
 from sklearn import datasets
 
 from configs import quickstart, robust_digits
-from tests.test_train import tiny_config
+from tests.support import tiny_config
 from vitjax import losses
 from vitjax.models.layers import BatchNorm
 from vitjax.robustness import attacks, corruptions, report, shift, summaries, uncertainty

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from tests.test_optim import optimizer_config
+from tests.support import optimizer_config
 from vitjax import data, losses, models
 from vitjax.configs import common
 from vitjax.train import objectives, optim, steps

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from tests.test_models import evaluate, flat, images_of, random_variables
+from tests.support import evaluate, flat, images_of, random_variables
 from vitjax import models, transfer
 
 

@@ -8,12 +8,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from configs import quickstart
+from tests.support import checkpoint_params, parse_config_flag, tiny_config
 from vitjax import checkpoints, data, models
 from vitjax.evaluate import registry
 from vitjax.train import hooks, loop, objectives
@@ -21,35 +19,8 @@ from vitjax.train import hooks, loop, objectives
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(digits_dir, **overrides):
-  config = quickstart.get_config()
-  config.data.data_dir = digits_dir
-  config.batch_size = 16
-  config.eval_batch_size = 40
-  config.total_steps = 6
-  config.log_every = config.eval_every = config.checkpoint_every = 3
-  config.schedule.warmup_steps = 0
-  for key, value in overrides.items():
-    config[key] = value
-  return config
-
-
-def _params(workdir):
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "meta"))
-  restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return restored.state["params"]
-
-
-def _parse_config_flag(*args):
-  argv = ["prog", *args]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
-  values(argv)
-  return values.config
-
-
 def test_config_file_with_argument_and_overrides():
-  config = _parse_config_flag(
+  config = parse_config_flag(
     f"--config={REPO}/configs/vit_b16.py:cifar100", "--config.batch_size=64", "--config.optimizer.learning_rate=0.01"
   )
   assert (config.name, config.data.dataset, config.batch_size, config.optimizer.learning_rate) == (
@@ -60,9 +31,9 @@ def test_config_file_with_argument_and_overrides():
   )
   assert config.optimizer.grad_clip_norm == 1.0 and config.total_steps == 10_000
   with pytest.raises(Exception, match="no_such_key"):
-    _parse_config_flag(f"--config={REPO}/configs/quickstart.py", "--config.no_such_key=1")
+    parse_config_flag(f"--config={REPO}/configs/quickstart.py", "--config.no_such_key=1")
   with pytest.raises(Exception, match="Unknown preset 'mnist'"):
-    _parse_config_flag(f"--config={REPO}/configs/vit_b16.py:mnist")
+    parse_config_flag(f"--config={REPO}/configs/vit_b16.py:mnist")
 
 
 def test_run_writes_results_curves_and_resumes_exactly(digits_dir, tmp_path):
@@ -80,7 +51,7 @@ def test_run_writes_results_curves_and_resumes_exactly(digits_dir, tmp_path):
   run = checkpoints.load_run(straight)  # What evaluation, prediction and export read back.
   assert run.config.name == "quickstart" and run.config.model.classifier == "gap" and run.meta["step"] == 6
   assert run.class_names == [str(d) for d in range(10)] and run.batch_stats == {} and run.ema_params is None
-  jax.tree.map(np.testing.assert_array_equal, run.variables()["params"], _params(straight))
+  jax.tree.map(np.testing.assert_array_equal, run.variables()["params"], checkpoint_params(straight))
   with pytest.raises(ValueError, match="kept no moving average"):
     run.variables(ema=True)
 
@@ -90,7 +61,7 @@ def test_run_writes_results_curves_and_resumes_exactly(digits_dir, tmp_path):
   config.total_steps = 6
   second = loop.train_and_evaluate(config, resumed)
   assert second["step"] == 6
-  jax.tree.map(np.testing.assert_array_equal, _params(straight), _params(resumed))
+  jax.tree.map(np.testing.assert_array_equal, checkpoint_params(straight), checkpoint_params(resumed))
 
   # A third call has nothing left to train: it reports the finished run without changing it.
   again = loop.train_and_evaluate(config, resumed)
@@ -225,7 +196,7 @@ def test_bfloat16_compute_keeps_float32_state(digits_dir, tmp_path):
   config.model.dtype = "bfloat16"
   results = loop.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(results["loss"])
-  params = _params(str(tmp_path))
+  params = checkpoint_params(str(tmp_path))
   assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype("float32")}
 
 

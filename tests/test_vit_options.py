@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_models import TINY_VIT, abstract_variables, evaluate, flat, images_of, random_variables
+from tests.support import TINY_VIT, abstract_variables, evaluate, flat, images_of, random_variables
 from vitjax import models, transfer
 from vitjax.models import attention, flexi, rope, vit
 from vitjax.transfer import importer
