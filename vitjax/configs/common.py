@@ -73,11 +73,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.adversarial = _adversarial()
   config.robustness = _robustness()
   config.explain = _explain()
-  # The evaluators by name: each entry has its type (vitjax/evaluate/<type>.py: classification, fewshot, knn) and
-  # every option of it (registry.config fills in the defaults, so --config.evals.<name>.<option> overrides work).
-  # Every entry runs every `every` steps (None: eval_every) and at the end; configs add entries. "val" is the run's
-  # accuracy and loss (results.json, early stopping).
-  config.evals = ml_collections.ConfigDict({"val": registry.config("classification")})
+  config.evals = _evals()
 
   # Stop when eval/<metric> has not improved for `patience` evaluations; 0 disables.
   config.early_stopping = ml_collections.ConfigDict({"metric": "accuracy", "mode": "max", "patience": 0})
@@ -134,6 +130,14 @@ def _data() -> ml_collections.ConfigDict:
   data.target_pp = "resize(32)|to_rgb|value_range(-1, 1)"
   data.target_pp_eval = "resize(32)|to_rgb|value_range(-1, 1)"
   return data
+
+
+def _evals() -> ml_collections.ConfigDict:
+  """`config.evals`: the evaluators by name, each with its type (vitjax/evaluate/<type>.py: classification, fewshot,
+  knn) and every option of it (registry.config fills in the defaults, so --config.evals.<name>.<option> works). Each
+  runs every `every` steps (None: eval_every) and at the end; configs add entries. "val" is the run's accuracy and
+  loss (results.json, early stopping)."""
+  return ml_collections.ConfigDict({"val": registry.config("classification")})
 
 
 def _optimizer() -> ml_collections.ConfigDict:
