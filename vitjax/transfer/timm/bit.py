@@ -44,21 +44,14 @@ def _torch_module(path: str) -> str:
   return path
 
 
-def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Flat Flax variables of a `BiTResNet` as timm's ResNetV2 state dict: `convert`'s inverse."""
-  return layout.to_torch(flat, _torch_module)
-
-
-registry.register(
-  registry.Family(
-    "bit",
-    priority=20,
-    matches=matches,
-    convert=convert,
-    to_timm=to_timm,
-    architectures={
-      f"resnetv2_{depth}x{width}_bit": f"bit_r{depth}x{width}"
-      for depth, width in [(50, 1), (101, 1), (50, 3), (101, 3), (152, 2), (152, 4)]
-    },
-  )
+registry.register_renamed(
+  "bit",
+  _torch_module,
+  priority=20,
+  matches=matches,
+  convert=convert,
+  architectures={
+    f"resnetv2_{depth}x{width}_bit": f"bit_r{depth}x{width}"
+    for depth, width in [(50, 1), (101, 1), (50, 3), (101, 3), (152, 2), (152, 4)]
+  },
 )

@@ -74,11 +74,6 @@ def _torch_module(path: str) -> str:
   return path
 
 
-def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Flat Flax variables of `ConvNeXt` as timm's state dict: `convert`'s inverse."""
-  return layout.to_torch(flat, _torch_module)
-
-
 def options(architecture: str, model_args: Mapping[str, Any]) -> dict[str, Any]:
   """timm's `depths`, `dims` and `ls_init_value` as `ConvNeXt` options."""
   registry.check_args(architecture, model_args, ("depths", "dims", "ls_init_value"))
@@ -92,15 +87,13 @@ def model_args(architecture: str, model: Any, image_size: int) -> dict[str, Any]
   return {"depths": list(model.depths), "dims": list(model.dims), "ls_init_value": model.layer_scale_init}
 
 
-registry.register(
-  registry.Family(
-    "convnext",
-    priority=100,
-    matches=matches,
-    convert=convert,
-    to_timm=to_timm,
-    architectures={f"convnext_{v}": f"convnext_{v}" for v in ("tiny", "small", "base", "large")},
-    options=options,
-    model_args=model_args,
-  )
+registry.register_renamed(
+  "convnext",
+  _torch_module,
+  priority=100,
+  matches=matches,
+  convert=convert,
+  architectures={f"convnext_{v}": f"convnext_{v}" for v in ("tiny", "small", "base", "large")},
+  options=options,
+  model_args=model_args,
 )

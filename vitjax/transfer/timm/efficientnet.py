@@ -41,23 +41,16 @@ def _torch_module(path: str) -> str:
   return "classifier" if path == "head" else re.sub(r"^blocks_(\d+)_(\d+)/", r"blocks.\1.\2.", path).replace("/", ".")
 
 
-def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Flat Flax variables of an `EfficientNet` or `MobileNetV3` as timm's state dict: `convert`'s inverse."""
-  return layout.to_torch(flat, _torch_module)
-
-
-registry.register(
-  registry.Family(
-    "efficientnet",
-    priority=90,
-    matches=matches,
-    convert=convert,
-    to_timm=to_timm,
-    architectures={
-      **{f"efficientnet_b{i}": f"efficientnet_b{i}" for i in range(8)},
-      "mobilenetv2_100": "mobilenet_v2",
-      "mobilenetv3_large_100": "mobilenet_v3_large",
-      "mobilenetv3_small_100": "mobilenet_v3_small",
-    },
-  )
+registry.register_renamed(
+  "efficientnet",
+  _torch_module,
+  priority=90,
+  matches=matches,
+  convert=convert,
+  architectures={
+    **{f"efficientnet_b{i}": f"efficientnet_b{i}" for i in range(8)},
+    "mobilenetv2_100": "mobilenet_v2",
+    "mobilenetv3_large_100": "mobilenet_v3_large",
+    "mobilenetv3_small_100": "mobilenet_v3_small",
+  },
 )

@@ -45,18 +45,11 @@ def _torch_module(path: str) -> str:
   return {"stem": "stem.proj", "pre_head_layer_norm": "norm"}.get(path, path)
 
 
-def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Flat Flax variables of `MlpMixer` as timm's state dict: `convert`'s inverse."""
-  return layout.to_torch(flat, _torch_module)
-
-
-registry.register(
-  registry.Family(
-    "mixer",
-    priority=70,
-    matches=matches,
-    convert=convert,
-    to_timm=to_timm,
-    architectures={f"mixer_{v}16_224": f"mixer_{v}16" for v in ("s", "b", "l")},
-  )
+registry.register_renamed(
+  "mixer",
+  _torch_module,
+  priority=70,
+  matches=matches,
+  convert=convert,
+  architectures={f"mixer_{v}16_224": f"mixer_{v}16" for v in ("s", "b", "l")},
 )

@@ -8,12 +8,14 @@ the built module and the input size).
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from vitjax.errors import ConfigError
+from vitjax.transfer.timm import layout
 
 State = Mapping[str, np.ndarray]
 Flat = dict[str, np.ndarray]
@@ -81,6 +83,12 @@ def register(family: Family) -> Family:
     raise ValueError(f"timm family {family.name!r} is registered twice.")
   _FAMILIES[family.name] = family
   return family
+
+
+def register_renamed(name: str, torch_module: Callable[[str], str | None], **fields: Any) -> Family:
+  """Registers a family whose `to_timm` only renames modules: `layout.to_torch` with `torch_module` giving each
+  Flax module path's torch name; `fields` are the other `Family` fields."""
+  return register(Family(name, to_timm=functools.partial(layout.to_torch, module=torch_module), **fields))
 
 
 def families() -> list[Family]:

@@ -43,18 +43,11 @@ def _torch_module(path: str) -> str:
   )
 
 
-def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Flat Flax variables of a `ResNet` as timm's state dict: `convert`'s inverse."""
-  return layout.to_torch(flat, _torch_module)
-
-
-registry.register(
-  registry.Family(
-    "resnet",
-    priority=10,
-    matches=matches,
-    convert=convert,
-    to_timm=to_timm,
-    architectures={f"resnet{depth}": f"resnet{depth}" for depth in (18, 34, 50, 101, 152)},
-  )
+registry.register_renamed(
+  "resnet",
+  _torch_module,
+  priority=10,
+  matches=matches,
+  convert=convert,
+  architectures={f"resnet{depth}": f"resnet{depth}" for depth in (18, 34, 50, 101, 152)},
 )

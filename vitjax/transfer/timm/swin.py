@@ -58,11 +58,6 @@ def _torch_module(path: str) -> str:
   return "head.fc" if path == "head" else path.replace("/", ".")
 
 
-def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Flat Flax variables of `SwinTransformer` as the state dict of timm 0.9 and later: `convert`'s inverse."""
-  return layout.to_torch(flat, _torch_module)
-
-
 _ARGS = ("embed_dim", "depths", "num_heads", "window_size", "patch_size", "mlp_ratio")
 
 
@@ -79,19 +74,17 @@ def model_args(architecture: str, model: Any, image_size: int) -> dict[str, Any]
   return {**out, "img_size": image_size}
 
 
-registry.register(
-  registry.Family(
-    "swin",
-    priority=60,
-    matches=matches,
-    convert=convert,
-    to_timm=to_timm,
-    architectures={
-      "swin_tiny_patch4_window7_224": "swin_t",
-      "swin_small_patch4_window7_224": "swin_s",
-      "swin_base_patch4_window7_224": "swin_b",
-    },
-    options=options,
-    model_args=model_args,
-  )
+registry.register_renamed(
+  "swin",
+  _torch_module,
+  priority=60,
+  matches=matches,
+  convert=convert,
+  architectures={
+    "swin_tiny_patch4_window7_224": "swin_t",
+    "swin_small_patch4_window7_224": "swin_s",
+    "swin_base_patch4_window7_224": "swin_b",
+  },
+  options=options,
+  model_args=model_args,
 )

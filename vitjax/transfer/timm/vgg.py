@@ -54,18 +54,11 @@ def _torch_module(path: str) -> str:
   return re.sub(r"^features_(\d+)$", r"features.\1", path)
 
 
-def to_timm(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Flat Flax variables of `VGG` as timm's state dict (`features.N`, `pre_logits`, `head.fc`)."""
-  return layout.to_torch(flat, _torch_module)
-
-
-registry.register(
-  registry.Family(
-    "vgg",
-    priority=40,
-    matches=matches,
-    convert=convert,
-    to_timm=to_timm,
-    architectures={f"vgg{d}{bn}": f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")},
-  )
+registry.register_renamed(
+  "vgg",
+  _torch_module,
+  priority=40,
+  matches=matches,
+  convert=convert,
+  architectures={f"vgg{d}{bn}": f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")},
 )
