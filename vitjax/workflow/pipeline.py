@@ -56,9 +56,9 @@ def _stage(stage, workflow, images, workdir, root, record, storage, pretrained, 
     return baseline.run(workflow, base, stage_dir, deadline=deadline)
   if stage == "select":
     return select.run(workflow, base, stage_dir, deadline=deadline)
-  chosen = select.candidate_config(workflow, base, done["select"]["chosen"])
   if stage == "tune":
-    return _tune(workflow, chosen, stage_dir, record, storage, done["select"], deadline=deadline)
+    return _tune(workflow, base, stage_dir, record, storage, done["select"], deadline=deadline)
+  chosen = select.candidate_config(workflow, base, done["tune"].get("model", done["select"]["chosen"]))
   best = done["tune"]["best"]
   if stage == "ensemble":
     return ensemble.run(workflow, chosen, best, stage_dir, deadline=deadline)
@@ -76,18 +76,22 @@ def _student(workflow, base, selected: dict[str, Any], chosen: ml_collections.Co
   return max(fits, key=lambda r: r["images_per_sec"])["model"] if fits else chosen.model.name
 
 
-def _tune(workflow, config, workdir, record, storage, selected, *, deadline) -> dict[str, Any]:
-  """The study's trials; without a finished one (the budget ran out), the chosen candidate's run stands in."""
+def _tune(workflow, base, workdir, record, storage, selected, *, deadline) -> dict[str, Any]:
+  """The study's trials; without a finished one (the budget ran out), the chosen candidate's run stands in. The
+  study keeps the model it tunes: a worker joining from another machine tunes that one, whatever it selected."""
   options = workflow.tune
   os.makedirs(workdir, exist_ok=True)
   url = study_lib.storage_url(storage or options.storage, workdir)
   study = study_lib.open_study(options.study, url, seed=workflow.seed, startup_trials=options.startup_trials)
+  model = study.user_attrs.get("model") or selected["chosen"]
+  study.set_user_attr("model", model)
+  config = select.candidate_config(workflow, base, model)
   objective = tune.trial_objective(config, options, workdir, deadline=deadline)
   study_lib.optimize(study, objective, trials=options.trials, worker=record.record["worker"], deadline=deadline)
   trials = study_lib.summary(study)
   if any(t["state"] == "COMPLETE" for t in trials):
-    return {"best": study_lib.best(study), "trials": trials}
-  chosen = next(r for r in selected["candidates"] if r["model"] == selected["chosen"])
+    return {"model": model, "best": study_lib.best(study), "trials": trials}
+  chosen = next(r for r in selected["candidates"] if r["model"] == model)
   defaults = {
     "learning_rate": config.optimizer.learning_rate,
     "weight_decay": config.optimizer.weight_decay,
@@ -97,6 +101,7 @@ def _tune(workflow, config, workdir, record, storage, selected, *, deadline) -> 
   }
   logging.warning("No tuning trial finished within the budget: the chosen candidate's run and recipe stand in.")
   return {
+    "model": model,
     "best": {"number": None, "accuracy": chosen["val_accuracy"], "params": defaults, "workdir": chosen["workdir"]},
     "trials": trials,
   }
