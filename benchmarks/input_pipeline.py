@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vitjax import use_xla_cpu_emitters  # noqa: E402
 
 use_xla_cpu_emitters()  # As the command-line entry points do; before the first JAX computation.
-from vitjax.configs import common  # noqa: E402
 from vitjax import data  # noqa: E402
+from vitjax.configs import common  # noqa: E402
 from vitjax.data.folders import FolderSource  # noqa: E402
 from vitjax.data.tfds_source import TfdsSource  # noqa: E402
 

@@ -25,7 +25,8 @@ class Doc:
 
 def key_docs(source: str) -> dict[str, Doc]:
   """The `Doc` of every dotted key ("batch_size", "data.pp_train", "model.name") defined in `source`, the text of
-  vitjax/configs/common.py; a section ("data") is documented by its builder's docstring and the comment above its return."""
+  vitjax/configs/common.py; a section ("data") is documented by its builder's docstring and the comment above its
+  return."""
   tree = ast.parse(source)
   comments = _comments(source)
   functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}

@@ -4,23 +4,33 @@ Knows nothing about models. ``from_config(config.data)`` checks a data config an
 functions take that source.
 """
 
+import importlib
+from typing import Any
+
+# Where each public name lives. The package loads TensorFlow, so its modules are imported on first use: a config
+# file (which imports vitjax.configs) loads in well under a second and a config mistake is reported before that.
+_HOMES = {
+  **dict.fromkeys(["EMBEDDED", "FOLDERS", "builder_by_name", "from_config", "target_from_config"], "catalog"),
+  "pixel_affine": "photometric",
+  **dict.fromkeys(
+    ["as_numpy", "class_names", "eval_batches", "eval_dataset", "num_classes", "num_examples", "prepare"], "pipeline"
+  ),
+  **dict.fromkeys(["target_config", "train_dataset", "with_target"], "pipeline"),
+  **dict.fromkeys(["DatasetUnavailableError", "Source", "UnreadableImageError"], "source"),
+}
 # Importing the op modules registers their preprocessing ops, so that every spec can name them.
-from vitjax.data import augment, decoding, geometric, photometric  # noqa: F401
-from vitjax.data.catalog import EMBEDDED, FOLDERS, builder_by_name, from_config, target_from_config
-from vitjax.data.photometric import pixel_affine
-from vitjax.data.pipeline import (
-  as_numpy,
-  class_names,
-  eval_batches,
-  eval_dataset,
-  num_classes,
-  num_examples,
-  prepare,
-  target_config,
-  train_dataset,
-  with_target,
-)
-from vitjax.data.source import DatasetUnavailableError, Source, UnreadableImageError
+_OP_MODULES = ("augment", "decoding", "geometric", "photometric")
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _HOMES:
+    raise AttributeError(f"module 'vitjax.data' has no attribute {name!r}")
+  for ops in _OP_MODULES:
+    importlib.import_module(f"{__name__}.{ops}")
+  value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+  globals()[name] = value
+  return value
+
 
 __all__ = [
   "EMBEDDED",

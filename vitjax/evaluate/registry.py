@@ -6,6 +6,8 @@ Each type lives in its own module of this package and registers itself with `reg
 steps (vitjax/train/loop.py) and a trained run in ``--mode=eval`` (report.py): both hand them a `Weights`.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import importlib
 import numbers
