@@ -12,13 +12,14 @@ they say: the model (select), the searched hyperparameters (tune), the seed (ens
 import ml_collections
 
 from vitjax.configs import common
+from vitjax.errors import ConfigError
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The workflow's stages and their settings; ``runlocal`` for the smoke run."""
   rest, local = common.split_runlocal(arg)
   if rest:
-    raise ValueError(f"Unknown argument {rest!r} for configs/workflow.py; choose {common.RUNLOCAL} (or none).")
+    raise ConfigError(f"Unknown argument {rest!r} for configs/workflow.py; choose {common.RUNLOCAL} (or none).")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.budget = "30m"  # Wall time of the whole workflow (s, m or h); --budget overrides it.

@@ -7,7 +7,6 @@ Every run is an ordinary run directory: ``python -m vitjax.main --mode=eval|expl
 import importlib.util
 import math
 import os
-import sys
 import time
 from typing import Any
 
@@ -16,18 +15,17 @@ import ml_collections
 import numpy as np
 
 from vitjax import data, models, sharding, transfer
+from vitjax.errors import ConfigError
 from vitjax.evaluate import report
 from vitjax.train import history, hooks, loop
 
 
 def load_config_file(path: str, arg: str) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file, found as given or under the repository (configs import `configs`)."""
+  """`get_config(arg)` of a config file, found as given or under the repository."""
   here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   found = path if os.path.exists(path) else os.path.join(here, path)
   if not os.path.exists(found):
-    raise ValueError(f"config.run_config={path!r} is not a file; name a config such as configs/folder.py.")
-  if here not in sys.path:  # The config files import `configs.common`, as under `python -m vitjax.main`.
-    sys.path.append(here)
+    raise ConfigError(f"config.run_config={path!r} is not a file; name a config such as configs/folder.py.")
   spec = importlib.util.spec_from_file_location(f"workflow_run_config_{abs(hash(found))}", found)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

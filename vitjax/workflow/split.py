@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from vitjax.data.folders import IMAGE_EXTENSIONS
+from vitjax.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -38,7 +39,7 @@ def scan(images: str) -> list[tuple[str, str, str | None]]:
         if entry.lower().endswith(IMAGE_EXTENSIONS) and not entry.startswith("."):
           files.append((os.path.join(class_dir, entry), name, split))
   if len({c for _, c, _ in files}) < 2:
-    raise ValueError(f"--images={images!r} needs one subfolder of images per class (at least two classes).")
+    raise ConfigError(f"--images={images!r} needs one subfolder of images per class (at least two classes).")
   return files
 
 
@@ -130,9 +131,9 @@ def split_folder(
 ) -> dict[str, Any]:
   """Splits `images` into `root` (symlinks and `root/split.json`); returns the summary the report shows."""
   if not os.path.isdir(images):
-    raise ValueError(f"--images={images!r} is not a folder.")
+    raise ConfigError(f"--images={images!r} is not a folder.")
   if set(fractions) != set(SPLITS) or min(fractions.values()) <= 0:
-    raise ValueError(f"config.split.fractions must give train, val and test each a positive share, got {fractions}.")
+    raise ConfigError(f"config.split.fractions must give train, val and test each a positive share, got {fractions}.")
   assignment = assign(images, fractions=fractions, seed=seed)
   os.makedirs(root, exist_ok=True)
   materialise(images, assignment, root)

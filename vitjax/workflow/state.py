@@ -8,6 +8,8 @@ import re
 import time
 from typing import Any
 
+from vitjax.errors import ConfigError
+
 STATE_FILE = "workflow_state.json"
 UNITS = {"s": 1, "m": 60, "h": 3600}
 
@@ -16,7 +18,7 @@ def parse_budget(text: str) -> float:
   """Seconds of a budget such as ``30m``, ``1.5h``, ``90s`` or ``600``."""
   match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
   if not match:
-    raise ValueError(f"--budget={text!r} is not a duration; write e.g. 30m, 2h or 90s.")
+    raise ConfigError(f"--budget={text!r} is not a duration; write e.g. 30m, 2h or 90s.")
   return float(match.group(1)) * UNITS[match.group(2) or "s"]
 
 
