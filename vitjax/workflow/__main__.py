@@ -8,6 +8,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Keep TensorFlow's C++ start-up chatter off the console.
 
+from vitjax import use_xla_cpu_emitters  # noqa: E402
+
+use_xla_cpu_emitters()  # Before JAX starts its CPU backend.
+
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
