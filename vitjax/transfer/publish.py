@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
-from vitjax import models
-from vitjax.data import photometric, preprocess
+from vitjax import data, models
+from vitjax.data import preprocess
 from vitjax.errors import ConfigError
 from vitjax.transfer import hub, importer, timm
 
@@ -34,6 +34,7 @@ _RESIZES = ("resize", "resize_small")
 
 def pretrained_cfg(pp_eval: str, image_size: tuple[int, int], num_classes: int) -> dict[str, Any]:
   """timm's `pretrained_cfg` for the eval preprocessing `pp_eval` whose output is `image_size` (height, width)."""
+  scale, offset = (np.broadcast_to(x, (3,)) for x in data.pixel_affine(pp_eval))  # First: it registers the ops.
   ops = dict(preprocess.calls(pp_eval))
   height, width = image_size
   resize = next((name for name in _RESIZES if name in ops), None)
@@ -48,7 +49,6 @@ def pretrained_cfg(pp_eval: str, image_size: tuple[int, int], num_classes: int) 
       crop_pct = height / (side + 0.5)
   elif resize:
     crop_pct = height / preprocess.pair(ops[resize]["size"])[0]
-  scale, offset = (np.broadcast_to(x, (3,)) for x in photometric.pixel_affine(pp_eval))
   std = 1.0 / (255.0 * scale)
   return {
     "input_size": [3, height, width],
