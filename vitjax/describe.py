@@ -25,17 +25,18 @@ class Doc:
 
 def key_docs(source: str) -> dict[str, Doc]:
   """The `Doc` of every dotted key ("batch_size", "data.pp_train", "model.name") defined in `source`, the text of
-  vitjax/configs/common.py; a section ("data") is documented by its builder's docstring and the comment above its
-  return."""
+  vitjax/configs/common.py and sections.py; a section ("data") is documented by its builder's docstring and the
+  comment above its return."""
   tree = ast.parse(source)
   comments = _comments(source)
   functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
   docs: dict[str, Doc] = {}
   sections = {"get_base_config": ""}
   for node in ast.walk(functions.get("get_base_config", tree)):
-    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name):
-      if node.value.func.id in functions and isinstance(node.targets[0], ast.Attribute):
-        sections[node.value.func.id] = node.targets[0].attr
+    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+      builder = getattr(node.value.func, "id", getattr(node.value.func, "attr", None))  # _data() or sections.explain()
+      if builder in functions and isinstance(node.targets[0], ast.Attribute):
+        sections[builder] = node.targets[0].attr
   for name, prefix in sections.items():
     function = functions.get(name)
     if function is None:

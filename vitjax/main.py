@@ -97,9 +97,11 @@ def initialize_distributed() -> None:
 
 def describe_config(config) -> str:
   """`--mode=describe`: every key of `config` with its value and the doc of vitjax/configs/common.py."""
-  common = importlib.import_module("vitjax.configs.common")
-  with open(common.__file__) as f:
-    docs = describe.key_docs(f.read())
+  sources = []
+  for module in ("common", "sections"):  # get_base_config and the section builders it calls.
+    with open(importlib.import_module(f"vitjax.configs.{module}").__file__) as f:
+      sources.append(f.read())
+  docs = describe.key_docs("\n".join(sources))
   if "vitjax.models" in sys.modules:  # Imported by the config already, so its option docs cost nothing more.
     describe.add_docs(docs, "model", sys.modules["vitjax.models"].option_docs())
   return describe.describe(config, docs)
