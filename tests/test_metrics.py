@@ -2,7 +2,6 @@
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -104,16 +103,6 @@ def test_classification_metrics_bundle(predictions):
   assert result["ece"] == result["calibration"]["ece"]
   binary = metrics.classification_metrics(logits[:, :2], (labels == 1).astype(int))
   assert binary["auc"] == pytest.approx(skm.roc_auc_score(labels == 1, metrics.softmax(logits[:, :2])[:, 1]))
-
-
-def test_clu_top5_metric_matches_numpy(predictions):
-  logits, labels = predictions
-  mask = np.ones(300)
-  mask[-50:] = 0
-  value = metrics.Top5Accuracy.from_model_output(
-    logits=jnp.asarray(logits), labels=jnp.asarray(labels), mask=jnp.asarray(mask)
-  ).compute()
-  assert float(value) == pytest.approx(metrics.top_k_accuracy(logits[:-50], labels[:-50], 5))
 
 
 def test_plots_are_written(predictions, tmp_path):

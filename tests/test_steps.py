@@ -36,21 +36,3 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch(digits_dir):
   assert history[0] > 2.0  # About log(10) at initialisation: the head starts at zero.
   assert history[-1] < 0.7 * history[0]
   assert np.isclose(float(metrics["learning_rate"]), 3e-3) and float(metrics["grad_norm"]) > 0
-
-
-def test_eval_step_ignores_padding(digits_dir):
-  state, batch, _ = _state_and_batch(digits_dir)
-  eval_step = jax.jit(steps.make_eval_step(loss_fn=losses.softmax_cross_entropy))
-  mask = np.zeros(32, np.float32)
-  mask[:20] = 1
-  full = eval_step(state, {**batch, "mask": mask}).compute()
-  # Corrupting the padded examples must not change anything.
-  noisy = {**batch, "image": np.where(mask[:, None, None, None] == 1, batch["image"], 5.0), "mask": mask}
-  padded = eval_step(state, noisy).compute()
-  assert full == padded
-  logits = state.apply_fn({"params": state.params}, batch["image"][:20], train=False)
-  expected = np.mean(np.argmax(logits, -1) == np.argmax(batch["labels"][:20], -1))
-  np.testing.assert_allclose(full["accuracy"], expected)
-  np.testing.assert_allclose(
-    full["loss"], np.mean(losses.softmax_cross_entropy(logits, batch["labels"][:20])), rtol=1e-6
-  )

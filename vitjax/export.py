@@ -34,12 +34,15 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # The libraries' INFO lines say nothing a user of this command needs.
+  from vitjax import console
   from vitjax.deploy import formats
+  from vitjax.errors import ConfigError
 
+  console.quiet_library_noise()
   try:  # Before the imports below, which take seconds.
     if FLAGS.format != "timm":
       formats.check(FLAGS.format, FLAGS.quantize)
-  except ValueError as e:
+  except ConfigError as e:
     sys.exit(f"error: {e}")
   source = FLAGS.model if (FLAGS.model or "").startswith("hf-hub:") else FLAGS.workdir
   if not source or bool(FLAGS.workdir) == bool(FLAGS.model):
@@ -52,6 +55,7 @@ def main(argv):
   from vitjax import data
   from vitjax.deploy import exporters
   from vitjax.deploy.classifier import Classifier
+  from vitjax.deploy.inputs import UnreadableFileError
 
   try:
     classifier = Classifier.load(source, step=FLAGS.step, ema=FLAGS.ema)
@@ -70,8 +74,8 @@ def main(argv):
       representative=representative,
       image_size=FLAGS.image_size,
     )
-  except (ValueError, data.DatasetUnavailableError) as e:
-    sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.
+  except (ConfigError, UnreadableFileError, data.DatasetUnavailableError) as e:
+    sys.exit(f"error: {e}")  # One line: these name the problem and the fix; anything else keeps its traceback.
   print(f"Wrote {FLAGS.output} ({FLAGS.format}, quantize={FLAGS.quantize}) and {FLAGS.output}.json", flush=True)
 
 

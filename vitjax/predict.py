@@ -41,10 +41,13 @@ def main(argv):
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # Host preprocessing only: leave accelerator memory to JAX.
+  from vitjax import console
   from vitjax.deploy import predictions
   from vitjax.deploy.classifier import Classifier
-  from vitjax.deploy.inputs import find_files
+  from vitjax.deploy.inputs import UnreadableFileError, find_files
+  from vitjax.errors import ConfigError
 
+  console.quiet_library_noise()
   try:
     paths = find_files(FLAGS.input)
     classifier = Classifier.load(
@@ -56,8 +59,8 @@ def main(argv):
       batch_size=FLAGS.batch_size,
     )
     summary = predictions.write_csv(classifier, paths, FLAGS.output, top_k=FLAGS.top_k)
-  except ValueError as e:
-    sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem.
+  except (ConfigError, UnreadableFileError) as e:
+    sys.exit(f"error: {e}")  # One line: these name the problem; anything else keeps its traceback.
   print(summary.line(FLAGS.output), flush=True)
 
 

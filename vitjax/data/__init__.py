@@ -18,15 +18,11 @@ _HOMES = {
   **dict.fromkeys(["target_config", "train_dataset", "with_target"], "pipeline"),
   **dict.fromkeys(["DatasetUnavailableError", "Source", "UnreadableImageError"], "source"),
 }
-# Importing the op modules registers their preprocessing ops, so that every spec can name them.
-_OP_MODULES = ("augment", "decoding", "geometric", "photometric")
 
 
 def __getattr__(name: str) -> Any:
   if name not in _HOMES:
     raise AttributeError(f"module 'vitjax.data' has no attribute {name!r}")
-  for ops in _OP_MODULES:
-    importlib.import_module(f"{__name__}.{ops}")
   value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
   globals()[name] = value
   return value

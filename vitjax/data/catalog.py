@@ -25,19 +25,9 @@ FOLDERS = {"folder": folders.FolderSource, "multilabel_folder": folders.CsvFolde
 def from_config(config: ml_collections.ConfigDict) -> Source:
   """The source that ``config`` (the data config) names; bad names, options and specs fail here, naming the fix."""
   mixing.from_config(config.mixup)
-  for key in ("pp_train", "pp_eval"):
-    try:
-      preprocess.parse(config[key])
-    except ValueError as e:
-      raise ConfigError(f"config.data.{key}={config[key]!r}: {e}") from None
+  _check_pp(config, "pp_train", "pp_eval")
   if config.dataset in FOLDERS:
-    return FOLDERS[config.dataset](
-      config.folder,
-      train_split=config.train_split,
-      splits=[config.eval_split] if config.eval_split else [],
-      classes=config.classes,
-      strict=config.strict,
-    )
+    return _folder(config, config.dataset, config.folder, config.train_split, config.eval_split)
   return builder_by_name(
     config.dataset,
     data_dir=config.data_dir,
@@ -52,20 +42,32 @@ def target_from_config(config: ml_collections.ConfigDict) -> Source | None:
   ``config.target_folder``), or None when there is none; its labels, if any, only score the target eval split."""
   if not config.target:
     return None
-  for key in ("target_pp", "target_pp_eval"):
+  _check_pp(config, "target_pp", "target_pp_eval")
+  if config.target in FOLDERS:
+    return _folder(config, config.target, config.target_folder, config.target_split, config.target_eval_split)
+  return builder_by_name(config.target, data_dir=config.data_dir, classes=config.classes)
+
+
+def _check_pp(config: ml_collections.ConfigDict, *keys: str) -> None:
+  """A ConfigError naming the first of the preprocessing specs `keys` that does not parse."""
+  for key in keys:
     try:
       preprocess.parse(config[key])
     except ValueError as e:
       raise ConfigError(f"config.data.{key}={config[key]!r}: {e}") from None
-  if config.target in FOLDERS:
-    return FOLDERS[config.target](
-      config.target_folder,
-      train_split=config.target_split,
-      splits=[config.target_eval_split] if config.target_eval_split else [],
-      classes=config.classes,
-      strict=config.strict,
-    )
-  return builder_by_name(config.target, data_dir=config.data_dir, classes=config.classes)
+
+
+def _folder(
+  config: ml_collections.ConfigDict, kind: str, folder: str, train_split: str, eval_split: str | None
+) -> Source:
+  """The folder source of kind `kind` (a `FOLDERS` key) reading `folder`, its splits as given."""
+  return FOLDERS[kind](
+    folder,
+    train_split=train_split,
+    splits=[eval_split] if eval_split else [],
+    classes=config.classes,
+    strict=config.strict,
+  )
 
 
 def builder_by_name(

@@ -11,10 +11,11 @@ receives encoded image bytes from TFDS sources (decoding after the shuffle keeps
 spec receives decoded images.
 
 This module holds the registry and the parser; the ops register themselves in ``decoding``, ``geometric``,
-``photometric`` and ``augment``, which importing ``vitjax.data`` imports.
+``photometric`` and ``augment``, which the first lookup imports.
 """
 
 import ast
+import importlib
 import inspect
 import math
 from collections.abc import Callable
@@ -28,6 +29,8 @@ Features = dict[str, tf.Tensor]
 Op = Callable[[Features, tf.Tensor], Features]
 
 _REGISTRY: dict[str, Callable[..., Op]] = {}
+# The modules whose ops register themselves; loaded on the first lookup, so every importer of this module sees them.
+_OP_MODULES = ("augment", "decoding", "geometric", "photometric")
 DECODING_OPS = ("decode", "decode_jpeg_and_inception_crop")
 
 
@@ -43,7 +46,16 @@ def register(name: str):
   return decorator
 
 
+def _factory(name: str, spec: str) -> Callable[..., Op]:
+  """The factory registered as ``name``, or a ConfigError naming the op, its spec and the choices."""
+  if name not in names():
+    raise ConfigError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
+  return _REGISTRY[name]
+
+
 def names() -> list[str]:
+  for module in _OP_MODULES:
+    importlib.import_module(f"vitjax.data.{module}")
   return sorted(_REGISTRY)
 
 
@@ -80,9 +92,7 @@ def calls(spec: str) -> list[tuple[str, dict[str, Any]]]:
   out = []
   for text in op_texts(spec):
     name, args, kwargs = parse_call(text)
-    if name not in _REGISTRY:
-      raise ConfigError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
-    bound = inspect.signature(_REGISTRY[name]).bind(*args, **kwargs)
+    bound = inspect.signature(_factory(name, spec)).bind(*args, **kwargs)
     bound.apply_defaults()
     out.append((name, dict(bound.arguments)))
   return out
@@ -99,10 +109,9 @@ def parse(spec: str) -> Op:
   ops = []
   for text in op_texts(spec):
     name, args, kwargs = parse_call(text)
-    if name not in _REGISTRY:
-      raise ConfigError(f"Unknown preprocessing op {name!r} in {spec!r}; choose one of: {', '.join(names())}.")
+    factory = _factory(name, spec)
     try:
-      ops.append(_REGISTRY[name](*args, **kwargs))
+      ops.append(factory(*args, **kwargs))
     except (TypeError, ValueError) as e:
       raise ConfigError(f"Bad arguments for preprocessing op {text!r}: {e}") from None
 

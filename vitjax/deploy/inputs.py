@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-# The op modules register the preprocessing ops a run's pp_eval names (vitjax.data loads its modules lazily).
-from vitjax.data import augment, decoding, geometric, photometric, preprocess  # noqa: F401
+from vitjax.data import preprocess
 from vitjax.errors import ConfigError
 
 # The ops that may end a spec and move into the model function (photometric.value_range and normalize).

@@ -1,5 +1,5 @@
 """Classification metrics: numpy functions over logits collected on the host (accuracy, per-class scores, AUC,
-calibration, mAP), and the clu collection the jitted eval step accumulates (`EvalMetrics`).
+calibration, mAP).
 
 Functions take numpy arrays: `logits` or `probs` (N, C), integer `labels` (N,), or multi-hot `targets` (N, C).
 The per-class and averaged definitions are scikit-learn's (zero where a ratio is 0/0), so reports agree with it.
@@ -7,11 +7,7 @@ The per-class and averaged definitions are scikit-learn's (zero where a ratio is
 
 from typing import Any
 
-import flax
-import jax
-import jax.numpy as jnp
 import numpy as np
-from clu import metrics as clu_metrics
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -31,11 +27,10 @@ def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 def _label_rank(logits, labels):
-  """0-based rank of each label's logit in its row, ties broken by class index (numpy or jax arrays)."""
-  xp = jnp if isinstance(logits, jax.Array) else np
-  label_logit = xp.take_along_axis(logits, labels[:, None], axis=1)
-  earlier = xp.arange(logits.shape[1])[None, :] < labels[:, None]
-  return xp.sum((logits > label_logit) | ((logits == label_logit) & earlier), axis=1)
+  """0-based rank of each label's logit in its row, ties broken by class index."""
+  label_logit = np.take_along_axis(logits, labels[:, None], axis=1)
+  earlier = np.arange(logits.shape[1])[None, :] < labels[:, None]
+  return np.sum((logits > label_logit) | ((logits == label_logit) & earlier), axis=1)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -167,23 +162,3 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *, num_bins: 
   else:
     out["auc_ovr_macro"] = roc_auc_one_vs_rest(probs, labels)
   return out
-
-
-@flax.struct.dataclass
-class Top5Accuracy(clu_metrics.Average):
-  """clu metric for the train loop's eval step: top-5 accuracy from `logits`, integer `labels` and `mask`."""
-
-  @classmethod
-  def from_model_output(
-    cls, *, logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None, **_
-  ) -> "Top5Accuracy":
-    hit = (_label_rank(logits, labels) < 5).astype(jnp.float32)
-    return super().from_model_output(values=hit, mask=mask)
-
-
-@flax.struct.dataclass
-class EvalMetrics(clu_metrics.Collection):
-  """What the train loop's eval step accumulates over a split: accuracy and mean loss of the real examples."""
-
-  accuracy: clu_metrics.Accuracy
-  loss: clu_metrics.Average.from_output("loss")

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models import registry
-from vitjax.models.layers import Conv, classifier_head
+from vitjax.models.layers import Classifier, Conv
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -42,7 +42,7 @@ def adaptive_avg_pool(x: Array, output_size: tuple[int, int]) -> Array:
   return jnp.einsum("ih,jw,nhwc->nijc", rows, cols, x)
 
 
-class AlexNet(nn.Module):
+class AlexNet(Classifier):
   """AlexNet (torchvision): five convolutions, three max-pools, adaptive pooling to 6x6, three fully connected.
 
   `widths` are the five convolutions' channels, `mlp_features` the two hidden layers' (shrinkable for tests).
@@ -53,8 +53,6 @@ class AlexNet(nn.Module):
   widths: Sequence[int] = (64, 192, 384, 256, 256)
   mlp_features: int = 4096
   dropout_rate: float = 0.5
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
@@ -73,7 +71,7 @@ class AlexNet(nn.Module):
       dense = nn.Dense(self.mlp_features, dtype=self.dtype, kernel_init=_torch_default_init, name=f"classifier_{index}")
       x = nn.relu(dense(x))
     x = x.astype(jnp.float32)
-    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init)
+    return self.classify(x)
 
 
 FAMILY = registry.family(

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import ConfigError
-from vitjax.models import registry
-from vitjax.models.layers import BatchNorm, Conv, classifier_head
+from vitjax.models import registry, resnet
+from vitjax.models.layers import BlockStack, Classifier, Conv, batch_norm
 
 Array = jax.Array
 Dtype = Any
@@ -49,9 +49,7 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     conv = functools.partial(Conv, kernel_init=_conv_init, dtype=self.dtype)
-    norm = functools.partial(
-      BatchNorm, use_running_average=not self.train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
-    )
+    norm = functools.partial(batch_norm, self.train, dtype=self.dtype)
     s, pad = (self.strides, self.strides), ((1, 1), (1, 1))
     y = nn.relu(norm(name="bn1")(conv(self.features, (3, 3), s, padding=pad, name="conv1")(x)))
     y = norm(name="bn2")(conv(self.features, (3, 3), padding=pad, name="conv2")(y))
@@ -65,25 +63,7 @@ class BasicBlock(nn.Module):
     return nn.relu(y + shortcut)
 
 
-class Stage(nn.Module):
-  """`num_blocks` basic blocks named `block0`, `block1`, ...; the first one strides."""
-
-  num_blocks: int
-  features: int
-  strides: int
-  shortcut: str
-  train: bool
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    for j in range(self.num_blocks):
-      strides = self.strides if j == 0 else 1
-      x = BasicBlock(self.features, strides, self.shortcut, self.train, self.dtype, name=f"block{j}")(x)
-    return x
-
-
-class CifarResNet(nn.Module):
+class CifarResNet(Classifier):
   """He et al.'s CIFAR ResNet: images -> float32 logits; any input size (global pooling).
 
   `stage_sizes` (n, n, n) gives depth 6n + 2; `width` is the first stage's channels, doubled per stage.
@@ -94,8 +74,6 @@ class CifarResNet(nn.Module):
   stage_sizes: Sequence[int] = (3, 3, 3)
   width: int = 16
   shortcut: str = "zero_pad"
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   def __post_init__(self) -> None:
     if self.shortcut not in SHORTCUTS:
@@ -107,13 +85,16 @@ class CifarResNet(nn.Module):
     x = Conv(self.width, (3, 3), padding=((1, 1), (1, 1)), kernel_init=_conv_init, dtype=self.dtype, name="conv1")(
       images
     )
-    x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
+    x = batch_norm(train, name="bn1", dtype=self.dtype)(x)
     x = nn.relu(x)
     for i, num_blocks in enumerate(self.stage_sizes):
       strides = 1 if i == 0 else 2
-      x = Stage(num_blocks, self.width * 2**i, strides, self.shortcut, train, self.dtype, name=f"layer{i + 1}")(x)
+      block = functools.partial(
+        BasicBlock, features=self.width * 2**i, shortcut=self.shortcut, train=train, dtype=self.dtype
+      )
+      x = BlockStack(block, num_blocks, strides, name=f"layer{i + 1}")(x)
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init)
+    return self.classify(x)
 
 
 FAMILY = registry.family(
@@ -122,7 +103,7 @@ FAMILY = registry.family(
     "width": registry.Option(int, "Channels of the first stage, doubled per stage."),
     "shortcut": registry.Option(str, '"zero_pad" (the paper\'s option A) or "projection" (option B).'),
   },
-  layer_groups=registry.LayerGroups(blocks=((r"^layer(\d+)/", 0),), stem=r"^(conv1|bn1)/"),
+  layer_groups=resnet.TORCHVISION_GROUPS,
 )
 # 6n + 2 layers with 10 classes at 32x32: He et al. 2016 table 6 gives 0.27M, 0.46M, 0.66M, 0.85M and 1.7M
 # (option A); exactly 432 + 32 (stem) + 650 (head) + per stage n blocks of two 3x3 convolutions and BatchNorms.

@@ -19,7 +19,7 @@ import numpy as np
 
 from vitjax.errors import ConfigError
 from vitjax.models import registry
-from vitjax.models.layers import BatchNorm, Conv, DropPath, classifier_head
+from vitjax.models.layers import BatchNorm, Classifier, Conv, DropPath, stage_drop_rates
 from vitjax.models.swin import relative_position_index
 
 Array = jax.Array
@@ -202,7 +202,7 @@ class Stage(nn.Module):
     return x
 
 
-class CoAtNet(nn.Module):
+class CoAtNet(Classifier):
   """CoAtNet classifier: images (N, H, W, C) -> float32 logits; pre-logits when `num_classes` is 0 or None.
 
   The input size must be a multiple of 32 (five halvings). `stochastic_depth` is the last block's drop-path rate,
@@ -218,8 +218,6 @@ class CoAtNet(nn.Module):
   dim_head: int = 32
   dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
@@ -229,25 +227,17 @@ class CoAtNet(nn.Module):
     if images.shape[1] % factor or images.shape[2] % factor:
       raise ConfigError(f"CoAtNet needs an input size divisible by {factor}, got {images.shape[1]}x{images.shape[2]}")
     x = Stem(self.stem_width, train, self.dtype, name="stem")(images.astype(self.dtype))
-    rates = np.linspace(0.0, self.stochastic_depth, sum(self.depths)).tolist()
+    rates = stage_drop_rates(self.stochastic_depth, self.depths)
     for i, (features, depth, kind) in enumerate(zip(self.embed_dims, self.depths, self.block_types)):
-      start = sum(self.depths[:i])
-      x = Stage(
-        features, depth, kind, train, rates[start : start + depth], self.dim_head, self.dtype, name=f"stages_{i}"
-      )(x)
+      x = Stage(features, depth, kind, train, rates[i], self.dim_head, self.dtype, name=f"stages_{i}")(x)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="final_norm")(jnp.mean(x, axis=(1, 2)))
     x = jnp.tanh(nn.Dense(self.head_hidden_size, dtype=self.dtype, name="pre_head")(x)).astype(jnp.float32)
-    return classifier_head(
-      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
-    )
+    return self.classify(x, self.dropout_rate, train)
 
 
 FAMILY = registry.family(
   "coatnet",
-  options={
-    "dropout_rate": registry.Option(float, "Dropout before the head."),
-    "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
-  },
+  options=registry.REGULARISATION,
   layer_groups=registry.LayerGroups(blocks=((r"^stages_(\d+)/", 1),), stem=r"^stem/"),
 )
 registry.register(FAMILY, "coatnet_0", CoAtNet, params=25_036_820)  # timm 1.0.31's coatnet_0_224, 1000 classes.

@@ -13,10 +13,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vitjax.models import registry
-from vitjax.models.layers import Conv, DropPath, classifier_head
+from vitjax.models.layers import Classifier, Conv, DropPath, patch_embedding, stage_drop_rates
 
 Array = jax.Array
 Dtype = Any
@@ -86,22 +85,13 @@ class ConvNeXtStage(nn.Module):
   def __call__(self, x: Array) -> Array:
     if self.downsample:
       x = _layer_norm("downsample_norm", self.dtype)(x)
-      x = Conv(
-        self.features,
-        (2, 2),
-        (2, 2),
-        padding="VALID",
-        use_bias=True,
-        kernel_init=_init,
-        dtype=self.dtype,
-        name="downsample_conv",
-      )(x)
+      x = patch_embedding(self.features, 2, dtype=self.dtype, name="downsample_conv", kernel_init=_init)(x)
     for j, rate in enumerate(self.drop_paths):
       x = ConvNeXtBlock(rate, self.layer_scale_init, self.train, self.dtype, name=f"blocks_{j}")(x)
     return x
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(Classifier):
   """timm's ConvNeXt: images -> float32 logits.
 
   `stochastic_depth`: drop-path rate rising linearly from 0 at the first block to this at the last (timm);
@@ -114,42 +104,24 @@ class ConvNeXt(nn.Module):
   stochastic_depth: float = 0.0
   layer_scale_init: float | None = 1e-6
   dropout_rate: float = 0.0
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
-    x = Conv(
-      self.dims[0],
-      (4, 4),
-      (4, 4),
-      padding="VALID",
-      use_bias=True,
-      kernel_init=_init,
-      dtype=self.dtype,
-      name="stem_conv",
-    )(images.astype(self.dtype))
+    x = patch_embedding(self.dims[0], 4, dtype=self.dtype, name="stem_conv", kernel_init=_init)(
+      images.astype(self.dtype)
+    )
     x = _layer_norm("stem_norm", self.dtype)(x)
-    rates = np.linspace(0.0, self.stochastic_depth, sum(self.depths)).tolist()
-    start = 0
-    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
-      x = ConvNeXtStage(
-        dim, tuple(rates[start : start + depth]), i > 0, self.layer_scale_init, train, self.dtype, name=f"stages_{i}"
-      )(x)
-      start += depth
+    rates = stage_drop_rates(self.stochastic_depth, self.depths)
+    for i, dim in enumerate(self.dims):
+      x = ConvNeXtStage(dim, tuple(rates[i]), i > 0, self.layer_scale_init, train, self.dtype, name=f"stages_{i}")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = _layer_norm("head_norm", self.dtype)(x).astype(jnp.float32)
-    return classifier_head(
-      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
-    )
+    return self.classify(x, self.dropout_rate, train)
 
 
 FAMILY = registry.family(
   "convnext",
-  options={
-    "dropout_rate": registry.Option(float, "Dropout before the head."),
-    "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
-  },
+  options=registry.REGULARISATION,
   layer_groups=registry.LayerGroups(blocks=((r"^stages_(\d+)/", 1),), stem=r"^(stem_conv|stem_norm)/"),
 )
 # timm 1.0.31's counts (convnext_*) at 224x224 with 1000 classes.

@@ -13,15 +13,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.errors import ConfigError
 from vitjax.models import registry, vit
-from vitjax.models.layers import Conv, pre_logits, zero_head
+from vitjax.models.layers import Classifier, check_patch_size, forward_fields, patch_embedding, pre_logits, zero_head
 
 Array = jax.Array
 Dtype = Any
 
 
-class DistilledVisionTransformer(nn.Module):
+class DistilledVisionTransformer(Classifier):
   """DeiT classifier: images (N, H, W, C) -> float32 logits (N, num_classes); features when `num_classes` is 0."""
 
   num_classes: int | None
@@ -33,8 +32,6 @@ class DistilledVisionTransformer(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   # Tokens before the patch tokens (class, distillation) and those the two heads read, as VisionTransformer's.
   prefix_tokens = 2
@@ -43,11 +40,8 @@ class DistilledVisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
     p = self.patch_size
-    if images.shape[1] % p or images.shape[2] % p:
-      raise ConfigError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
-    x = Conv(self.hidden_size, (p, p), (p, p), padding="VALID", use_bias=True, dtype=self.dtype, name="embedding")(
-      images.astype(self.dtype)
-    )
+    check_patch_size(images, p)
+    x = patch_embedding(self.hidden_size, p, dtype=self.dtype, name="embedding")(images.astype(self.dtype))
     n, h, w, c = x.shape
     tokens = [
       jnp.tile(self.param(name, nn.initializers.normal(stddev=0.02), (1, 1, c), jnp.float32).astype(x.dtype), (n, 1, 1))
@@ -55,14 +49,8 @@ class DistilledVisionTransformer(nn.Module):
     ]
     x = jnp.concatenate([*tokens, x.reshape(n, h * w, c)], axis=1)
     x = vit.Encoder(
-      num_layers=self.num_layers,
-      mlp_dim=self.mlp_dim,
-      num_heads=self.num_heads,
-      dropout_rate=self.dropout_rate,
-      attention_dropout_rate=self.attention_dropout_rate,
-      stochastic_depth=self.stochastic_depth,
+      **forward_fields(self, *vit.ENCODER_SIZES, "dtype"),
       gelu_approximate=False,  # timm's DeiT: the exact GELU.
-      dtype=self.dtype,
       name="Transformer",
     )(x, train=train)
     # Static slices, not gathers (see VisionTransformer).

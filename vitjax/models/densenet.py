@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models import registry
-from vitjax.models.layers import BatchNorm, Conv, classifier_head
+from vitjax.models.layers import BlockStack, Classifier, Conv, batch_norm
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -31,11 +31,6 @@ VARIANTS = {
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-def _norm(train: bool, dtype: Dtype, name: str) -> BatchNorm:
-  """torch's BatchNorm2d: epsilon 1e-5, momentum 0.1 on the new statistics (0.9 on the old)."""
-  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
-
-
 class DenseLayer(nn.Module):
   """BN-ReLU-1x1 conv to `bn_size * growth_rate` channels, BN-ReLU-3x3 conv to `growth_rate`, concatenated on."""
 
@@ -47,27 +42,11 @@ class DenseLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     conv = functools.partial(Conv, kernel_init=_conv_init, dtype=self.dtype)
-    y = nn.relu(_norm(self.train, self.dtype, "norm1")(x))
+    y = nn.relu(batch_norm(self.train, name="norm1", dtype=self.dtype)(x))
     y = conv(self.bn_size * self.growth_rate, (1, 1), padding="VALID", name="conv1")(y)
-    y = nn.relu(_norm(self.train, self.dtype, "norm2")(y))
+    y = nn.relu(batch_norm(self.train, name="norm2", dtype=self.dtype)(y))
     y = conv(self.growth_rate, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
     return jnp.concatenate([x, y], axis=-1)
-
-
-class DenseBlock(nn.Module):
-  """`num_layers` dense layers named `denselayer1`, `denselayer2`, ..."""
-
-  num_layers: int
-  growth_rate: int
-  bn_size: int
-  train: bool
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    for j in range(self.num_layers):
-      x = DenseLayer(self.growth_rate, self.bn_size, self.train, self.dtype, name=f"denselayer{j + 1}")(x)
-    return x
 
 
 class Transition(nn.Module):
@@ -79,12 +58,12 @@ class Transition(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = nn.relu(_norm(self.train, self.dtype, "norm")(x))
+    x = nn.relu(batch_norm(self.train, name="norm", dtype=self.dtype)(x))
     x = Conv(self.features, (1, 1), padding="VALID", kernel_init=_conv_init, dtype=self.dtype, name="conv")(x)
     return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-class DenseNet(nn.Module):
+class DenseNet(Classifier):
   """DenseNet-BC: 7x7/2 stem of 2k channels, 3x3/2 max-pool, dense blocks joined by halving transitions, BN-ReLU,
   global average pooling, dropout (timm's `drop_rate`, default 0) and the classifier.
 
@@ -96,8 +75,6 @@ class DenseNet(nn.Module):
   block_config: Sequence[int] = (6, 12, 24, 16)
   bn_size: int = 4
   dropout_rate: float = 0.0
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
@@ -110,18 +87,16 @@ class DenseNet(nn.Module):
       dtype=self.dtype,
       name="conv0",
     )(images)
-    x = nn.relu(_norm(train, self.dtype, "norm0")(x))
+    x = nn.relu(batch_norm(train, name="norm0", dtype=self.dtype)(x))
     x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_layers in enumerate(self.block_config):
-      block = DenseBlock(num_layers, self.growth_rate, self.bn_size, train, self.dtype, name=f"denseblock{i + 1}")
-      x = block(x)
+      layer = functools.partial(DenseLayer, self.growth_rate, self.bn_size, train, self.dtype)
+      x = BlockStack(layer, num_layers, names="denselayer{}", first_index=1, name=f"denseblock{i + 1}")(x)
       if i < len(self.block_config) - 1:
         x = Transition(x.shape[-1] // 2, train, self.dtype, name=f"transition{i + 1}")(x)
-    x = nn.relu(_norm(train, self.dtype, "norm5")(x))
+    x = nn.relu(batch_norm(train, name="norm5", dtype=self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    return classifier_head(
-      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
-    )
+    return self.classify(x, self.dropout_rate, train)
 
 
 # A dense block and the transition after it share a depth; stem `conv0`/`norm0`.

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models import mobile_blocks, registry
-from vitjax.models.layers import classifier_head
+from vitjax.models.layers import Classifier
 from vitjax.models.mobile_blocks import EFFICIENTNET_SE, SqueezeExciteStyle
 
 Array = jax.Array
@@ -63,7 +63,7 @@ def variant_args(variant: str) -> dict[str, Any]:
 MOBILENETV2_ARGS = dict(arch=MOBILENETV2_ARCH, act="relu6", narrow_head=False, dropout_rate=0.2, stochastic_depth=0.0)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(Classifier):
   """timm's EfficientNet trunk: images -> float32 logits; BatchNorm statistics in `batch_stats`.
 
   `stochastic_depth` is the drop-path rate the schedule rises to over the blocks (timm's recipes train with 0.2);
@@ -82,8 +82,6 @@ class EfficientNet(nn.Module):
   narrow_head: bool = True
   dropout_rate: float = 0.2
   stochastic_depth: float = 0.2
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
@@ -101,17 +99,12 @@ class EfficientNet(nn.Module):
     x = mobile_blocks.conv(features, 1, name="conv_head", dtype=self.dtype)(x)
     x = mobile_blocks.ACTIVATIONS[self.act](mobile_blocks.batch_norm(train, name="bn2", dtype=self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    return classifier_head(
-      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
-    )
+    return self.classify(x, self.dropout_rate, train)
 
 
 # Stages `blocks_{stage}_{block}`; stem `conv_stem`/`bn1` (timm's names, MobileNetV3's too).
 LAYER_GROUPS = registry.LayerGroups(blocks=((r"^blocks_(\d+)_\d+/", 1),), stem=r"^(conv_stem|bn1)/")
-OPTIONS = {
-  "dropout_rate": registry.Option(float, "Dropout before the head."),
-  "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
-}
+OPTIONS = registry.REGULARISATION
 FAMILY = registry.family("efficientnet", options=OPTIONS, layer_groups=LAYER_GROUPS)
 # timm 1.0.31's counts (efficientnet_b*, mobilenetv2_100) at 224x224 with 1000 classes.
 for _variant, _params in {

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models import registry, vit
-from vitjax.models.layers import Conv, standardize_kernel
+from vitjax.models.layers import BlockStack, Conv, standardize_kernel
 from vitjax.models.pooling import max_pool
 from vitjax.models.vit import VisionTransformer
 
@@ -56,21 +56,6 @@ class ResidualUnit(nn.Module):
     return nn.relu(residual + y)
 
 
-class ResNetStage(nn.Module):
-  """`num_units` residual units named `unit1`, `unit2`, ...; the first one strides."""
-
-  num_units: int
-  features: int
-  strides: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    for i in range(self.num_units):
-      x = ResidualUnit(self.features, self.strides if i == 0 else 1, dtype=self.dtype, name=f"unit{i + 1}")(x)
-    return x
-
-
 class HybridVisionTransformer(VisionTransformer):
   """ViT whose patches come from a ResNet feature map: root (7x7/2 conv, GN, 3x3/2 max-pool) + stages.
 
@@ -87,7 +72,8 @@ class HybridVisionTransformer(VisionTransformer):
     x = nn.relu(_group_norm(name="gn_root", dtype=self.dtype)(x))
     x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     for i, num_units in enumerate(self.resnet_stages):
-      x = ResNetStage(num_units, width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype, name=f"block{i + 1}")(x)
+      unit = functools.partial(ResidualUnit, width * 2**i, dtype=self.dtype)
+      x = BlockStack(unit, num_units, 1 if i == 0 else 2, "unit{}", 1, name=f"block{i + 1}")(x)
     return x
 
 

@@ -1,5 +1,6 @@
 """Layers shared by several architectures: drop-path, a CPU-friendly convolution, BatchNorm and the classifier head."""
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -7,7 +8,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from vitjax.errors import ConfigError
 from vitjax.models.convolution import column_sum, conv2d
 
 Array = jax.Array
@@ -31,6 +34,12 @@ class DropPath(nn.Module):
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def stage_drop_rates(last_rate: float, depths: Sequence[int]) -> list[list[float]]:
+  """Each stage's per-block drop-path rates: rising linearly from 0 to `last_rate` over all blocks in turn."""
+  rates = np.linspace(0.0, last_rate, sum(depths)).tolist()
+  return [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(len(depths))]
 
 
 def standardize_kernel(kernel: Array, *, eps: float, eps_on_std: bool) -> Array:
@@ -141,6 +150,49 @@ class BatchNorm(nn.Module):
     return y.reshape(x.shape).astype(self.dtype)
 
 
+class BlockStack(nn.Module):
+  """A network stage: `depth` blocks `block(name=names.format(first_index + j))` applied in turn, `block` being
+  the block class with its arguments bound; with `strides`, the first block gets them and the others 1."""
+
+  block: Callable[..., nn.Module]
+  depth: int
+  strides: int | None = None
+  names: str = "block{}"
+  first_index: int = 0
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    for j in range(self.depth):
+      strides = {} if self.strides is None else {"strides": self.strides if j == 0 else 1}
+      x = self.block(**strides, name=self.names.format(self.first_index + j))(x)
+    return x
+
+
+def batch_norm(train: bool, *, name: str, dtype: Dtype, scale_init: Callable = nn.initializers.ones) -> BatchNorm:
+  """torch's BatchNorm2d defaults: momentum 0.1 (0.9 on the old average here), epsilon 1e-5."""
+  return BatchNorm(
+    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, scale_init=scale_init, name=name
+  )
+
+
+def patch_embedding(features: int, patch: int, *, dtype: Dtype, name: str, kernel_init: Callable | None = None) -> Conv:
+  """A patchify layer (ViT's patch embedding, ConvNeXt's stem and downsampling): a `patch` x `patch` convolution
+  with stride `patch` and a bias; `kernel_init` None keeps `Conv`'s."""
+  init = {} if kernel_init is None else {"kernel_init": kernel_init}
+  return Conv(features, (patch, patch), (patch, patch), padding="VALID", use_bias=True, dtype=dtype, name=name, **init)
+
+
+def check_patch_size(images: Array, patch: int) -> None:
+  """A ConfigError unless the image height and width are multiples of `patch`."""
+  if images.shape[1] % patch or images.shape[2] % patch:
+    raise ConfigError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {patch}")
+
+
+def forward_fields(module: nn.Module, *names: str) -> dict[str, Any]:
+  """`module`'s fields `names` as keyword arguments, for a submodule that takes the same options."""
+  return {name: getattr(module, name) for name in names}
+
+
 def pre_logits(module: nn.Module, features: Array) -> Array:
   """`features` in float32, sown as `module`'s `intermediates/pre_logits` (what probes and explanations read)."""
   features = features.astype(jnp.float32)
@@ -173,3 +225,23 @@ def classifier_head(
   if dropout_rate:
     features = nn.Dropout(dropout_rate)(features, deterministic=not train)
   return (head or zero_head(num_classes, bias_init))(features)
+
+
+class Classifier(nn.Module):
+  """The base of every family's classifier module: the options every family takes, keyword-only so that they follow
+  the family's own fields, and `classify`, how its `__call__` ends."""
+
+  head_bias_init: float = dataclasses.field(default=0.0, kw_only=True)
+  dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+
+  def classify(self, features: Array, dropout_rate: float = 0.0, train: bool = False, **kwargs: Any) -> Array:
+    """`classifier_head` with this module's `num_classes` and `head_bias_init`."""
+    return classifier_head(
+      self,
+      features,
+      num_classes=self.num_classes,
+      bias_init=self.head_bias_init,
+      dropout_rate=dropout_rate,
+      train=train,
+      **kwargs,
+    )

@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.errors import ConfigError
 from vitjax.models import registry
-from vitjax.models.layers import Conv, DropPath, classifier_head
+from vitjax.models.layers import Classifier, DropPath, check_patch_size, patch_embedding
 
 Array = jax.Array
 Dtype = Any
@@ -57,7 +56,7 @@ class MixerBlock(nn.Module):
     return x + DropPath(self.drop_path_rate)(y, deterministic=deterministic)
 
 
-class MlpMixer(nn.Module):
+class MlpMixer(Classifier):
   """Mixer classifier: images (N, H, W, C) -> float32 logits; pooled features when `num_classes` is 0 or None.
 
   The token-mixing MLP is as wide as the patch count, so the input size is fixed by the parameters.
@@ -72,17 +71,12 @@ class MlpMixer(nn.Module):
   channels_mlp_dim: int
   dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
     p = self.patch_size
-    if images.shape[1] % p or images.shape[2] % p:
-      raise ConfigError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
-    x = Conv(self.hidden_size, (p, p), (p, p), padding="VALID", use_bias=True, dtype=self.dtype, name="stem")(
-      images.astype(self.dtype)
-    )
+    check_patch_size(images, p)
+    x = patch_embedding(self.hidden_size, p, dtype=self.dtype, name="stem")(images.astype(self.dtype))
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     rates = np.linspace(0.0, self.stochastic_depth, self.num_blocks).tolist()
     for i in range(self.num_blocks):
@@ -91,17 +85,12 @@ class MlpMixer(nn.Module):
       )
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="pre_head_layer_norm")(x)
     x = jnp.mean(x.astype(jnp.float32), axis=1)
-    return classifier_head(
-      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
-    )
+    return self.classify(x, self.dropout_rate, train)
 
 
 FAMILY = registry.family(
   "mixer",
-  options={
-    "dropout_rate": registry.Option(float, "Dropout before the head."),
-    "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
-  },
+  options=registry.REGULARISATION,
   layer_groups=registry.LayerGroups(blocks=((r"^MixerBlock_(\d+)/", 1),), stem=r"^stem/"),
 )
 # timm 1.0.31's counts (mixer_*16_224) at 224x224 with 1000 classes.

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.layers import BatchNorm, Conv, DropPath
+from vitjax.models.layers import Conv, DropPath, batch_norm
 
 Array = jax.Array
 Dtype = Any
@@ -163,11 +163,6 @@ def conv(
     dtype=dtype,
     name=name,
   )
-
-
-def batch_norm(train: bool, *, name: str, dtype: Dtype) -> BatchNorm:
-  """torch's BatchNorm2d defaults: momentum 0.1 (0.9 on the old average here), epsilon 1e-5."""
-  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
 
 
 class SqueezeExcite(nn.Module):

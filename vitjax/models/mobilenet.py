@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models import efficientnet, mobile_blocks, registry
-from vitjax.models.layers import classifier_head
+from vitjax.models.layers import Classifier
 from vitjax.models.mobile_blocks import MOBILENETV3_SE
 
 Array = jax.Array
@@ -41,7 +41,7 @@ SMALL_ARCH = (
 VARIANTS = {"small": dict(arch=SMALL_ARCH, head_features=1024), "large": dict(arch=LARGE_ARCH, head_features=1280)}
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(Classifier):
   """timm's MobileNetV3: images -> float32 logits; BatchNorm statistics in `batch_stats`.
 
   `head_features` (the width of `conv_head`) is not scaled by `width_multiplier`; the stem is, unless the
@@ -57,8 +57,6 @@ class MobileNetV3(nn.Module):
   head_features: int = 1280
   dropout_rate: float = 0.2
   stochastic_depth: float = 0.0
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
@@ -75,9 +73,7 @@ class MobileNetV3(nn.Module):
     x = jnp.mean(x, axis=(1, 2), keepdims=True)
     x = mobile_blocks.conv(self.head_features, 1, use_bias=True, name="conv_head", dtype=self.dtype)(x)
     x = mobile_blocks.ACTIVATIONS[self.act](x)[:, 0, 0].astype(jnp.float32)
-    return classifier_head(
-      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
-    )
+    return self.classify(x, self.dropout_rate, train)
 
 
 FAMILY = registry.family("mobilenet_v3", options=efficientnet.OPTIONS, layer_groups=efficientnet.LAYER_GROUPS)

@@ -30,6 +30,10 @@ COMMON_OPTIONS = {
   "dtype": Option(str, 'Compute dtype; "bfloat16" keeps float32 parameters and optimizer state.', default="float32"),
 }
 
+STOCHASTIC_DEPTH = Option(float, "The last block's drop-path rate (linear over depth).")
+# The regularisation options of families that drop out only before the head.
+REGULARISATION = {"dropout_rate": Option(float, "Dropout before the head."), "stochastic_depth": STOCHASTIC_DEPTH}
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerGroups:

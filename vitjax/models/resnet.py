@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models import registry
-from vitjax.models.layers import BatchNorm, Conv, classifier_head, standardize_kernel
+from vitjax.models.layers import BlockStack, Classifier, Conv, batch_norm, standardize_kernel
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -49,9 +49,7 @@ class ResNetBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     conv = functools.partial(Conv, kernel_init=_conv_init, dtype=self.dtype)
-    norm = functools.partial(
-      BatchNorm, use_running_average=not self.train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
-    )
+    norm = functools.partial(batch_norm, self.train, dtype=self.dtype)
     s = (self.strides, self.strides)
     if self.bottleneck:
       out_features = 4 * self.features
@@ -74,7 +72,7 @@ class ResNetBlock(nn.Module):
     return nn.relu(y + shortcut)
 
 
-class ResNet(nn.Module):
+class ResNet(Classifier):
   """ResNet v1.5 (He et al. 2016, stride in the 3x3 conv): images -> float32 logits.
 
   BatchNorm momentum 0.9 (torch's 0.1), epsilon 1e-5, statistics in `batch_stats`.
@@ -86,56 +84,27 @@ class ResNet(nn.Module):
   bottleneck: bool = True
   width: int = 64
   zero_init_last_bn: bool = False
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
     x = Conv(self.width, (7, 7), (2, 2), padding=_pad(7), kernel_init=_conv_init, dtype=self.dtype, name="conv1")(
       images
     )
-    x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="bn1")(x)
+    x = batch_norm(train, name="bn1", dtype=self.dtype)(x)
     x = nn.relu(x)
     x = max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
     for i, num_blocks in enumerate(self.stage_sizes):
-      x = _ResNetStage(
-        num_blocks=num_blocks,
+      block = functools.partial(
+        ResNetBlock,
         features=self.width * 2**i,
-        strides=1 if i == 0 else 2,
         bottleneck=self.bottleneck,
         zero_init_last_bn=self.zero_init_last_bn,
         train=train,
         dtype=self.dtype,
-        name=f"layer{i + 1}",
-      )(x)
+      )
+      x = BlockStack(block, num_blocks, 1 if i == 0 else 2, name=f"layer{i + 1}")(x)
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init)
-
-
-class _ResNetStage(nn.Module):
-  """`num_blocks` blocks at one resolution; the first one strides."""
-
-  num_blocks: int
-  features: int
-  strides: int
-  bottleneck: bool
-  zero_init_last_bn: bool
-  train: bool
-  dtype: Dtype
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    for j in range(self.num_blocks):
-      x = ResNetBlock(
-        features=self.features,
-        strides=self.strides if j == 0 else 1,
-        bottleneck=self.bottleneck,
-        zero_init_last_bn=self.zero_init_last_bn,
-        train=self.train,
-        dtype=self.dtype,
-        name=f"block{j}",
-      )(x)
-    return x
+    return self.classify(x)
 
 
 # The BiT code standardises with epsilon 1e-10 inside the square root (bit_tf2 `StandardizedConv2D`,
@@ -148,6 +117,14 @@ def _bit_group_norm(dtype: Dtype) -> nn.GroupNorm:
   return nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, dtype=dtype, name="group_norm")
 
 
+def _std_conv(features: int, kernel_size: int, strides: int, dtype: Dtype) -> Conv:
+  """BiT's weight-standardised convolution, under its TF name `standardized_conv2d`."""
+  k, s = kernel_size, strides
+  return Conv(
+    features, (k, k), (s, s), padding=_pad(k), standardize=bit_standardize, dtype=dtype, name="standardized_conv2d"
+  )
+
+
 class _StdConvScope(nn.Module):
   """A lone weight-standardised conv under BiT's scope names (`root_block`, `proj`)."""
 
@@ -158,16 +135,7 @@ class _StdConvScope(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    k, s = self.kernel_size, self.strides
-    return Conv(
-      self.features,
-      (k, k),
-      (s, s),
-      padding=_pad(k),
-      standardize=bit_standardize,
-      dtype=self.dtype,
-      name="standardized_conv2d",
-    )(x)
+    return _std_conv(self.features, self.kernel_size, self.strides, self.dtype)(x)
 
 
 class _PreActConv(nn.Module):
@@ -190,16 +158,7 @@ class _PreActConv(nn.Module):
     shortcut = None
     if self.project_features:
       shortcut = _StdConvScope(self.project_features, 1, self.project_strides, dtype=self.dtype, name="proj")(x)
-    k, s = self.kernel_size, self.strides
-    y = Conv(
-      self.features,
-      (k, k),
-      (s, s),
-      padding=_pad(k),
-      standardize=bit_standardize,
-      dtype=self.dtype,
-      name="standardized_conv2d",
-    )(x)
+    y = _std_conv(self.features, self.kernel_size, self.strides, self.dtype)(x)
     return y, shortcut
 
 
@@ -227,7 +186,7 @@ class BottleneckV2Unit(nn.Module):
     return y + (x if shortcut is None else shortcut)
 
 
-class BiTResNet(nn.Module):
+class BiTResNet(Classifier):
   """BiT ResNetV2 (Kolesnikov et al. 2020): images in [-1, 1] -> float32 logits.
 
   The root max-pool pads with zeros, as BiT's `tf.pad` + VALID pool (big_vision's port pads with -inf;
@@ -237,8 +196,6 @@ class BiTResNet(nn.Module):
   num_classes: int | None
   stage_sizes: Sequence[int]
   width_factor: int = 1
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
@@ -248,31 +205,15 @@ class BiTResNet(nn.Module):
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     x = max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
     for i, num_units in enumerate(self.stage_sizes):
-      x = _BiTStage(
-        num_units=num_units, features=width * 2**i, strides=1 if i == 0 else 2, dtype=self.dtype, name=f"block{i + 1}"
-      )(x)
+      unit = functools.partial(BottleneckV2Unit, width * 2**i, dtype=self.dtype)
+      x = BlockStack(unit, num_units, 1 if i == 0 else 2, "unit{:02d}", 1, name=f"block{i + 1}")(x)
     x = nn.relu(_bit_group_norm(self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2))
-    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, head=self._head)
+    return self.classify(x, head=self._head)
 
   def _head(self, features: Array) -> Array:
     """BiT's classifier: a 1x1 convolution (`head/conv2d`) on the pooled features."""
     return _BiTHead(self.num_classes, self.head_bias_init, name="head")(features[:, None, None])[:, 0, 0]
-
-
-class _BiTStage(nn.Module):
-  """`num_units` bottleneck units named `unit01`, `unit02`, ...; the first one strides."""
-
-  num_units: int
-  features: int
-  strides: int
-  dtype: Dtype
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    for j in range(self.num_units):
-      x = BottleneckV2Unit(self.features, self.strides if j == 0 else 1, dtype=self.dtype, name=f"unit{j + 1:02d}")(x)
-    return x
 
 
 class _BiTHead(nn.Module):
@@ -294,13 +235,14 @@ class _BiTHead(nn.Module):
 
 
 # torchvision's names: stages `layer{1-4}`, stem `conv1` and `bn1`.
+TORCHVISION_GROUPS = registry.LayerGroups(blocks=((r"^layer(\d+)/", 0),), stem=r"^(conv1|bn1)/")
 RESNET = registry.family(
   "resnet",
   options={
     "width": registry.Option(int, "Channels of the stem, doubled per stage."),
     "zero_init_last_bn": registry.Option(bool, "Every residual branch starts at zero."),
   },
-  layer_groups=registry.LayerGroups(blocks=((r"^layer(\d+)/", 0),), stem=r"^(conv1|bn1)/"),
+  layer_groups=TORCHVISION_GROUPS,
 )
 # torchvision's counts at 224x224 with 1000 classes.
 for _depth, _params in {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}.items():

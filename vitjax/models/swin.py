@@ -17,7 +17,7 @@ import numpy as np
 
 from vitjax.errors import ConfigError
 from vitjax.models import registry
-from vitjax.models.layers import Conv, DropPath, classifier_head
+from vitjax.models.layers import Classifier, DropPath, check_patch_size, patch_embedding, stage_drop_rates
 
 Array = jax.Array
 Dtype = Any
@@ -229,13 +229,12 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, images: Array) -> Array:
     p = self.patch_size
-    if images.shape[1] % p or images.shape[2] % p:
-      raise ConfigError(f"Image size {images.shape[1]}x{images.shape[2]} is not divisible by the patch size {p}")
-    x = Conv(self.features, (p, p), (p, p), padding="VALID", use_bias=True, dtype=self.dtype, name="proj")(images)
+    check_patch_size(images, p)
+    x = patch_embedding(self.features, p, dtype=self.dtype, name="proj")(images)
     return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(Classifier):
   """Swin classifier: images (N, H, W, C) -> float32 logits; pooled features when `num_classes` is 0 or None.
 
   `stochastic_depth` is the last block's drop-path rate, rising linearly from 0 over all blocks.
@@ -251,21 +250,18 @@ class SwinTransformer(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
     x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images.astype(self.dtype))
-    rates = np.linspace(0.0, self.stochastic_depth, sum(self.depths)).tolist()
+    rates = stage_drop_rates(self.stochastic_depth, self.depths)
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
-      start = sum(self.depths[:i])
       x = SwinStage(
         depth,
         heads,
         self.window_size,
         downsample=i > 0,
-        drop_path_rates=rates[start : start + depth],
+        drop_path_rates=rates[i],
         mlp_ratio=self.mlp_ratio,
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
@@ -275,9 +271,7 @@ class SwinTransformer(nn.Module):
       )(x, deterministic=not train)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    return classifier_head(
-      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
-    )
+    return self.classify(x, self.dropout_rate, train)
 
 
 FAMILY = registry.family(
@@ -285,7 +279,7 @@ FAMILY = registry.family(
   options={
     "dropout_rate": registry.Option(float, "Dropout after the patch embedding and in every block."),
     "attention_dropout_rate": registry.Option(float, "Dropout on the attention weights."),
-    "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
+    "stochastic_depth": registry.STOCHASTIC_DEPTH,
   },
   layer_groups=registry.LayerGroups(blocks=((r"^layers_(\d+)/", 1),), stem=r"^patch_embed/"),
 )

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from vitjax.models import registry
 from vitjax.models.alexnet import adaptive_avg_pool
-from vitjax.models.layers import BatchNorm, Conv, classifier_head
+from vitjax.models.layers import BatchNorm, Classifier, Conv
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -57,7 +57,7 @@ class ConvMlp(nn.Module):
     return nn.relu(conv((1, 1), padding="VALID", name="fc2")(x))
 
 
-class VGG(nn.Module):
+class VGG(Classifier):
   """VGG: 3x3 convolutions (+ BatchNorm with `batch_norm`) and ReLU, a 2x2 max-pool after each stage, timm's ConvMlp,
   global average pooling and the classifier.
 
@@ -70,17 +70,13 @@ class VGG(nn.Module):
   batch_norm: bool = False
   mlp_features: int = 4096
   dropout_rate: float = 0.0
-  head_bias_init: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
     x = self._features(images, train=train)
     x = ConvMlp(self.mlp_features, dropout_rate=self.dropout_rate, dtype=self.dtype, name="conv_mlp")(x, train=train)
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-    return classifier_head(
-      self, x, num_classes=self.num_classes, bias_init=self.head_bias_init, dropout_rate=self.dropout_rate, train=train
-    )
+    return self.classify(x, self.dropout_rate, train)
 
   def _features(self, x: Array, *, train: bool) -> Array:
     """timm's `features` Sequential; `index` counts its modules (ReLU and pools too) to name the layers as torch."""

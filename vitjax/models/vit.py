@@ -20,7 +20,7 @@ import numpy as np
 from vitjax.errors import ConfigError
 from vitjax.models import flexi, registry
 from vitjax.models.attention import IMPLEMENTATIONS, MultiHeadDotProductAttention
-from vitjax.models.layers import Conv, classifier_head
+from vitjax.models.layers import Classifier, forward_fields, patch_embedding
 from vitjax.models.posemb import AddPositionEmbs, posemb_sincos_2d
 from vitjax.models.remat import remat_block
 from vitjax.models.transformer import Encoder1DBlock, LayerScale, MAPHead, MlpBlock
@@ -53,6 +53,12 @@ VARIANTS = {
 
 CLASSIFIERS = ("token", "gap", "map")
 POSEMBS = ("learn", "sincos2d", "rope2d")
+# The sizes and regularisation an `Encoder` takes from the model that builds it.
+ENCODER_SIZES = ("num_layers", "mlp_dim", "num_heads", "dropout_rate", "attention_dropout_rate", "stochastic_depth")
+# The block variants an `Encoder` takes from the model, and all it passes on to each block (besides its position
+# grid and dtype).
+_BLOCK_CHOICES = ("qk_norm", "layerscale", "attention", "gelu_approximate")
+_BLOCK_OPTIONS = (*ENCODER_SIZES[1:5], *_BLOCK_CHOICES)
 
 
 class Encoder(nn.Module):
@@ -97,18 +103,7 @@ class Encoder(nn.Module):
       x = jnp.concatenate([x[:, :num_cls], registers.astype(x.dtype), x[:, num_cls:]], axis=1)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     block = remat_block(Encoder1DBlock, self.remat, scan=self.scan)
-    options = dict(
-      mlp_dim=self.mlp_dim,
-      num_heads=self.num_heads,
-      dropout_rate=self.dropout_rate,
-      attention_dropout_rate=self.attention_dropout_rate,
-      qk_norm=self.qk_norm,
-      layerscale=self.layerscale,
-      rope_grid=self.rope_grid,
-      attention=self.attention,
-      gelu_approximate=self.gelu_approximate,
-      dtype=self.dtype,
-    )
+    options = forward_fields(self, *_BLOCK_OPTIONS, "rope_grid", "dtype")
     rates = self.stochastic_depth * np.arange(self.num_layers) / max(self.num_layers - 1, 1)
     if self.scan:
       stack = nn.scan(
@@ -133,7 +128,7 @@ def _scan_body(*, deterministic: bool) -> Callable:
   return body
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Classifier):
   """ViT classifier: images (N, H, W, C) -> float32 logits (N, num_classes).
 
   `num_classes` 0 or None drops the head and returns the pooled (pre-logits) features. `dtype` is the compute
@@ -157,7 +152,6 @@ class VisionTransformer(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
-  head_bias_init: float = 0.0
   num_registers: int = 0
   qk_norm: bool = False
   layerscale: float | None = None
@@ -166,7 +160,6 @@ class VisionTransformer(nn.Module):
   scan: bool = False
   attention: str = "xla"
   gelu_approximate: bool = True  # False: the exact GELU of timm's ViTs (DeiT, AugReg in timm's layout, DINO).
-  dtype: Dtype = jnp.float32
 
   @property
   def prefix_tokens(self) -> int:
@@ -212,21 +205,9 @@ class VisionTransformer(nn.Module):
       registers = self.param("registers", nn.initializers.normal(1e-6), (1, self.num_registers, c), jnp.float32)
       registers = jnp.tile(registers, (n, 1, 1))
     x = Encoder(
-      num_layers=self.num_layers,
-      mlp_dim=self.mlp_dim,
-      num_heads=self.num_heads,
-      dropout_rate=self.dropout_rate,
-      attention_dropout_rate=self.attention_dropout_rate,
-      stochastic_depth=self.stochastic_depth,
+      **forward_fields(self, *ENCODER_SIZES, *_BLOCK_CHOICES, "remat", "scan", "dtype"),
       learned_posemb=self.posemb == "learn",
-      qk_norm=self.qk_norm,
-      layerscale=self.layerscale,
       rope_grid=(h, w) if self.posemb == "rope2d" else None,
-      attention=self.attention,
-      remat=self.remat,
-      scan=self.scan,
-      gelu_approximate=self.gelu_approximate,
-      dtype=self.dtype,
       name="Transformer",
     )(x, train=train, registers=registers, num_cls=num_cls, posemb_grids=(stored, (h, w)) if self.patch_sizes else None)
     # Registers only carry computation: pooling sees the class token and the patch tokens.
@@ -259,7 +240,7 @@ class VisionTransformer(nn.Module):
     p = self.patch_size
     # Measured on CPU, XLA's convolution is as fast as a reshape + matmul for ViT-B/16 and ViT-Ti/16 training,
     # and `Conv` runs p = 1 (hybrids) as a matmul.
-    return Conv(self.hidden_size, (p, p), (p, p), padding="VALID", use_bias=True, dtype=self.dtype, name="embedding")(x)
+    return patch_embedding(self.hidden_size, p, dtype=self.dtype, name="embedding")(x)
 
   def _pool(self, x: Array) -> Array:
     """The encoded tokens (class token first, if any) pooled to one vector per image."""
@@ -276,7 +257,7 @@ class VisionTransformer(nn.Module):
     """Optional pre-logits layer, the sown features, and the zero-initialised classifier."""
     if self.representation_size is not None:
       x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
-    return classifier_head(self, x, num_classes=self.num_classes, bias_init=self.head_bias_init)
+    return self.classify(x)
 
 
 def _train_at_patch_size(module: VisionTransformer, images: Array, *, patch: int) -> Array:
@@ -296,7 +277,7 @@ OPTIONS = {
   "posemb": registry.Option(str, '"learn", "sincos2d" or "rope2d".'),
   "dropout_rate": registry.Option(float, "Dropout after the position embedding and in every block."),
   "attention_dropout_rate": registry.Option(float, "Dropout on the attention weights."),
-  "stochastic_depth": registry.Option(float, "The last block's drop-path rate (linear over depth)."),
+  "stochastic_depth": registry.STOCHASTIC_DEPTH,
   "num_registers": registry.Option(int, "Register tokens after the class token (no position embedding)."),
   "gelu_approximate": registry.Option(bool, "tanh GELU (True, vit_jax/big_vision) or exact (False, timm)."),
   "qk_norm": registry.Option(bool, "LayerNorm on queries and keys over the head dimension."),

@@ -12,10 +12,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vitjax.evaluate.metrics import EvalMetrics
 from vitjax.train import objectives
 from vitjax.train.objectives import Forward, HeadObjective, Objective
-from vitjax.train.state import TrainState, variables
+from vitjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
@@ -106,22 +105,3 @@ def make_train_step(
     return new_state, metrics
 
   return train_step
-
-
-def make_eval_step(*, loss_fn: Callable, use_ema: bool = False, axis_name: str | None = None) -> Callable:
-  """Returns `eval_step(state, batch) -> EvalMetrics`; examples with `mask == 0` are padding and ignored."""
-
-  def eval_step(state: TrainState, batch: Batch) -> EvalMetrics:
-    params = state.ema_params if use_ema else state.params
-    logits = state.apply_fn(variables(params, state.batch_stats), batch["image"], train=False)
-    kwargs = dict(
-      logits=logits.astype(jnp.float32),
-      labels=jnp.argmax(batch["labels"], -1),
-      loss=loss_fn(logits, batch["labels"]),
-      mask=batch["mask"],
-    )
-    if axis_name is not None:
-      return EvalMetrics.gather_from_model_output(axis_name=axis_name, **kwargs)
-    return EvalMetrics.single_from_model_output(**kwargs)
-
-  return eval_step

@@ -34,7 +34,7 @@ _RESIZES = ("resize", "resize_small")
 
 def pretrained_cfg(pp_eval: str, image_size: tuple[int, int], num_classes: int) -> dict[str, Any]:
   """timm's `pretrained_cfg` for the eval preprocessing `pp_eval` whose output is `image_size` (height, width)."""
-  scale, offset = (np.broadcast_to(x, (3,)) for x in data.pixel_affine(pp_eval))  # First: it registers the ops.
+  scale, offset = (np.broadcast_to(x, (3,)) for x in data.pixel_affine(pp_eval))
   ops = dict(preprocess.calls(pp_eval))
   height, width = image_size
   resize = next((name for name in _RESIZES if name in ops), None)

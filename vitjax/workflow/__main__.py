@@ -31,8 +31,11 @@ def main(argv):
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # The input pipeline and exporters run on the CPU.
+  from vitjax import console
+  from vitjax.errors import ConfigError
   from vitjax.workflow import pipeline, runs
 
+  console.quiet_library_noise()
   workflow = FLAGS.config
   if FLAGS.budget:
     workflow.budget = FLAGS.budget
@@ -40,8 +43,8 @@ def main(argv):
     summary = pipeline.run(
       workflow, FLAGS.images, FLAGS.workdir, storage=FLAGS.storage or "", pretrained=FLAGS.pretrained
     )
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  except ConfigError as e:
+    sys.exit(f"error: {e}")  # One line: a mistake in the command or config; anything else keeps its traceback.
   except runs.Preempted as e:
     sys.exit(str(e))
   print(f"Report: {os.path.join(FLAGS.workdir, 'report.html')}; deployed run: {summary['deployed']['workdir']}")
