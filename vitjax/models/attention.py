@@ -2,7 +2,6 @@
 computed either explicitly (attention weights recorded) or through `jax.nn.dot_product_attention`."""
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -10,16 +9,16 @@ import jax.numpy as jnp
 
 from vitjax.errors import ConfigError
 from vitjax.models import rope
+from vitjax.models.layers import Layer
 
 Array = jax.Array
-Dtype = Any
 
 # "explicit": einsum + float32 softmax; "xla" / "cudnn": `jax.nn.dot_product_attention` with that implementation
 # (cuDNN's fused kernel needs an NVIDIA GPU and bfloat16 or float16 compute).
 IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
 
 
-class MultiHeadDotProductAttention(nn.Module):
+class MultiHeadDotProductAttention(Layer):
   """Multi-head attention with flax's parameter layout (`query/key/value` (D, H, D/H), `out` (H, D/H, D)).
 
   Logits are scaled by 1/sqrt(head_dim) and the softmax runs in float32 whatever the compute dtype. `qk_norm`
@@ -34,7 +33,6 @@ class MultiHeadDotProductAttention(nn.Module):
   qk_norm: bool = False
   rope_grid: tuple[int, int] | None = None
   implementation: str = "xla"
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, *, deterministic: bool) -> Array:

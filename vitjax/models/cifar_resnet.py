@@ -10,7 +10,6 @@ Tree: `conv1`, `bn1`, `layer{1,2,3}/block{j}/{conv1,bn1,conv2,bn2[,downsample_co
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,10 +17,9 @@ import jax.numpy as jnp
 
 from vitjax.errors import ConfigError
 from vitjax.models import registry, resnet
-from vitjax.models.layers import BlockStack, Classifier, Conv, batch_norm
+from vitjax.models.layers import BlockStack, Classifier, Conv, Layer, batch_norm
 
 Array = jax.Array
-Dtype = Any
 
 SHORTCUTS = ("zero_pad", "projection")
 
@@ -37,14 +35,13 @@ def zero_pad_shortcut(x: Array, features: int, strides: int) -> Array:
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(Layer):
   """3x3 conv (strided) - BN - ReLU - 3x3 conv - BN, plus the shortcut, then ReLU."""
 
   features: int
   strides: int
   shortcut: str
   train: bool
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:

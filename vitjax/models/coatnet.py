@@ -10,7 +10,6 @@ spans the whole map with a relative-position bias table sized by it, so the tabl
 """
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,11 +18,10 @@ import numpy as np
 
 from vitjax.errors import ConfigError
 from vitjax.models import registry
-from vitjax.models.layers import BatchNorm, Classifier, Conv, DropPath, stage_drop_rates
+from vitjax.models.layers import BatchNorm, Classifier, Conv, DropPath, Layer, stage_drop_rates
 from vitjax.models.swin import relative_position_index
 
 Array = jax.Array
-Dtype = Any
 
 # timm's `create_conv2d(padding='')`: symmetric (k - 1) // 2 padding, also for stride 2 (not TF's SAME).
 _PAD1 = ((1, 1), (1, 1))
@@ -39,12 +37,11 @@ def gelu(x: Array) -> Array:
   return nn.gelu(x, approximate=False)
 
 
-class Stem(nn.Module):
+class Stem(Layer):
   """3x3 stride-2 conv, BatchNorm + GELU, 3x3 conv (no bias, no norm after it)."""
 
   features: int
   train: bool
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -53,22 +50,20 @@ class Stem(nn.Module):
     return Conv(self.features, (3, 3), padding=_PAD1, dtype=self.dtype, name="conv2")(x)
 
 
-class Downsample(nn.Module):
+class Downsample(Layer):
   """The shortcut of a stage's first block: 2x2 average pooling, then a 1x1 conv with bias (`expand`)."""
 
   features: int
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     return Conv(self.features, (1, 1), use_bias=True, dtype=self.dtype, name="expand")(avg_pool2(x))
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(Layer):
   """Channel gate: spatial mean, `fc1` to `reduced` channels, SiLU, `fc2`, sigmoid."""
 
   reduced: int
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -77,20 +72,19 @@ class SqueezeExcite(nn.Module):
     return x * nn.sigmoid(nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(s))
 
 
-class MBConvBlock(nn.Module):
+class MBConvBlock(Layer):
   """Pre-norm inverted bottleneck: BN, 1x1 (x4), BN+GELU, depthwise 3x3, BN+GELU, SE, 1x1; residual."""
 
   features: int
   strides: int
   train: bool
   drop_path_rate: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     norm = lambda name: BatchNorm(use_running_average=not self.train, dtype=self.dtype, name=name)
     mid = 4 * self.features
-    shortcut = Downsample(self.features, self.dtype, name="shortcut")(x) if self.strides == 2 else x
+    shortcut = Downsample(self.features, dtype=self.dtype, name="shortcut")(x) if self.strides == 2 else x
     x = norm("pre_norm")(x)
     x = gelu(norm("norm1")(Conv(mid, (1, 1), dtype=self.dtype, name="conv1_1x1")(x)))
     x = nn.Conv(
@@ -103,12 +97,12 @@ class MBConvBlock(nn.Module):
       dtype=self.dtype,
       name="conv2_kxk",
     )(x)
-    x = SqueezeExcite(self.features // 4, self.dtype, name="se")(gelu(norm("norm2")(x)))
+    x = SqueezeExcite(self.features // 4, dtype=self.dtype, name="se")(gelu(norm("norm2")(x)))
     x = Conv(self.features, (1, 1), use_bias=True, dtype=self.dtype, name="conv3_1x1")(x)
     return shortcut + DropPath(self.drop_path_rate)(x, deterministic=not self.train)
 
 
-class RelPosAttention(nn.Module):
+class RelPosAttention(Layer):
   """Self-attention over all positions of the map with a learned relative-position bias per head.
 
   `qkv` is one Dense whose outputs are ordered (head, q/k/v, head_dim), as timm's `head_first` layout.
@@ -116,7 +110,6 @@ class RelPosAttention(nn.Module):
 
   features: int
   dim_head: int = 32
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -147,7 +140,7 @@ class RelPosBias(nn.Module):
     return table[relative_position_index(h, w).reshape(-1)].reshape(h * w, h * w, -1).transpose(2, 0, 1)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(Layer):
   """Pre-norm transformer block on a 2-D map (LayerNorm eps 1e-6, exact GELU MLP of 4x width); residual."""
 
   features: int
@@ -155,7 +148,6 @@ class TransformerBlock(nn.Module):
   train: bool
   dim_head: int = 32
   drop_path_rate: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -163,16 +155,15 @@ class TransformerBlock(nn.Module):
     drop_path = lambda y: DropPath(self.drop_path_rate)(y, deterministic=not self.train)
     y = norm("norm1")(x)
     if self.strides == 2:
-      x, y = Downsample(self.features, self.dtype, name="shortcut")(x), avg_pool2(y)
-    x = x + drop_path(RelPosAttention(self.features, self.dim_head, self.dtype, name="attn")(y))
-    return x + drop_path(Mlp(4 * self.features, self.dtype, name="mlp")(norm("norm2")(x)))
+      x, y = Downsample(self.features, dtype=self.dtype, name="shortcut")(x), avg_pool2(y)
+    x = x + drop_path(RelPosAttention(self.features, self.dim_head, dtype=self.dtype, name="attn")(y))
+    return x + drop_path(Mlp(4 * self.features, dtype=self.dtype, name="mlp")(norm("norm2")(x)))
 
 
-class Mlp(nn.Module):
+class Mlp(Layer):
   """`fc1`, exact GELU, `fc2` (timm's ConvMlp: 1x1 convs, here Dense over channels)."""
 
   hidden: int
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -180,7 +171,7 @@ class Mlp(nn.Module):
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="fc2")(y)
 
 
-class Stage(nn.Module):
+class Stage(Layer):
   """`depth` blocks of one kind ("C": MBConv, "T": transformer); the first halves the map and sets the width."""
 
   features: int
@@ -189,7 +180,6 @@ class Stage(nn.Module):
   train: bool
   drop_path_rates: Sequence[float]
   dim_head: int = 32
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -226,10 +216,10 @@ class CoAtNet(Classifier):
     factor = 2 ** (len(self.depths) + 1)
     if images.shape[1] % factor or images.shape[2] % factor:
       raise ConfigError(f"CoAtNet needs an input size divisible by {factor}, got {images.shape[1]}x{images.shape[2]}")
-    x = Stem(self.stem_width, train, self.dtype, name="stem")(images.astype(self.dtype))
+    x = Stem(self.stem_width, train, dtype=self.dtype, name="stem")(images.astype(self.dtype))
     rates = stage_drop_rates(self.stochastic_depth, self.depths)
     for i, (features, depth, kind) in enumerate(zip(self.embed_dims, self.depths, self.block_types)):
-      x = Stage(features, depth, kind, train, rates[i], self.dim_head, self.dtype, name=f"stages_{i}")(x)
+      x = Stage(features, depth, kind, train, rates[i], self.dim_head, dtype=self.dtype, name=f"stages_{i}")(x)
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="final_norm")(jnp.mean(x, axis=(1, 2)))
     x = jnp.tanh(nn.Dense(self.head_hidden_size, dtype=self.dtype, name="pre_head")(x)).astype(jnp.float32)
     return self.classify(x, self.dropout_rate, train)

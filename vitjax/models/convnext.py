@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models import registry
-from vitjax.models.layers import Classifier, Conv, DropPath, patch_embedding, stage_drop_rates
+from vitjax.models.layers import Classifier, Conv, DropPath, Layer, patch_embedding, stage_drop_rates
 
 Array = jax.Array
 Dtype = Any
@@ -42,13 +42,12 @@ def _layer_norm(name: str, dtype: Dtype) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name)
 
 
-class ConvNeXtBlock(nn.Module):
+class ConvNeXtBlock(Layer):
   """Depthwise 7x7 conv -> LayerNorm -> Dense 4x -> GELU -> Dense -> layer scale, plus the input."""
 
   drop_path: float = 0.0
   layer_scale_init: float | None = 1e-6
   train: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -71,7 +70,7 @@ class ConvNeXtBlock(nn.Module):
     return x + DropPath(self.drop_path)(y, deterministic=not self.train)
 
 
-class ConvNeXtStage(nn.Module):
+class ConvNeXtStage(Layer):
   """An optional downsampling (LayerNorm, 2x2 stride-2 conv) and the stage's blocks `blocks_{j}`."""
 
   features: int
@@ -79,7 +78,6 @@ class ConvNeXtStage(nn.Module):
   downsample: bool
   layer_scale_init: float | None = 1e-6
   train: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -87,7 +85,7 @@ class ConvNeXtStage(nn.Module):
       x = _layer_norm("downsample_norm", self.dtype)(x)
       x = patch_embedding(self.features, 2, dtype=self.dtype, name="downsample_conv", kernel_init=_init)(x)
     for j, rate in enumerate(self.drop_paths):
-      x = ConvNeXtBlock(rate, self.layer_scale_init, self.train, self.dtype, name=f"blocks_{j}")(x)
+      x = ConvNeXtBlock(rate, self.layer_scale_init, self.train, dtype=self.dtype, name=f"blocks_{j}")(x)
     return x
 
 
@@ -113,7 +111,9 @@ class ConvNeXt(Classifier):
     x = _layer_norm("stem_norm", self.dtype)(x)
     rates = stage_drop_rates(self.stochastic_depth, self.depths)
     for i, dim in enumerate(self.dims):
-      x = ConvNeXtStage(dim, tuple(rates[i]), i > 0, self.layer_scale_init, train, self.dtype, name=f"stages_{i}")(x)
+      x = ConvNeXtStage(
+        dim, tuple(rates[i]), i > 0, self.layer_scale_init, train, dtype=self.dtype, name=f"stages_{i}"
+      )(x)
     x = jnp.mean(x, axis=(1, 2))
     x = _layer_norm("head_norm", self.dtype)(x).astype(jnp.float32)
     return self.classify(x, self.dropout_rate, train)

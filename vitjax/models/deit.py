@@ -7,28 +7,19 @@ labels); in train mode both heads' logits are also sown (`intermediates/class_lo
 the distillation objective trains the class head on the labels and the distillation head from the teacher.
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vitjax.models import registry, vit
-from vitjax.models.layers import Classifier, check_patch_size, forward_fields, patch_embedding, pre_logits, zero_head
+from vitjax.models.layers import check_patch_size, forward_fields, patch_embedding, pre_logits, zero_head
 
 Array = jax.Array
-Dtype = Any
 
 
-class DistilledVisionTransformer(Classifier):
+class DistilledVisionTransformer(vit.TransformerClassifier):
   """DeiT classifier: images (N, H, W, C) -> float32 logits (N, num_classes); features when `num_classes` is 0."""
 
-  num_classes: int | None
-  patch_size: int
-  hidden_size: int
-  mlp_dim: int
-  num_heads: int
-  num_layers: int
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0

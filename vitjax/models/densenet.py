@@ -6,18 +6,16 @@ Tree: the torch names without `features.`: `conv0`, `norm0`, `denseblock{i}/dens
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vitjax.models import registry
-from vitjax.models.layers import BlockStack, Classifier, Conv, batch_norm
+from vitjax.models.layers import BlockStack, Classifier, Conv, Layer, batch_norm
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
-Dtype = Any
 
 # Growth rate and layers per dense block of each registered depth (DenseNet-161 is the wide k = 48 one).
 VARIANTS = {
@@ -31,13 +29,12 @@ VARIANTS = {
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-class DenseLayer(nn.Module):
+class DenseLayer(Layer):
   """BN-ReLU-1x1 conv to `bn_size * growth_rate` channels, BN-ReLU-3x3 conv to `growth_rate`, concatenated on."""
 
   growth_rate: int
   bn_size: int
   train: bool
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -49,12 +46,11 @@ class DenseLayer(nn.Module):
     return jnp.concatenate([x, y], axis=-1)
 
 
-class Transition(nn.Module):
+class Transition(Layer):
   """BN-ReLU-1x1 conv to `features` channels (half the input), then 2x2 average pooling."""
 
   features: int
   train: bool
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -90,10 +86,10 @@ class DenseNet(Classifier):
     x = nn.relu(batch_norm(train, name="norm0", dtype=self.dtype)(x))
     x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, num_layers in enumerate(self.block_config):
-      layer = functools.partial(DenseLayer, self.growth_rate, self.bn_size, train, self.dtype)
+      layer = functools.partial(DenseLayer, self.growth_rate, self.bn_size, train, dtype=self.dtype)
       x = BlockStack(layer, num_layers, names="denselayer{}", first_index=1, name=f"denseblock{i + 1}")(x)
       if i < len(self.block_config) - 1:
-        x = Transition(x.shape[-1] // 2, train, self.dtype, name=f"transition{i + 1}")(x)
+        x = Transition(x.shape[-1] // 2, train, dtype=self.dtype, name=f"transition{i + 1}")(x)
     x = nn.relu(batch_norm(train, name="norm5", dtype=self.dtype)(x))
     x = jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
     return self.classify(x, self.dropout_rate, train)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.models.layers import Layer
+
 Array = jax.Array
 
 
@@ -55,12 +57,11 @@ def resize_posemb_grid(posemb: Array, old_grid: tuple[int, int], new_grid: tuple
   return jnp.reshape(grid, (1, new_grid[0] * new_grid[1], posemb.shape[-1]))
 
 
-class FlexiPatchEmbedding(nn.Module):
+class FlexiPatchEmbedding(Layer):
   """The ViT's `embedding` (`kernel` (p, p, in, out), `bias`) stored at `patch_size`, applied at any patch size."""
 
   features: int
   patch_size: int
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, patch: int) -> Array:

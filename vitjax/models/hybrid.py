@@ -11,10 +11,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from vitjax.models import registry, vit
-from vitjax.models.layers import BlockStack, Conv, standardize_kernel
+from vitjax.models.layers import BlockStack, Conv, Layer, standardize_kernel
 from vitjax.models.pooling import max_pool
 from vitjax.models.vit import VisionTransformer
 
@@ -31,12 +30,11 @@ def _group_norm(*, name: str, dtype: Dtype, zero_scale: bool = False) -> nn.Grou
   return nn.GroupNorm(num_groups=32, epsilon=1e-6, scale_init=scale_init, dtype=dtype, name=name)
 
 
-class ResidualUnit(nn.Module):
+class ResidualUnit(Layer):
   """Post-activation bottleneck (stride in the 3x3 conv); the last GroupNorm starts at zero scale."""
 
   features: int
   strides: int = 1
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:

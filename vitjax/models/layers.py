@@ -18,6 +18,13 @@ Dtype = Any
 Padding = str | Sequence[tuple[int, int]]
 
 
+class Layer(nn.Module):
+  """The base of the modules here that compute in `dtype` (parameters stay float32); keyword-only, so that it
+  follows each module's own fields."""
+
+  dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+
+
 class DropPath(nn.Module):
   """Stochastic depth: zeroes a residual branch per example with probability `rate`.
 
@@ -227,12 +234,11 @@ def classifier_head(
   return (head or zero_head(num_classes, bias_init))(features)
 
 
-class Classifier(nn.Module):
+class Classifier(Layer):
   """The base of every family's classifier module: the options every family takes, keyword-only so that they follow
   the family's own fields, and `classify`, how its `__call__` ends."""
 
   head_bias_init: float = dataclasses.field(default=0.0, kw_only=True)
-  dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
 
   def classify(self, features: Array, dropout_rate: float = 0.0, train: bool = False, **kwargs: Any) -> Array:
     """`classifier_head` with this module's `num_classes` and `head_bias_init`."""

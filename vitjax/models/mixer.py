@@ -5,18 +5,15 @@ Dense_1}, LayerNorm_1, channel_mixing/{Dense_0,Dense_1}}`, `pre_head_layer_norm`
 GELU, as timm's `mixer_*_224` (the released JAX code used the tanh approximation; the logits differ by ~1e-3).
 """
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models import registry
-from vitjax.models.layers import Classifier, DropPath, check_patch_size, patch_embedding
+from vitjax.models.layers import Classifier, DropPath, Layer, check_patch_size, patch_embedding
 
 Array = jax.Array
-Dtype = Any
 
 # hidden size, blocks, token-mixing and channel-mixing MLP widths (Tolstikhin et al. 2021, table 1).
 VARIANTS = {
@@ -26,11 +23,10 @@ VARIANTS = {
 }
 
 
-class MlpBlock(nn.Module):
+class MlpBlock(Layer):
   """Dense, GELU, Dense over the last axis (`Dense_0`, `Dense_1`)."""
 
   mlp_dim: int
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -38,21 +34,20 @@ class MlpBlock(nn.Module):
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="Dense_1")(y)
 
 
-class MixerBlock(nn.Module):
+class MixerBlock(Layer):
   """Token mixing (an MLP across patches, per channel), then channel mixing (per patch); pre-LayerNorm, residual."""
 
   tokens_mlp_dim: int
   channels_mlp_dim: int
   drop_path_rate: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
-    y = MlpBlock(self.tokens_mlp_dim, self.dtype, name="token_mixing")(jnp.swapaxes(y, 1, 2))
+    y = MlpBlock(self.tokens_mlp_dim, dtype=self.dtype, name="token_mixing")(jnp.swapaxes(y, 1, 2))
     x = x + DropPath(self.drop_path_rate)(jnp.swapaxes(y, 1, 2), deterministic=deterministic)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_1")(x)
-    y = MlpBlock(self.channels_mlp_dim, self.dtype, name="channel_mixing")(y)
+    y = MlpBlock(self.channels_mlp_dim, dtype=self.dtype, name="channel_mixing")(y)
     return x + DropPath(self.drop_path_rate)(y, deterministic=deterministic)
 
 
@@ -80,7 +75,7 @@ class MlpMixer(Classifier):
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     rates = np.linspace(0.0, self.stochastic_depth, self.num_blocks).tolist()
     for i in range(self.num_blocks):
-      x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, rates[i], self.dtype, name=f"MixerBlock_{i}")(
+      x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, rates[i], dtype=self.dtype, name=f"MixerBlock_{i}")(
         x, deterministic=not train
       )
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="pre_head_layer_norm")(x)

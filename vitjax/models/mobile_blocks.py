@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.layers import Conv, DropPath, batch_norm
+from vitjax.models.layers import Conv, DropPath, Layer, batch_norm
 
 Array = jax.Array
 Dtype = Any
@@ -165,13 +165,12 @@ def conv(
   )
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(Layer):
   """Global average -> 1x1 conv (reduce) -> activation -> 1x1 conv (expand) -> gate, scaling each channel."""
 
   reduced: int
   act: str
   gate: str
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -181,7 +180,7 @@ class SqueezeExcite(nn.Module):
     return x * ACTIVATIONS[self.gate](s)
 
 
-class MobileBlock(nn.Module):
+class MobileBlock(Layer):
   """One block of `spec`: depthwise-separable, inverted residual (MBConv) or conv-bn-act.
 
   A residual connection (behind stochastic depth at `drop_path`) joins blocks that keep shape, unless `noskip`;
@@ -193,7 +192,6 @@ class MobileBlock(nn.Module):
   se: SqueezeExciteStyle
   drop_path: float = 0.0
   train: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:

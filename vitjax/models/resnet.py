@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models import registry
-from vitjax.models.layers import BlockStack, Classifier, Conv, batch_norm, standardize_kernel
+from vitjax.models.layers import BlockStack, Classifier, Conv, Layer, batch_norm, standardize_kernel
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
@@ -36,7 +36,7 @@ def _pad(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((p, p), (p, p))
 
 
-class ResNetBlock(nn.Module):
+class ResNetBlock(Layer):
   """Basic (two 3x3) or bottleneck (1x1, strided 3x3, 1x1 expanding 4x) post-activation block."""
 
   features: int
@@ -44,7 +44,6 @@ class ResNetBlock(nn.Module):
   bottleneck: bool = True
   zero_init_last_bn: bool = False
   train: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -125,20 +124,19 @@ def _std_conv(features: int, kernel_size: int, strides: int, dtype: Dtype) -> Co
   )
 
 
-class _StdConvScope(nn.Module):
+class _StdConvScope(Layer):
   """A lone weight-standardised conv under BiT's scope names (`root_block`, `proj`)."""
 
   features: int
   kernel_size: int
   strides: int = 1
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     return _std_conv(self.features, self.kernel_size, self.strides, self.dtype)(x)
 
 
-class _PreActConv(nn.Module):
+class _PreActConv(Layer):
   """GroupNorm -> ReLU -> StdConv: one of a BiT unit's `a`, `b`, `c`.
 
   With `project_features`, also returns the shortcut projected (1x1, `project_strides`) from the
@@ -150,7 +148,6 @@ class _PreActConv(nn.Module):
   strides: int = 1
   project_features: int | None = None
   project_strides: int = 1
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array | None]:
@@ -162,12 +159,11 @@ class _PreActConv(nn.Module):
     return y, shortcut
 
 
-class BottleneckV2Unit(nn.Module):
+class BottleneckV2Unit(Layer):
   """Pre-activation bottleneck; the stride sits in the 3x3 conv (`b`) and the projection."""
 
   features: int
   strides: int = 1
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:

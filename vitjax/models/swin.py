@@ -8,7 +8,6 @@ mask that keeps tokens from wrapped-around regions apart.
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,10 +16,9 @@ import numpy as np
 
 from vitjax.errors import ConfigError
 from vitjax.models import registry
-from vitjax.models.layers import Classifier, DropPath, check_patch_size, patch_embedding, stage_drop_rates
+from vitjax.models.layers import Classifier, DropPath, Layer, check_patch_size, patch_embedding, stage_drop_rates
 
 Array = jax.Array
-Dtype = Any
 
 # embed_dim, depths, num_heads (Liu et al. 2021, section 3.3).
 VARIANTS = {
@@ -71,13 +69,12 @@ def shift_mask(height: int, width: int, window: tuple[int, int], shift: tuple[in
   return np.where(labels[:, None, :] != labels[:, :, None], _MASKED, 0.0).astype(np.float32)
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(Layer):
   """Multi-head self-attention within each window, with a learned relative-position bias per head."""
 
   num_heads: int
   window: tuple[int, int]
   attention_dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, mask: np.ndarray | None, *, deterministic: bool) -> Array:
@@ -104,12 +101,11 @@ class WindowAttention(nn.Module):
     return nn.Dense(c, dtype=self.dtype, name="proj")(x)
 
 
-class Mlp(nn.Module):
+class Mlp(Layer):
   """timm's Mlp: fc1, exact GELU, dropout, fc2, dropout."""
 
   hidden: int
   dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -120,7 +116,7 @@ class Mlp(nn.Module):
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(Layer):
   """Pre-norm block: (shifted) window attention, then the MLP; both residual branches go through drop-path."""
 
   num_heads: int
@@ -130,7 +126,6 @@ class SwinBlock(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -139,7 +134,7 @@ class SwinBlock(nn.Module):
     y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")(x)
     if shifted:
       y = jnp.roll(y, (-self.shift[0], -self.shift[1]), axis=(1, 2))
-    y = WindowAttention(self.num_heads, self.window, self.attention_dropout_rate, self.dtype, name="attn")(
+    y = WindowAttention(self.num_heads, self.window, self.attention_dropout_rate, dtype=self.dtype, name="attn")(
       window_partition(y, self.window),
       shift_mask(h, w, self.window, self.shift) if shifted else None,
       deterministic=deterministic,
@@ -150,15 +145,14 @@ class SwinBlock(nn.Module):
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
     x = x + DropPath(self.drop_path_rate)(y, deterministic=deterministic)
     y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(x)
-    y = Mlp(int(c * self.mlp_ratio), self.dropout_rate, self.dtype, name="mlp")(y, deterministic=deterministic)
+    y = Mlp(int(c * self.mlp_ratio), self.dropout_rate, dtype=self.dtype, name="mlp")(y, deterministic=deterministic)
     return x + DropPath(self.drop_path_rate)(y, deterministic=deterministic)
 
 
-class PatchMerging(nn.Module):
+class PatchMerging(Layer):
   """2x2 neighbourhoods concatenated (timm's channel order), LayerNorm, then a bias-free linear map to `features`."""
 
   features: int
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -183,7 +177,7 @@ def stage_window(grid: tuple[int, int], window: int, stage: int) -> tuple[tuple[
   return size, shift
 
 
-class SwinStage(nn.Module):
+class SwinStage(Layer):
   """Patch merging (all stages but the first), then `depth` blocks, the odd ones with shifted windows."""
 
   depth: int
@@ -195,14 +189,13 @@ class SwinStage(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stage: int = 0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
     if self.downsample:
       if x.shape[1] % 2 or x.shape[2] % 2:
         raise ConfigError(f"Swin stage {self.stage} merges 2x2 patches of an odd {x.shape[1]}x{x.shape[2]} grid")
-      x = PatchMerging(2 * x.shape[-1], self.dtype, name="downsample")(x)
+      x = PatchMerging(2 * x.shape[-1], dtype=self.dtype, name="downsample")(x)
     window, shift = stage_window(x.shape[1:3], self.window_size, self.stage)
     for j in range(self.depth):
       x = SwinBlock(
@@ -213,18 +206,17 @@ class SwinStage(nn.Module):
         self.dropout_rate,
         self.attention_dropout_rate,
         self.drop_path_rates[j],
-        self.dtype,
+        dtype=self.dtype,
         name=f"blocks_{j}",
       )(x, deterministic=deterministic)
     return x
 
 
-class PatchEmbed(nn.Module):
+class PatchEmbed(Layer):
   """Non-overlapping p x p patches projected to `features` (`proj`), then LayerNorm (`norm`)."""
 
   features: int
   patch_size: int
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: Array) -> Array:
@@ -253,7 +245,7 @@ class SwinTransformer(Classifier):
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool) -> Array:
-    x = PatchEmbed(self.embed_dim, self.patch_size, self.dtype, name="patch_embed")(images.astype(self.dtype))
+    x = PatchEmbed(self.embed_dim, self.patch_size, dtype=self.dtype, name="patch_embed")(images.astype(self.dtype))
     rates = stage_drop_rates(self.stochastic_depth, self.depths)
     for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
       x = SwinStage(

@@ -1,26 +1,22 @@
 """The pre-LayerNorm transformer block of ViT, DeiT and the hybrids (vit_jax's parameter names), and the
 multihead attention pooling head."""
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vitjax.models.attention import MultiHeadDotProductAttention
-from vitjax.models.layers import DropPath
+from vitjax.models.layers import DropPath, Layer
 
 Array = jax.Array
-Dtype = Any
 
 
-class MlpBlock(nn.Module):
+class MlpBlock(Layer):
   """Transformer feed-forward block: Dense, GELU, dropout, Dense, dropout."""
 
   mlp_dim: int
   dropout_rate: float = 0.0
   gelu_approximate: bool = True
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -45,7 +41,7 @@ class LayerScale(nn.Module):
     return x * scale.astype(x.dtype)
 
 
-class Encoder1DBlock(nn.Module):
+class Encoder1DBlock(Layer):
   """Pre-LayerNorm transformer block; both residual branches go through LayerScale (optional) and drop-path.
 
   `drop_path_rate` may come as a call argument instead (a traced per-block rate when the blocks are scanned).
@@ -61,7 +57,6 @@ class Encoder1DBlock(nn.Module):
   rope_grid: tuple[int, int] | None = None
   attention: str = "xla"
   gelu_approximate: bool = True
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, inputs: Array, deterministic: bool = True, drop_path_rate: Array | None = None) -> Array:
@@ -81,20 +76,19 @@ class Encoder1DBlock(nn.Module):
       x = LayerScale(self.layerscale, name="LayerScale_0")(x)
     x = inputs + DropPath(rate)(x, deterministic=deterministic)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_1")(x)
-    mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype, name="MlpBlock_0")
+    mlp = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, dtype=self.dtype, name="MlpBlock_0")
     y = mlp(y, deterministic=deterministic)
     if self.layerscale is not None:
       y = LayerScale(self.layerscale, name="LayerScale_1")(y)
     return x + DropPath(rate)(y, deterministic=deterministic)
 
 
-class MAPHead(nn.Module):
+class MAPHead(Layer):
   """Multihead attention pooling (big_vision): a learned probe token attends to all tokens."""
 
   mlp_dim: int
   num_heads: int
   attention: str = "xla"
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:

@@ -8,7 +8,6 @@ Tree: timm's `features.N` (torch's flat index of every conv, BatchNorm, ReLU and
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,11 +15,10 @@ import jax.numpy as jnp
 
 from vitjax.models import registry
 from vitjax.models.alexnet import adaptive_avg_pool
-from vitjax.models.layers import BatchNorm, Classifier, Conv
+from vitjax.models.layers import BatchNorm, Classifier, Conv, Layer
 from vitjax.models.pooling import max_pool
 
 Array = jax.Array
-Dtype = Any
 
 # Convolution widths per stage (a 2x2 max-pool ends each), timm's `cfgs` with the pools as stage ends.
 STAGES = {
@@ -34,7 +32,7 @@ STAGES = {
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-class ConvMlp(nn.Module):
+class ConvMlp(Layer):
   """timm's VGG pre-logits: 7x7 conv -> ReLU -> dropout -> 1x1 conv -> ReLU, applied to the feature map.
 
   Maps smaller than the kernel are first brought up to it by adaptive average pooling, as timm does, so any input
@@ -44,7 +42,6 @@ class ConvMlp(nn.Module):
   features: int = 4096
   kernel_size: int = 7
   dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:

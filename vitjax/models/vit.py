@@ -20,13 +20,12 @@ import numpy as np
 from vitjax.errors import ConfigError
 from vitjax.models import flexi, registry
 from vitjax.models.attention import IMPLEMENTATIONS, MultiHeadDotProductAttention
-from vitjax.models.layers import Classifier, forward_fields, patch_embedding
+from vitjax.models.layers import Classifier, Layer, forward_fields, patch_embedding
 from vitjax.models.posemb import AddPositionEmbs, posemb_sincos_2d
 from vitjax.models.remat import remat_block
 from vitjax.models.transformer import Encoder1DBlock, LayerScale, MAPHead, MlpBlock
 
 Array = jax.Array
-Dtype = Any
 
 __all__ = [
   "AddPositionEmbs",
@@ -61,7 +60,7 @@ _BLOCK_CHOICES = ("qk_norm", "layerscale", "attention", "gelu_approximate")
 _BLOCK_OPTIONS = (*ENCODER_SIZES[1:5], *_BLOCK_CHOICES)
 
 
-class Encoder(nn.Module):
+class Encoder(Layer):
   """Learned position embedding (optional), registers, dropout, `num_layers` blocks, final LayerNorm.
 
   Drop-path rates rise linearly from 0 in the first block to `stochastic_depth` in the last. `remat` and `scan`
@@ -83,7 +82,6 @@ class Encoder(nn.Module):
   remat: str = "none"
   scan: bool = False
   gelu_approximate: bool = True
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(
@@ -128,7 +126,19 @@ def _scan_body(*, deterministic: bool) -> Callable:
   return body
 
 
-class VisionTransformer(Classifier):
+class TransformerClassifier(Classifier):
+  """The first fields of the classifiers built on `Encoder` (ViT, DeiT): classes, patch size, the sizes of
+  `VARIANTS`."""
+
+  num_classes: int | None
+  patch_size: int
+  hidden_size: int
+  mlp_dim: int
+  num_heads: int
+  num_layers: int
+
+
+class VisionTransformer(TransformerClassifier):
   """ViT classifier: images (N, H, W, C) -> float32 logits (N, num_classes).
 
   `num_classes` 0 or None drops the head and returns the pooled (pre-logits) features. `dtype` is the compute
@@ -140,12 +150,6 @@ class VisionTransformer(Classifier):
   `attention`'s implementations) change speed and memory only.
   """
 
-  num_classes: int | None
-  patch_size: int
-  hidden_size: int
-  mlp_dim: int
-  num_heads: int
-  num_layers: int
   classifier: str = "token"
   representation_size: int | None = None
   posemb: str = "learn"
