@@ -1,8 +1,10 @@
 """python -m vitjax.workflow: a stable, duplicate-safe split; one Optuna study shared by two worker processes; the
-whole workflow at runlocal size on the digits as PNG files, interrupted inside the study and continued."""
+default configs found from any directory; the whole workflow at runlocal size on the digits as PNG files,
+interrupted inside the study and continued, its report opened in headless Chromium."""
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from PIL import Image
 from vitjax.workflow import split, study
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it): never a browser download of Playwright's.
 
 
 class Killed(Exception):
@@ -91,7 +95,7 @@ WORKER = textwrap.dedent(
 def test_two_workers_share_one_sqlite_study(tmp_path):
   url = study.storage_url("", str(tmp_path))
   study.open_study("shared", url, seed=0, startup_trials=2)  # Created once; the workers load it.
-  env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+  env = {**os.environ, "PYTHONPATH": REPO}
   workers = [
     subprocess.Popen([sys.executable, "-c", WORKER, url, name, str(seed)], env=env, stderr=subprocess.PIPE)
     for seed, name in enumerate(("one", "two"))
@@ -102,6 +106,22 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
   assert len(trials) == 12 and all(t["state"] == "COMPLETE" for t in trials)
   assert {t["worker"] for t in trials} == {"one", "two"}
   assert len({t["number"] for t in trials}) == 12
+
+
+def test_the_default_configs_are_found_from_any_directory(digits_folder, tmp_path, monkeypatch):
+  """The command's default config and the run config it names load with the working directory elsewhere."""
+  from vitjax.errors import ConfigError
+  from vitjax.workflow import runs
+
+  monkeypatch.chdir(tmp_path)
+  assert runs.load_config_file("configs/folder.py", digits_folder).data.dataset == "folder"
+  with pytest.raises(ConfigError, match="is not a file"):
+    runs.load_config_file("configs/no_such_config.py", digits_folder)
+  command = [sys.executable, "-m", "vitjax.workflow", "--images=missing", "--workdir=wd"]
+  run = subprocess.run(
+    command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300
+  )
+  assert run.returncode == 1 and run.stderr.splitlines()[-1] == "error: --images='missing' is not a folder.", run.stderr
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +137,7 @@ def digits_folder(tmp_path_factory) -> str:
 
 
 def test_workflow_end_to_end_resumes_inside_the_study(digits_folder, tmp_path, monkeypatch):
-  from configs import workflow as workflow_config
+  from vitjax.configs import workflow as workflow_config
   from vitjax.deploy import predictions
   from vitjax.deploy.classifier import Classifier
   from vitjax.workflow import baseline, pipeline, runs, select
@@ -152,9 +172,10 @@ def test_workflow_end_to_end_resumes_inside_the_study(digits_folder, tmp_path, m
   assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in report["rows"])
   assert report["rows"][-1]["size_bytes"] > 0 and report["rows"][-1]["latency_ms"] > 0
   assert len(report["ensemble"]["members"]) == 2 and "ece_after" in report["calibration"]
+  assert report["most_confused"][0]["count"] >= report["most_confused"][-1]["count"] > 0
   with open(os.path.join(workdir, "report.html")) as f:
     page = f.read()
-  assert page.count("data:image/png;base64,") == 5 and "src='http" not in page
+  assert page.count("data:image/png;base64,") == 7 and "src='http" not in page
   deployed = summary["deployed"]["workdir"]
   output = str(tmp_path / "predictions.csv")
   predictions.write_csv(
@@ -163,3 +184,38 @@ def test_workflow_end_to_end_resumes_inside_the_study(digits_folder, tmp_path, m
     output,
   )
   assert open(output).read().count("\n") == 2
+  _check_in_browser(os.path.join(workdir, "report.html"), report)
+
+
+def _shown(value) -> str:
+  return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def _check_in_browser(path: str, report: dict) -> None:
+  """Every figure decodes and the tables show report.json's numbers, as headless Chromium renders the page."""
+  if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+      pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package.")
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (the report was checked without a browser).")
+  from playwright.sync_api import sync_playwright
+
+  with sync_playwright() as playwright:
+    browser = playwright.chromium.launch(executable_path=CHROMIUM)
+    try:
+      page = browser.new_page()
+      page.goto(pathlib.Path(path).as_uri())  # Returns once the page and its images have loaded.
+      widths = page.eval_on_selector_all("img", "images => images.map(i => i.complete ? i.naturalWidth : 0)")
+      tables = page.evaluate(
+        "() => Object.fromEntries([...document.querySelectorAll('table')].map(t => "
+        "[t.id, [...t.rows].slice(1).map(r => [...r.cells].map(c => c.innerText.trim()))]))"
+      )
+    finally:
+      browser.close()
+  assert len(widths) == 7 and all(w > 0 for w in widths), widths
+  columns = ("stage", "val_accuracy", "test_accuracy")
+  assert [[row[i] for i in (0, 2, 3)] for row in tables["stages"]] == [
+    [_shown(row[c]) for c in columns] for row in report["rows"]
+  ]
+  cal = report["calibration"]
+  assert [row[2] for row in tables["calibration"]] == [_shown(cal["ece_before"]), _shown(cal["ece_after"])]
+  assert tables["confused"] == [[p["true"], p["predicted"], str(p["count"])] for p in report["most_confused"]]

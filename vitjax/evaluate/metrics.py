@@ -38,6 +38,15 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   return np.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
+def most_confused(confusion: np.ndarray, k: int) -> list[tuple[int, int, int]]:
+  """The `k` largest off-diagonal cells of a confusion matrix as (true, predicted, count), most frequent first: the
+  mistakes worth looking at. Empty cells are left out; ties keep the row-major order."""
+  mistakes = confusion * (1 - np.eye(len(confusion), dtype=confusion.dtype))
+  order = np.argsort(-mistakes, axis=None, kind="stable")[:k]
+  cells = [np.unravel_index(i, confusion.shape) for i in order]
+  return [(int(t), int(p), int(mistakes[t, p])) for t, p in cells if mistakes[t, p] > 0]
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
   return np.divide(numerator, denominator, out=np.zeros(np.shape(numerator)), where=denominator > 0)
 

@@ -1,29 +1,27 @@
 """The workflow's report: `report.json` and a self-contained `report.html` (figures inline as base64 PNG).
 
 One row per stage with validation and test accuracy, parameters, training images/s, latency per image and size;
-the test split is read here only, once, after every choice was made on the validation split. The deployed model's
-confusion matrix, its expected calibration error before and after temperature scaling and an explanation of a
-test prediction (``--mode=explain``) come with it.
+the test split is read here only, once, after every choice was made on the validation split. With them: the
+stages' test accuracy against latency, the deployed model's confusion matrix, its most-confused pairs with test
+images of each, its expected calibration error before and after temperature scaling and an explanation of a test
+prediction (``--mode=explain``).
 """
 
 import base64
 import html
-import io
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
 import ml_collections
 import numpy as np
-from matplotlib.figure import Figure
 from PIL import Image
 
 from vitjax import checkpoints, classical, data, explain
 from vitjax.deploy.classifier import Classifier
-from vitjax.evaluate import metrics, plots
-from vitjax.workflow import deploy, runs
+from vitjax.evaluate import metrics
+from vitjax.workflow import deploy, figures, runs
 
 COLUMNS = ("stage", "model", "val_accuracy", "test_accuracy", "params", "images_per_sec", "latency_ms", "size_bytes")
 
@@ -103,9 +101,9 @@ def host_test_images(classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
   return np.round(np.stack(images)).astype(np.uint8), np.array(labels)
 
 
-def export_row(record: dict[str, Any]) -> dict[str, Any]:
-  """The exported file's row: test accuracy in its own runtime, one image at a time as it would serve."""
-  images, labels = host_test_images(Classifier.load(record["workdir"]))
+def export_row(record: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """The exported file's row: test accuracy in its own runtime on the host-side test `images`, one at a time as it
+  would serve."""
   export = record["export"]
   run_model = deploy.model_runner(export["path"], export["format"])
   predicted = np.array([int(run_model(images[i : i + 1]).argmax()) for i in range(len(images))])
@@ -125,48 +123,12 @@ def calibration(test: dict[str, Any], temperature: float) -> dict[str, Any]:
   return {"temperature": temperature, "ece_before": before["ece"], "ece_after": after["ece"], "bins": (before, after)}
 
 
-def _png(fig: Figure) -> str:
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png", dpi=80)
-  return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _reliability_png(bins: dict[str, Any], title: str) -> str:
-  with tempfile.TemporaryDirectory() as scratch:
-    path = os.path.join(scratch, "reliability.png")
-    plots.plot_reliability_diagram(bins, path, title=title)
-    with open(path, "rb") as f:
-      return base64.b64encode(f.read()).decode()
-
-
-def pareto_png(candidates: list[dict[str, Any]], front: list[str]) -> str:
-  fig = Figure(figsize=(5, 4))
-  ax = fig.subplots()
-  for row in candidates:
-    ax.scatter(row["images_per_sec"], row["val_accuracy"], color="C1" if row["model"] in front else "C0")
-    ax.annotate(row["model"], (row["images_per_sec"], row["val_accuracy"]), fontsize=8)
-  ax.set_xlabel("training images/s")
-  ax.set_ylabel("validation accuracy")
-  ax.set_title("candidates (Pareto front in orange)")
-  fig.tight_layout()
-  return _png(fig)
-
-
-def figures(report: dict[str, Any], test: dict[str, Any], bins: tuple, candidates: list, front: list) -> dict:
-  """The report's figures as base64 PNG: confusion matrix, reliability before/after, candidates."""
-  confusion = metrics.confusion_matrix(test["labels"], test["logits"].argmax(axis=1), len(test["class_names"]))
-  report["confusion_matrix"] = {"class_names": test["class_names"], "matrix": confusion.tolist()}
-  title = "deployed model, test split"
-  return {
-    "confusion matrix (deployed, test)": _png(
-      plots.confusion_matrix_figure(confusion, test["class_names"], title=title)
-    ),
-    "reliability before temperature scaling": _reliability_png(bins[0], "before"),
-    "reliability after temperature scaling": _reliability_png(
-      bins[1], f"after (T={report['calibration']['temperature']:.3g})"
-    ),
-    "candidates: accuracy against speed": pareto_png(candidates, front),
-  }
+def confused_pairs(confusion: np.ndarray, class_names: list[str], *, pairs: int) -> list[dict[str, Any]]:
+  """The deployed model's most frequent mistakes on the test split, by class name: where to look first."""
+  return [
+    {"true": class_names[t], "predicted": class_names[p], "count": n}
+    for t, p, n in metrics.most_confused(confusion, pairs)
+  ]
 
 
 def explanation_png(run_dir: str, options: ml_collections.ConfigDict) -> str:
@@ -181,8 +143,8 @@ def explanation_png(run_dir: str, options: ml_collections.ConfigDict) -> str:
     return base64.b64encode(f.read()).decode()
 
 
-def write(stages: dict[str, Any], root: str, workdir: str, options: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Scores every stage on the test split and writes report.json and report.html into `workdir`."""
+def stage_rows(stages: dict[str, Any], root: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+  """Every stage's row, scored on the test split, and the deployed run's test logits."""
   base, select, tuned = stages["baseline"], stages["select"], stages["tune"]
   ensemble, deployed = stages["ensemble"], stages["deploy"]
   chosen = next(r for r in select["candidates"] if r["model"] == select["chosen"])
@@ -196,23 +158,42 @@ def write(stages: dict[str, Any], root: str, workdir: str, options: ml_collectio
   ):
     row, test = run_row(stage, record, dirs)
     rows.append(row)
-  rows.append(export_row(deployed))
+  return rows, test
+
+
+def write(stages: dict[str, Any], root: str, workdir: str, options: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Scores every stage on the test split and writes report.json and report.html into `workdir`."""
+  ensemble, deployed = stages["ensemble"], stages["deploy"]
+  rows, test = stage_rows(stages, root)
+  images, labels = host_test_images(Classifier.load(deployed["workdir"]))
+  if not np.array_equal(labels, test["labels"]):
+    raise RuntimeError("The exported model's test images are not in the order of the deployed run's test logits.")
+  rows.append(export_row(deployed, images, labels))
   cal = calibration(test, deployed["temperature"])
+  predicted = test["logits"].argmax(axis=1)
+  confusion = metrics.confusion_matrix(test["labels"], predicted, len(test["class_names"]))
+  pairs = confused_pairs(confusion, test["class_names"], pairs=options.confused_pairs)
   report = {
     "split": stages["split"],
     "rows": [{k: row.get(k) for k in COLUMNS} for row in rows],
-    "selection": select["why"],
-    "tuning": tuned,
+    "selection": stages["select"]["why"],
+    "tuning": stages["tune"],
     "ensemble": {k: ensemble[k] for k in ("val_accuracy", "single_val_accuracy", "members", "teacher")},
     "calibration": {k: v for k, v in cal.items() if k != "bins"},
+    "confusion_matrix": {"class_names": test["class_names"], "matrix": confusion.tolist()},
+    "most_confused": pairs,
     "deployed": {"workdir": deployed["workdir"], "export": deployed["export"], "teacher": deployed["teacher"]},
   }
-  images = figures(report, test, cal["bins"], select["candidates"], select["pareto"])
-  images["explanation (deployed, first test image)"] = explanation_png(deployed["workdir"], options)
+  confused = None
+  if pairs:  # A perfect model has no mistake to show.
+    names, examples = test["class_names"], options.confused_examples
+    confused = figures.confused_png(pairs, images, labels, predicted, names, examples=examples)
+  pngs = figures.figures(report, test, cal["bins"], confused, stages["select"])
+  pngs["explanation (deployed, first test image)"] = explanation_png(deployed["workdir"], options)
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(workdir, "report.html"), "w") as f:
-    f.write(to_html(report, images))
+    f.write(to_html(report, pngs))
   return {"rows": report["rows"], "deployed": report["deployed"]}
 
 
@@ -222,23 +203,43 @@ def _cell(value: Any) -> str:
   return html.escape("" if value is None else str(value))
 
 
-def to_html(report: dict[str, Any], images: dict[str, str]) -> str:
-  """One page, no external files: the stage table, the choices made, the figures."""
-  head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-  body = "".join("<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in report["rows"])
+def _table(name: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+  head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+  body = "".join("<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in columns) + "</tr>" for r in rows)
+  return f"<table id='{name}'><tr>{head}</tr>{body}</table>"
+
+
+def _notes(report: dict[str, Any]) -> list[str]:
+  """The choices made, one sentence each."""
   split = report["split"]
-  cal = report["calibration"]
-  notes = [
+  return [
     f"Split: {split['totals']} images (train/val/test), {len(split['classes'])} classes, imbalance ratio "
     f"{split['imbalance_ratio']}, {split['duplicate_files']} files in {split['duplicate_groups']} duplicate groups, "
     f"{split['skipped']} unreadable files skipped.",
     f"Selection: {report['selection']}",
     f"Ensemble: {report['ensemble']['val_accuracy']:.4f} validation accuracy against "
     f"{report['ensemble']['single_val_accuracy']:.4f} for a single member on average.",
-    f"Calibration (test): ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after temperature "
-    f"{cal['temperature']:.3g} (fitted on validation).",
     f"Deployed run: {report['deployed']['workdir']} (python -m vitjax.predict --workdir=...); exported model: "
     f"{report['deployed']['export']['path']}.",
+  ]
+
+
+def to_html(report: dict[str, Any], images: dict[str, str]) -> str:
+  """One page, no external files: the stage table, the choices made, calibration, the mistakes, the figures."""
+  cal = report["calibration"]
+  calibration_rows = [
+    {"temperature scaling": "before", "temperature": 1.0, "ECE (test)": cal["ece_before"]},
+    {"temperature scaling": "after", "temperature": cal["temperature"], "ECE (test)": cal["ece_after"]},
+  ]
+  tables = [
+    _table("stages", COLUMNS, report["rows"]),
+    "".join(f"<p>{html.escape(n)}</p>" for n in _notes(report)),
+    "<h2>Calibration (temperature fitted on validation)</h2>",
+    _table("calibration", ("temperature scaling", "temperature", "ECE (test)"), calibration_rows),
+    "<h2>Most-confused pairs (deployed, test)</h2>",
+    _table("confused", ("true", "predicted", "count"), report["most_confused"])
+    if report["most_confused"]
+    else "<p>No test image was misclassified.</p>",
   ]
   figs = "".join(
     f"<figure><img src='data:image/png;base64,{png}' alt='{html.escape(title)}'><figcaption>{html.escape(title)}"
@@ -249,7 +250,5 @@ def to_html(report: dict[str, Any], images: dict[str, str]) -> str:
     "<!DOCTYPE html><html><head><meta charset='utf-8'><title>vitjax workflow report</title><style>"
     "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #999;"
     "padding:4px 8px;text-align:right}figure{display:inline-block;margin:1em}img{max-width:480px}</style></head>"
-    f"<body><h1>From a folder to a deployed model</h1><table><tr>{head}</tr>{body}</table>"
-    + "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    + f"{figs}</body></html>"
+    "<body><h1>From a folder to a deployed model</h1>" + "".join(tables) + f"<h2>Figures</h2>{figs}</body></html>"
   )

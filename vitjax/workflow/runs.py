@@ -14,21 +14,24 @@ import jax
 import ml_collections
 import numpy as np
 
-from vitjax import data, models, sharding, transfer
+from vitjax import configs, data, models, sharding, transfer
 from vitjax.errors import ConfigError
 from vitjax.evaluate import report
 from vitjax.train import history, hooks, loop
 
 
 def load_config_file(path: str, arg: str) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file, found as given or under the repository."""
-  here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  found = path if os.path.exists(path) else os.path.join(here, path)
-  if not os.path.exists(found):
+  """`get_config(arg)` of a config file, found as given, under the repository or in the package (`configs.find`)."""
+  found = configs.find(path)
+  if found is None:
     raise ConfigError(f"config.run_config={path!r} is not a file; name a config such as configs/folder.py.")
   spec = importlib.util.spec_from_file_location(f"workflow_run_config_{abs(hash(found))}", found)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(
+      f"config.run_config={path!r} defines no get_config(arg); name a config such as configs/folder.py."
+    )
   return module.get_config(arg)
 
 
