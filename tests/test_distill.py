@@ -145,3 +145,26 @@ def test_teacher_from_a_public_file_needs_its_head(tmp_path):
       num_classes=5,
       image_shape=(16, 16, 3),
     )
+
+
+def test_an_ensemble_teacher_averages_its_members_logits(tmp_path):
+  model = models.build("vit_micro8", num_classes=5, **TEACHER_ARCH)
+  members = [_init(model, seed) for seed in (0, 1)]
+  paths = []
+  for i, params in enumerate(members):
+    flat = flax.traverse_util.flatten_dict(params, sep="/")
+    flat["head/kernel"] = RNG.normal(size=flat["head/kernel"].shape).astype(np.float32)  # The head starts at zero.
+    members[i] = flax.traverse_util.unflatten_dict(flat, sep="/")
+    paths.append(str(tmp_path / f"member{i}.npz"))
+    np.savez(paths[-1], **{k: np.asarray(v) for k, v in flat.items()})
+  teacher = objectives.load_teacher(
+    ml_collections.ConfigDict({"name": "vit_micro8", **TEACHER_ARCH}),
+    f"{paths[0]}, {paths[1]}",
+    num_classes=5,
+    image_shape=(16, 16, 3),
+  )
+  images = RNG.uniform(-1, 1, (2, 4, 16, 16, 3)).astype(np.float32)  # Extra leading axes are kept.
+  each = [model.apply({"params": p}, images.reshape(8, 16, 16, 3), train=False) for p in members]
+  expected = ((each[0] + each[1]) / 2).reshape(2, 4, 5)
+  np.testing.assert_allclose(teacher(images), expected, atol=1e-5)
+  assert np.abs(each[0] - each[1]).max() > 1e-2  # The members differ: the average is not one of them.

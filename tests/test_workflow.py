@@ -1,14 +1,16 @@
 """python -m vitjax.workflow: a stable, duplicate-safe split; one Optuna study shared by two worker processes; the
 default configs found from any directory; the whole workflow at runlocal size on the digits as PNG files,
-interrupted inside the study and continued, its report opened in headless Chromium."""
+SIGKILLed inside the study and continued, its report opened in headless Chromium."""
 
 import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -18,11 +20,8 @@ from vitjax.workflow import split, study
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIGURES = 8  # Six of the stages and the deployed model's mistakes, two explained errors.
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it): never a browser download of Playwright's.
-
-
-class Killed(Exception):
-  """The workflow stopped from outside."""
 
 
 def _png(path, seed: int) -> None:
@@ -136,31 +135,46 @@ def digits_folder(tmp_path_factory) -> str:
   return str(root)
 
 
-def test_workflow_end_to_end_resumes_inside_the_study(digits_folder, tmp_path, monkeypatch):
+def _killed_inside_the_study(images: str, workdir: str) -> str:
+  """Runs the command until the study's second trial starts training, then SIGKILLs it; its console output."""
+  command = [
+    sys.executable,
+    "-m",
+    "vitjax.workflow",
+    f"--images={images}",
+    f"--workdir={workdir}",
+    f"--config={REPO}/configs/workflow.py:runlocal",
+    "--budget=60m",  # No stage stops on the clock here: the counts the test checks are exact.
+  ]
+  env = {**os.environ, "PYTHONPATH": REPO}
+  process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  second = os.path.join(workdir, "tune", "trial_001")
+  deadline = time.time() + 600
+  while not os.path.isdir(second) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.1)
+  process.send_signal(signal.SIGKILL)
+  output = process.communicate(timeout=60)[0]
+  assert process.returncode == -signal.SIGKILL, output[-3000:]
+  return output
+
+
+def test_workflow_killed_inside_the_study_continues_it(digits_folder, tmp_path, monkeypatch):
   from vitjax.configs import workflow as workflow_config
   from vitjax.deploy import predictions
   from vitjax.deploy.classifier import Classifier
-  from vitjax.workflow import baseline, pipeline, runs, select
+  from vitjax.workflow import baseline, pipeline, select
 
-  config, workdir = workflow_config.get_config("runlocal"), str(tmp_path / "wf")
-  config.budget = "60m"  # No stage stops on the clock here: the counts below are exact.
-  train = runs.train
-
-  def killed_in_second_trial(run_config, run_dir, **kwargs):
-    if run_dir.endswith("trial_001"):
-      raise Killed  # As a kill inside the study: trial 1 stays running.
-    return train(run_config, run_dir, **kwargs)
-
-  monkeypatch.setattr(runs, "train", killed_in_second_trial)
-  with pytest.raises(Killed):
-    pipeline.run(config, digits_folder, workdir)
+  workdir = str(tmp_path / "wf")
+  output = _killed_inside_the_study(digits_folder, workdir)
+  assert "workflow: select done in" in output and "| ETA " in output, output[-3000:]
   before = study.summary(
     study.open_study("workflow", study.storage_url("", os.path.join(workdir, "tune")), seed=0, startup_trials=1)
   )
   assert [t["state"] for t in before] == ["COMPLETE", "RUNNING"]
-  monkeypatch.setattr(runs, "train", train)
   for finished in (baseline, select):  # Finished stages are not run again.
     monkeypatch.setattr(finished, "run", lambda *a, **k: pytest.fail("a finished stage ran again"))
+  config = workflow_config.get_config("runlocal")
+  config.budget = "60m"
   summary = pipeline.run(config, digits_folder, workdir)
   with open(os.path.join(workdir, "report.json")) as f:
     report = json.load(f)
@@ -168,14 +182,17 @@ def test_workflow_end_to_end_resumes_inside_the_study(digits_folder, tmp_path, m
   assert len(trials) == 3 and trials[0]["accuracy"] == before[0]["accuracy"]
   assert trials[1]["params"] == before[1]["params"] and trials[1]["state"] in ("COMPLETE", "PRUNED")
   stages = [row["stage"] for row in report["rows"]]
-  assert stages[0] == "baseline (classical)" and stages[-1].startswith("deploy (tflite int8")
+  assert stages[0] == "baseline (classical)" and stages[-2:] == ["deploy (tflite int8)", "deploy (onnx int8)"]
   assert all(0.0 <= row["test_accuracy"] <= 1.0 for row in report["rows"])
-  assert report["rows"][-1]["size_bytes"] > 0 and report["rows"][-1]["latency_ms"] > 0
-  assert len(report["ensemble"]["members"]) == 2 and "ece_after" in report["calibration"]
+  assert all(row["size_bytes"] > 0 and row["latency_ms"] > 0 for row in report["rows"][-2:])
+  members = [m["workdir"] for m in report["ensemble"]["members"]]
+  assert len(members) == 2 and report["deployed"]["teacher"] == ",".join(members)  # Distilled from the average.
+  assert "ece_after" in report["calibration"]
   assert report["most_confused"][0]["count"] >= report["most_confused"][-1]["count"] > 0
+  assert len(report["explained"]) == 2 and all(e.startswith("explained error: ") for e in report["explained"])
   with open(os.path.join(workdir, "report.html")) as f:
     page = f.read()
-  assert page.count("data:image/png;base64,") == 7 and "src='http" not in page
+  assert page.count("data:image/png;base64,") == FIGURES and "src='http" not in page
   deployed = summary["deployed"]["workdir"]
   output = str(tmp_path / "predictions.csv")
   predictions.write_csv(
@@ -211,7 +228,7 @@ def _check_in_browser(path: str, report: dict) -> None:
       )
     finally:
       browser.close()
-  assert len(widths) == 7 and all(w > 0 for w in widths), widths
+  assert len(widths) == FIGURES and all(w > 0 for w in widths), widths
   columns = ("stage", "val_accuracy", "test_accuracy")
   assert [[row[i] for i in (0, 2, 3)] for row in tables["stages"]] == [
     [_shown(row[c]) for c in columns] for row in report["rows"]

@@ -37,7 +37,8 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None, *, mode: st
   if config.pretrained.path:
     check_weights(config.pretrained.path, "config.pretrained.path")
   if config.objective == "distill" and config.distill.checkpoint:
-    check_weights(config.distill.checkpoint, "config.distill.checkpoint")
+    for path in config.distill.checkpoint.split(","):  # Several: an ensemble teacher.
+      check_weights(path.strip(), "config.distill.checkpoint")
   if mode == "eval":
     for path in config.eval.checkpoints:
       check_weights(path, "config.eval.checkpoints entry")

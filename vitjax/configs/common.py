@@ -204,7 +204,8 @@ def _eval() -> ml_collections.ConfigDict:
 
 def _distill() -> ml_collections.ConfigDict:
   """`config.distill`: the teacher and the loss mix of the "distill" objective (knowledge distillation)."""
-  # The teacher (model as config.model, checkpoint a run or an .npz with its head):
+  # The teacher (model as config.model, checkpoint a run or an .npz with its head; several runs separated by commas
+  # are an ensemble teacher, its members' logits averaged):
   # kind "soft" (KL at temperature, times T^2) or "hard" (teacher's top class, DeiT); alpha weighs it against the
   # run's own loss.
   return ml_collections.ConfigDict(

@@ -61,10 +61,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.tune = _tuning()
   config.ensemble = ml_collections.ConfigDict({"seeds": 3})  # The best trial's run is the first member.
   config.deploy = ml_collections.ConfigDict(
-    {"alpha": 0.5, "temperature": 2.0, "epochs": 10.0, "format": "tflite", "quantize": "int8", "latency_images": 50}
+    {
+      "alpha": 0.5,
+      "temperature": 2.0,
+      "epochs": 10.0,
+      "formats": ("tflite", "onnx"),  # Each exported with `quantize` and measured in its own runtime.
+      "quantize": "int8",
+      "latency_images": 50,
+    }
   )
-  # The deployed model's predictions on a few test images explained by --mode=explain, shown in the report.
-  config.report = ml_collections.ConfigDict({"explain_methods": ("gradients", "occlusion"), "explain_images": 2})
+  # The deployed model's first errors on the test split explained by --mode=explain, shown in the report.
+  config.report = ml_collections.ConfigDict({"explain_methods": ("gradients", "occlusion"), "explain_images": 3})
   # The deployed model's most frequent mistakes on the test split, with up to this many test images of each.
   config.report.update(confused_pairs=5, confused_examples=4)
   return _runlocal(config) if local else config
@@ -99,5 +106,5 @@ def _runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.tune.update(trials=3, startup_trials=1, evals_per_trial=2, epochs=(0.1, 0.2))
   config.ensemble.seeds = 2
   config.deploy.update(epochs=0.1, latency_images=10)
-  config.report.update(explain_methods=("gradients",), explain_images=1)
+  config.report.update(explain_methods=("gradients",), explain_images=2)
   return config

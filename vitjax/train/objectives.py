@@ -229,20 +229,27 @@ def load_teacher(
   """`teacher_logits(images)`: the model of `model_config` with every variable from `checkpoint`, in eval mode.
 
   `checkpoint` is anything `transfer.load_variables` reads (a public `.npz` with its head, or a run of this
-  project). `sharding` (e.g. replicated over the mesh) places the teacher's variables once; images may carry
-  extra leading axes, which the logits keep.
+  project), or several runs of one model separated by commas: an ensemble, whose members' logits are averaged as
+  `--mode=eval` averages them. `sharding` (e.g. replicated over the mesh) places the teacher's variables once;
+  images may carry extra leading axes, which the logits keep.
   """
   model = models.from_config(model_config, num_classes=num_classes)
   abstract = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape=image_shape))
-  teacher_variables, _ = transfer.load_variables(checkpoint, abstract)
-  teacher_variables = jax.device_put(teacher_variables, sharding)
-  apply = jax.jit(lambda v, images: model.apply(v, images, train=False))
+  members = [transfer.load_variables(path, abstract)[0] for path in teacher_checkpoints(checkpoint)]
+  stacked = jax.device_put(jax.tree.map(lambda *leaves: jnp.stack(leaves), *members), sharding)
+  member_logits = jax.vmap(lambda v, images: model.apply(v, images, train=False), in_axes=(0, None))
+  apply = jax.jit(lambda v, images: member_logits(v, images).mean(axis=0))
 
   def teacher_logits(images: jax.Array) -> jax.Array:
-    logits = apply(teacher_variables, images.reshape(-1, *images.shape[-3:]))
+    logits = apply(stacked, images.reshape(-1, *images.shape[-3:]))
     return logits.reshape(*images.shape[:-3], logits.shape[-1])
 
   return teacher_logits
+
+
+def teacher_checkpoints(checkpoint: str) -> list[str]:
+  """The runs or files `config.distill.checkpoint` names: one, or an ensemble's members separated by commas."""
+  return [path.strip() for path in checkpoint.split(",") if path.strip()]
 
 
 def teacher_from_config(config: ml_collections.ConfigDict, setting: Setting) -> Callable[[jax.Array], jax.Array]:

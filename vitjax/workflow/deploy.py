@@ -1,9 +1,7 @@
-"""Deployment: the ensemble's knowledge distilled into the fastest candidate (the `distill` objective), a
-temperature fitted on the validation split, and an int8 export (``vitjax.deploy.exporters``) with its size and
-per-image latency. Test accuracy waits for the report, which touches the test split once.
-
-The `distill` objective takes one teacher checkpoint: the teacher is the ensemble's best member on the validation
-split, not the averaged ensemble (an ensemble teacher would need a teacher of several checkpoints in the loop).
+"""Deployment: the ensemble's knowledge distilled into the fastest candidate (the `distill` objective, its teacher
+the members' averaged logits), a temperature fitted on the validation split, and int8 exports (TFLite and ONNX,
+``vitjax.deploy.exporters``) with their size and per-image latency. Test accuracy waits for the report, which
+touches the test split once.
 """
 
 import os
@@ -34,14 +32,22 @@ def student_config(
   return config
 
 
-def export(workdir: str, path: str, options: ml_collections.ConfigDict) -> dict:
-  """The run exported as `options.format` with `options.quantize`; its size and median latency per image."""
+def export(workdir: str, folder: str, options: ml_collections.ConfigDict) -> list[dict]:
+  """The run exported in each of `options.formats` with `options.quantize`; each file's size and latency."""
   classifier = Classifier.load(workdir)
   representative = exporters.representative_images(classifier.config.data, classifier)
-  record = exporters.export(
-    classifier, path, format=options.format, quantize=options.quantize, representative=representative
-  )
-  run_model = model_runner(path, options.format)
+  return [
+    export_one(classifier, os.path.join(folder, f"model_{options.quantize}.{format}"), format, options, representative)
+    for format in options.formats
+  ]
+
+
+def export_one(
+  classifier: Classifier, path: str, format: str, options: ml_collections.ConfigDict, representative: np.ndarray
+) -> dict:
+  """One exported file: its size and median latency per image in its own runtime."""
+  record = exporters.export(classifier, path, format=format, quantize=options.quantize, representative=representative)
+  run_model = model_runner(path, format)
   latencies = []
   for image in representative[: options.latency_images + 1]:
     start = time.perf_counter()
@@ -49,7 +55,7 @@ def export(workdir: str, path: str, options: ml_collections.ConfigDict) -> dict:
     latencies.append(time.perf_counter() - start)
   return {
     "path": path,
-    "format": options.format,
+    "format": format,
     "quantize": options.quantize,
     "size_bytes": os.path.getsize(path),
     "latency_ms": 1000 * float(np.median(latencies[1:])),  # The first call allocates.
@@ -88,11 +94,10 @@ def run(
   )
   val = runs.logits(config, [run_dir], "val")
   temperature = uncertainty.fit_temperature(val["logits"], val["labels"])
-  path = os.path.join(workdir, f"model_{workflow.deploy.quantize}.{workflow.deploy.format}")
   return {
     **record,
     "teacher": teacher_dir,
     "teacher_model": teacher.model.name,
     "temperature": temperature,
-    "export": export(run_dir, path, workflow.deploy),
+    "exports": export(run_dir, workdir, workflow.deploy),
   }

@@ -25,10 +25,9 @@ def run(
     members.append({"seed": seed, "workdir": run_dir, "val_accuracy": record["val_accuracy"]})
   scored = runs.logits(tuned, [m["workdir"] for m in members], "val")
   accuracy = float(np.mean(scored["logits"].argmax(axis=1) == scored["labels"]))
-  teacher = max(members, key=lambda m: m["val_accuracy"])
   return {
     "members": members,
     "val_accuracy": accuracy,
     "single_val_accuracy": float(np.mean([m["val_accuracy"] for m in members])),
-    "teacher": teacher["workdir"],
+    "teacher": ",".join(m["workdir"] for m in members),  # The averaged ensemble, as config.distill.checkpoint.
   }

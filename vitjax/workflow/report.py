@@ -3,8 +3,8 @@
 One row per stage with validation and test accuracy, parameters, training images/s, latency per image and size;
 the test split is read here only, once, after every choice was made on the validation split. With them: the
 stages' test accuracy against latency, the deployed model's confusion matrix, its most-confused pairs with test
-images of each, its expected calibration error before and after temperature scaling and an explanation of a test
-prediction (``--mode=explain``).
+images of each, its expected calibration error before and after temperature scaling and explanations of a few of its
+test errors (``--mode=explain``).
 """
 
 import base64
@@ -101,15 +101,14 @@ def host_test_images(classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
   return np.round(np.stack(images)).astype(np.uint8), np.array(labels)
 
 
-def export_row(record: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-  """The exported file's row: test accuracy in its own runtime on the host-side test `images`, one at a time as it
+def export_row(model: str, export: dict[str, Any], images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+  """An exported file's row: test accuracy in its own runtime on the host-side test `images`, one at a time as it
   would serve."""
-  export = record["export"]
   run_model = deploy.model_runner(export["path"], export["format"])
   predicted = np.array([int(run_model(images[i : i + 1]).argmax()) for i in range(len(images))])
   return {
     "stage": f"deploy ({export['format']} {export['quantize']})",
-    "model": record["model"],
+    "model": model,
     "test_accuracy": float(np.mean(predicted == labels)),
     "latency_ms": export["latency_ms"],
     "size_bytes": export["size_bytes"],
@@ -131,16 +130,24 @@ def confused_pairs(confusion: np.ndarray, class_names: list[str], *, pairs: int)
   ]
 
 
-def explanation_png(run_dir: str, options: ml_collections.ConfigDict) -> str:
-  """--mode=explain on the deployed run's first test images; the first image's figure."""
-  config = checkpoints.load_run(run_dir).config
-  config.explain.methods, config.explain.num_images = tuple(options.explain_methods), options.explain_images
-  config.data.eval_split = "test"
+def explained_errors(run_dir: str, root: str, options: ml_collections.ConfigDict) -> dict[str, str]:
+  """--mode=explain on the deployed run's first misclassified test files (its first test files if none is):
+  {caption: PNG as base64}, one figure per image."""
+  paths, names = test_files(root)
+  classifier = Classifier.load(run_dir)
+  predicted = [classifier.class_names[i] for i in classifier.predict(paths).argmax(axis=1)]
+  wrong = [i for i in range(len(paths)) if predicted[i] != names[i]]
+  chosen = (wrong or list(range(len(paths))))[: options.explain_images]
+  config = classifier.config
+  config.explain.methods, config.explain.files = tuple(options.explain_methods), tuple(paths[i] for i in chosen)
   explain.run_explain(config, run_dir)
-  folder = os.path.join(run_dir, "explain")
-  first = sorted(name for name in os.listdir(folder) if name.startswith("image_") and name.endswith(".png"))[0]
-  with open(os.path.join(folder, first), "rb") as f:
-    return base64.b64encode(f.read()).decode()
+  figures = {}
+  for k, i in enumerate(chosen):
+    verdict = "error" if wrong else "correct"
+    caption = f"explained {verdict}: {os.path.relpath(paths[i], root)}, true {names[i]}, predicted {predicted[i]}"
+    with open(os.path.join(run_dir, "explain", f"image_{k:03d}.png"), "rb") as f:
+      figures[caption] = base64.b64encode(f.read()).decode()
+  return figures
 
 
 def stage_rows(stages: dict[str, Any], root: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -168,7 +175,7 @@ def write(stages: dict[str, Any], root: str, workdir: str, options: ml_collectio
   images, labels = host_test_images(Classifier.load(deployed["workdir"]))
   if not np.array_equal(labels, test["labels"]):
     raise RuntimeError("The exported model's test images are not in the order of the deployed run's test logits.")
-  rows.append(export_row(deployed, images, labels))
+  rows.extend(export_row(deployed["model"], export, images, labels) for export in deployed["exports"])
   cal = calibration(test, deployed["temperature"])
   predicted = test["logits"].argmax(axis=1)
   confusion = metrics.confusion_matrix(test["labels"], predicted, len(test["class_names"]))
@@ -182,14 +189,16 @@ def write(stages: dict[str, Any], root: str, workdir: str, options: ml_collectio
     "calibration": {k: v for k, v in cal.items() if k != "bins"},
     "confusion_matrix": {"class_names": test["class_names"], "matrix": confusion.tolist()},
     "most_confused": pairs,
-    "deployed": {"workdir": deployed["workdir"], "export": deployed["export"], "teacher": deployed["teacher"]},
+    "deployed": {"workdir": deployed["workdir"], "exports": deployed["exports"], "teacher": deployed["teacher"]},
   }
   confused = None
   if pairs:  # A perfect model has no mistake to show.
     names, examples = test["class_names"], options.confused_examples
     confused = figures.confused_png(pairs, images, labels, predicted, names, examples=examples)
   pngs = figures.figures(report, test, cal["bins"], confused, stages["select"])
-  pngs["explanation (deployed, first test image)"] = explanation_png(deployed["workdir"], options)
+  explained = explained_errors(deployed["workdir"], root, options)
+  report["explained"] = list(explained)
+  pngs.update(explained)
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(workdir, "report.html"), "w") as f:
@@ -219,8 +228,9 @@ def _notes(report: dict[str, Any]) -> list[str]:
     f"Selection: {report['selection']}",
     f"Ensemble: {report['ensemble']['val_accuracy']:.4f} validation accuracy against "
     f"{report['ensemble']['single_val_accuracy']:.4f} for a single member on average.",
-    f"Deployed run: {report['deployed']['workdir']} (python -m vitjax.predict --workdir=...); exported model: "
-    f"{report['deployed']['export']['path']}.",
+    f"Deployed run: {report['deployed']['workdir']} (python -m vitjax.predict --workdir=...); exported models: "
+    f"{', '.join(e['path'] for e in report['deployed']['exports'])}.",
+    f"Distilled from: {report['deployed']['teacher']} (the ensemble's members, logits averaged).",
   ]
 
 
