@@ -17,7 +17,7 @@ use_xla_cpu_emitters()  # Before JAX starts its CPU backend.
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from vitjax import console, describe, preflight  # noqa: E402
+from vitjax import console, describe, peers, preflight  # noqa: E402
 from vitjax.errors import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -83,16 +83,35 @@ def _launched_as_one_of_many() -> bool:
   return slurm_tasks > 1 or tpu_workers > 1
 
 
-def initialize_distributed() -> None:
-  """Joins a multi-process run: from flags when given, else from the SLURM or TPU VM environment."""
+def initialize_distributed(config):
+  """Joins a multi-process run (from flags when given, else from the SLURM or TPU VM environment) with the timeouts
+  of `config.distributed`, and starts watching the other processes (`peers.PeerWatch`); None in a single process."""
   import jax
 
+  timeout = config.distributed.heartbeat_timeout
+  if timeout <= 0 or config.distributed.init_timeout <= 0:
+    sys.exit(f"error: config.distributed timeouts must be positive (got {config.distributed.to_dict()}).")
+  timeouts = dict(
+    initialization_timeout=int(config.distributed.init_timeout),
+    heartbeat_timeout_seconds=peers.service_timeout(timeout),
+  )
   if FLAGS.coordinator_address or FLAGS.num_processes:
     jax.distributed.initialize(
-      coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+      **timeouts,
     )
   elif _launched_as_one_of_many():
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
+  else:
+    return None
+  from jax._src import distributed  # The client jax.distributed made; Orbax's multihost code uses it the same way.
+
+  client = distributed.global_state.client
+  return peers.PeerWatch(
+    client, process_index=jax.process_index(), process_count=jax.process_count(), timeout=timeout
+  ).start()
 
 
 def describe_config(config) -> str:
@@ -148,7 +167,7 @@ def run_mode(mode: str, config, workdir: str) -> None:
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerator memory to JAX.
-  initialize_distributed()
+  watch = initialize_distributed(config)
   import jax
 
   from vitjax import data
@@ -166,7 +185,16 @@ def run_mode(mode: str, config, workdir: str) -> None:
   try:
     results = run(config, workdir)
   except (ConfigError, data.DatasetUnavailableError, hooks.NonFiniteLossError) as e:
+    if watch:
+      watch.finish(e)  # The other processes stop too, naming this one, instead of waiting for it.
     sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.
+  except Exception as e:
+    verdict = watch and watch.explain(e)
+    if verdict:  # A lost or failed process caused this one's error (a collective without its peer).
+      peers.end_process(verdict)
+    raise
+  if watch:
+    watch.finish()
   if jax.process_index() == 0 and mode not in ("baseline", "explain"):  # These print their own table.
     print(
       f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "

@@ -74,7 +74,20 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_every = 1000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
+  config.distributed = _distributed()
   return config
+
+
+def _distributed() -> ml_collections.ConfigDict:
+  """`config.distributed`: how a multi-process run (jax.distributed) finds a lost or failed process."""
+  return ml_collections.ConfigDict(
+    {
+      # Seconds without a heartbeat after which a process counts as lost: every other one logs one line naming it
+      # and exits with status 75 (relaunch to resume); the coordination service's own timeout is twice this.
+      "heartbeat_timeout": 60,
+      "init_timeout": 300,  # Seconds every process waits for all the others to join at the start.
+    }
+  )
 
 
 def _pretrained() -> ml_collections.ConfigDict:
