@@ -34,7 +34,7 @@ def test_unknown_model_is_one_line_naming_every_choice():
     models.build("vit_q16", num_classes=10)
   message = str(error.value)
   assert "\n" not in message and all(name in message for name in models.names())
-  assert message.endswith("or vit_{variant}{patch} (variants: ti, s, b, l, h, g, micro).")
+  assert " or vit_{variant}{patch} (variants: ti, s, b, l, h, g, micro)" in message and message.endswith(").")
 
 
 def test_config_model_keys_are_the_declared_options():
@@ -50,7 +50,7 @@ def test_every_config_model_key_has_a_one_line_doc():
   docs = models.option_docs()
   assert set(docs) == set(common.get_base_config().model)
   assert all(doc and "\n" not in doc for doc in docs.values())
-  assert docs["classifier"].startswith("vit, hybrid: ") and "resnet: " in docs["width"]
+  assert docs["classifier"].startswith("vit, hybrid, naflexvit: ") and "resnet: " in docs["width"]
   assert docs["dtype"] == 'Compute dtype; "bfloat16" keeps float32 parameters and optimizer state.'
 
 

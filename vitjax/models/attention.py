@@ -23,7 +23,9 @@ class MultiHeadDotProductAttention(Layer):
 
   Logits are scaled by 1/sqrt(head_dim) and the softmax runs in float32 whatever the compute dtype. `qk_norm`
   LayerNorms queries and keys over head_dim (`query_norm`, `key_norm`, epsilon 1e-6, as timm) before scaling;
-  `rope_grid` (h, w) rotates the queries and keys of the last h*w tokens (module `rope`). The attention weights
+  `rope_grid` (h, w) rotates the queries and keys of the last h*w tokens (module `rope`); `qkv_bias` False drops
+  the query/key/value biases; a boolean `mask` (broadcastable to (batch, heads, q, k)) hides the keys where it is
+  False (NaFlex padding). The attention weights
   are sown as `intermediates/attention_weights` (batch, heads, q, k) on the explicit path, which runs whenever
   `intermediates` is mutable, attention dropout is active, or `implementation` is "explicit".
   """
@@ -33,9 +35,10 @@ class MultiHeadDotProductAttention(Layer):
   qk_norm: bool = False
   rope_grid: tuple[int, int] | None = None
   implementation: str = "xla"
+  qkv_bias: bool = True
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, *, deterministic: bool) -> Array:
+  def __call__(self, inputs_q: Array, inputs_kv: Array, *, deterministic: bool, mask: Array | None = None) -> Array:
     dim = inputs_q.shape[-1]
     if dim % self.num_heads:
       raise ConfigError(f"Hidden size {dim} is not divisible by {self.num_heads} heads")
@@ -46,6 +49,7 @@ class MultiHeadDotProductAttention(Layer):
       dtype=self.dtype,
       name=name,
       kernel_init=nn.initializers.xavier_uniform(),
+      use_bias=self.qkv_bias,
     )
     query, key, value = dense("query")(inputs_q), dense("key")(inputs_kv), dense("value")(inputs_kv)
     if self.qk_norm:
@@ -62,16 +66,19 @@ class MultiHeadDotProductAttention(Layer):
       or (self.dropout_rate > 0 and not deterministic)
     )
     if explicit:
-      x = self._explicit(query, key, value, deterministic=deterministic)
+      x = self._explicit(query, key, value, deterministic=deterministic, mask=mask)
     else:
-      x = jax.nn.dot_product_attention(query, key, value, scale=1.0, implementation=self._fused_implementation())
+      fused = self._fused_implementation()
+      x = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0, implementation=fused)
     return nn.DenseGeneral(
       features=dim, axis=(-2, -1), dtype=self.dtype, name="out", kernel_init=nn.initializers.xavier_uniform()
     )(x)
 
-  def _explicit(self, query: Array, key: Array, value: Array, *, deterministic: bool) -> Array:
+  def _explicit(self, query: Array, key: Array, value: Array, *, deterministic: bool, mask: Array | None) -> Array:
     """Softmax(q k^T) v with the weights sown and attention dropout applied."""
     logits = jnp.einsum("nqhd,nkhd->nhqk", query, key)
+    if mask is not None:
+      logits = jnp.where(mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     self.sow("intermediates", "attention_weights", weights)
     weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)

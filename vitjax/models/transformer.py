@@ -44,7 +44,8 @@ class LayerScale(nn.Module):
 class Encoder1DBlock(Layer):
   """Pre-LayerNorm transformer block; both residual branches go through LayerScale (optional) and drop-path.
 
-  `drop_path_rate` may come as a call argument instead (a traced per-block rate when the blocks are scanned).
+  `drop_path_rate` may come as a call argument instead (a traced per-block rate when the blocks are scanned);
+  `mask` (batch, 1, 1, tokens), False on padding, keeps every token from attending to padding (NaFlex).
   """
 
   mlp_dim: int
@@ -57,9 +58,12 @@ class Encoder1DBlock(Layer):
   rope_grid: tuple[int, int] | None = None
   attention: str = "xla"
   gelu_approximate: bool = True
+  qkv_bias: bool = True
 
   @nn.compact
-  def __call__(self, inputs: Array, deterministic: bool = True, drop_path_rate: Array | None = None) -> Array:
+  def __call__(
+    self, inputs: Array, deterministic: bool = True, drop_path_rate: Array | None = None, mask: Array | None = None
+  ) -> Array:
     rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
     x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(inputs)
     x = MultiHeadDotProductAttention(
@@ -68,9 +72,10 @@ class Encoder1DBlock(Layer):
       qk_norm=self.qk_norm,
       rope_grid=self.rope_grid,
       implementation=self.attention,
+      qkv_bias=self.qkv_bias,
       dtype=self.dtype,
       name="MultiHeadDotProductAttention_0",
-    )(x, x, deterministic=deterministic)
+    )(x, x, deterministic=deterministic, mask=mask)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     if self.layerscale is not None:
       x = LayerScale(self.layerscale, name="LayerScale_0")(x)
@@ -84,20 +89,23 @@ class Encoder1DBlock(Layer):
 
 
 class MAPHead(Layer):
-  """Multihead attention pooling (big_vision): a learned probe token attends to all tokens."""
+  """Multihead attention pooling (big_vision): a learned probe token attends to all tokens, or to those where
+  `mask` (batch, 1, 1, tokens) is True."""
 
   mlp_dim: int
   num_heads: int
   attention: str = "xla"
+  gelu_approximate: bool = True
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
     n, _, dim = x.shape
     probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, dim), jnp.float32)
     probe = jnp.tile(probe.astype(x.dtype), (n, 1, 1))
     x = MultiHeadDotProductAttention(
       num_heads=self.num_heads, implementation=self.attention, dtype=self.dtype, name="MultiHeadDotProductAttention_0"
-    )(probe, x, deterministic=True)
+    )(probe, x, deterministic=True, mask=mask)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, name="MlpBlock_0")(y, deterministic=True)
+    mlp = MlpBlock(mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate, dtype=self.dtype, name="MlpBlock_0")
+    x = x + mlp(y, deterministic=True)
     return jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)  # A slice, not a gather: see VisionTransformer.

@@ -65,7 +65,8 @@ class Encoder(Layer):
 
   Drop-path rates rise linearly from 0 in the first block to `stochastic_depth` in the last. `remat` and `scan`
   change memory and compile time, not the function: the blocks rematerialised (module `remat_block`), or one
-  `nn.scan` over blocks whose parameters are stacked under `encoderblock`.
+  `nn.scan` over blocks whose parameters are stacked under `encoderblock`. `final_norm` False leaves out
+  `encoder_norm` (models that normalise after pooling); `qkv_bias` False drops the query/key/value biases.
   """
 
   num_layers: int
@@ -82,6 +83,8 @@ class Encoder(Layer):
   remat: str = "none"
   scan: bool = False
   gelu_approximate: bool = True
+  qkv_bias: bool = True
+  final_norm: bool = True
 
   @nn.compact
   def __call__(
@@ -92,36 +95,40 @@ class Encoder(Layer):
     registers: Array | None = None,
     num_cls: int = 0,
     posemb_grids: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    mask: Array | None = None,
   ) -> Array:
     """`registers` (N, R, D) go after the first `num_cls` tokens, after the position embedding (they have none);
-    `posemb_grids` (stored, used) resizes the learned table to the grid in use (FlexiViT)."""
+    `posemb_grids` (stored, used) resizes the learned table to the grid in use (FlexiViT); `mask` (N, 1, 1, tokens),
+    False on padding tokens, keeps every token from attending to them."""
     if self.learned_posemb:
       x = AddPositionEmbs(name="posembed_input")(x, grids=posemb_grids)
     if registers is not None:
       x = jnp.concatenate([x[:, :num_cls], registers.astype(x.dtype), x[:, num_cls:]], axis=1)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     block = remat_block(Encoder1DBlock, self.remat, scan=self.scan)
-    options = forward_fields(self, *_BLOCK_OPTIONS, "rope_grid", "dtype")
+    options = forward_fields(self, *_BLOCK_OPTIONS, "rope_grid", "qkv_bias", "dtype")
     rates = self.stochastic_depth * np.arange(self.num_layers) / max(self.num_layers - 1, 1)
     if self.scan:
       stack = nn.scan(
         _scan_body(deterministic=not train),
         variable_axes={"params": 0, "intermediates": 0},
         split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast),
         length=self.num_layers,
       )
-      x, _ = stack(block(name="encoderblock", **options), x, jnp.asarray(rates) if self.stochastic_depth else None)
+      rates = jnp.asarray(rates) if self.stochastic_depth else None
+      x, _ = stack(block(name="encoderblock", **options), x, rates, mask)
     else:
       for i in range(self.num_layers):
-        x = block(drop_path_rate=float(rates[i]), name=f"encoderblock_{i}", **options)(x, not train)
-    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
+        x = block(drop_path_rate=float(rates[i]), name=f"encoderblock_{i}", **options)(x, not train, None, mask)
+    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x) if self.final_norm else x
 
 
 def _scan_body(*, deterministic: bool) -> Callable:
   """One scan step: block `module` on the carried tokens with its own drop-path rate (None: the module's)."""
 
-  def body(module: nn.Module, x: Array, rate: Array | None) -> tuple[Array, None]:
-    return module(x, deterministic, rate), None
+  def body(module: nn.Module, x: Array, rate: Array | None, mask: Array | None) -> tuple[Array, None]:
+    return module(x, deterministic, rate, mask), None
 
   return body
 
