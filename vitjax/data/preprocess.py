@@ -11,7 +11,7 @@ receives encoded image bytes from TFDS sources (decoding after the shuffle keeps
 spec receives decoded images.
 
 This module holds the registry and the parser; the ops register themselves in ``decoding``, ``geometric``,
-``photometric`` and ``augment``, which the first lookup imports.
+``patches``, ``photometric`` and ``augment``, which the first lookup imports.
 """
 
 import ast
@@ -30,7 +30,7 @@ Op = Callable[[Features, tf.Tensor], Features]
 
 _REGISTRY: dict[str, Callable[..., Op]] = {}
 # The modules whose ops register themselves; loaded on the first lookup, so every importer of this module sees them.
-_OP_MODULES = ("augment", "decoding", "geometric", "photometric")
+_OP_MODULES = ("augment", "decoding", "geometric", "patches", "photometric")
 DECODING_OPS = ("decode", "decode_jpeg_and_inception_crop")
 
 
