@@ -154,9 +154,17 @@ def test_float_exports_reproduce_the_jax_probabilities(run, exported, format):
   assert np.abs(_run_exported(path, format, images) - clf.predict(images)).max() <= 1e-4
 
 
-def test_tflite_takes_any_batch_with_a_class_token(tmp_path):
-  # The public ViT checkpoints pool the class token: a gather over the batch there would not convert.
-  model = models.from_config(ml_collections.ConfigDict({"name": "vit_micro16", "classifier": "token"}), num_classes=10)
+@pytest.mark.parametrize(
+  "model_config",
+  [
+    # The public ViT checkpoints pool the class token: a gather over the batch there would not convert.
+    {"name": "vit_micro16", "classifier": "token"},
+    # A ResNet's downsampling shortcut is a strided 1x1 convolution: a strided slice of the batch would not either.
+    {"name": "resnet18", "width": 8, "stage_sizes": (1, 1)},
+  ],
+)
+def test_tflite_takes_any_batch(model_config, tmp_path):
+  model = models.from_config(ml_collections.ConfigDict(model_config), num_classes=10)
   variables = models.init_variables(model, jax.random.key(0), image_shape=(32, 32, 3))
   head = variables["params"]["head"]  # Zero-initialised: every class would tie.
   head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)

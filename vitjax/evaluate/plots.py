@@ -91,7 +91,8 @@ def plot_curves(records: list[dict[str, Any]], path: str, *, title: str = "") ->
     ax.set_xlabel("step")
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # A run stopped before its first record has no curve to name.
+      ax.legend()
   loss_ax.set_yscale("log")
   fig.suptitle(title)
   fig.tight_layout()

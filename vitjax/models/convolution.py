@@ -49,7 +49,9 @@ def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Paddin
   """NHWC input, HWIO kernel -> NHWC output, as `lax.conv_general_dilated` computes it, by the fastest path known."""
   kh, kw = kernel.shape[:2]
   pads = explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
-  if groups == 1 and (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads):
+  strided = strides != (1, 1)
+  # A strided slice of a batch of unknown size exports as a dynamic gather, which TFLite cannot convert.
+  if groups == 1 and (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads) and not (strided and _portable.get()):
     sh, sw = strides
     x = x[:, ::sh, ::sw]
     return (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
