@@ -5,9 +5,11 @@ run bookkeeping), `config.json` and `class_names.json`. `load_run(workdir)` give
 and explanation code everything they need without knowing this layout.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -30,9 +32,56 @@ def create_manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManag
   )
 
 
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (a full disk, a file size limit, no permission); the message names the
+  reason, the file and the last complete checkpoint, which a relaunch resumes from."""
+
+
 def save(manager: ocp.CheckpointManager, state: Any, *, step: int, meta: dict[str, Any]) -> None:
-  """Saves `state` and `meta` (e.g. the number of input batches consumed) as checkpoint `step`."""
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  """Saves `state` and `meta` (e.g. the number of input batches consumed) as checkpoint `step`, in the background.
+
+  Orbax writes a step into a temporary folder and renames it once complete, so a failed write never passes for a
+  checkpoint. A write that failed (this one, or an earlier one still in the background) raises CheckpointWriteError.
+  """
+  with _writing(manager):
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the checkpoints being written; one that failed raises CheckpointWriteError."""
+  with _writing(manager):
+    manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _writing(manager: ocp.CheckpointManager):
+  """Turns a file-system error of Orbax's writers (Python's OSError, or TensorStore's errors that carry an
+  os_error_code) into a CheckpointWriteError; anything else keeps its traceback."""
+  try:
+    yield
+  except Exception as e:
+    reason = _os_error(e)
+    if reason is None:
+      raise
+    complete = manager.all_steps(read=True)
+    last = f"step {max(complete)}" if complete else "none"
+    raise CheckpointWriteError(
+      f"A checkpoint could not be written ({reason}); the last complete checkpoint is {last}: make room (or fix "
+      f"the folder) and relaunch to resume from it."
+    ) from e
+
+
+def _os_error(error: BaseException) -> str | None:
+  """'strerror: file' of the file-system error in `error`'s chain, or None if there is none."""
+  while error is not None:
+    if isinstance(error, OSError) and error.errno:
+      return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    code = re.search(r"os_error_code='?(\d+)", str(error))
+    if code:
+      file = re.search(r'local file "([^"]+)"', str(error))
+      return os.strerror(int(code.group(1))) + (f": {file.group(1)}" if file else "")
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:

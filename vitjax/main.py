@@ -170,7 +170,7 @@ def run_mode(mode: str, config, workdir: str) -> None:
   watch = initialize_distributed(config)
   import jax
 
-  from vitjax import data
+  from vitjax import checkpoints, data
   from vitjax.train import hooks
 
   logging.info(
@@ -184,7 +184,7 @@ def run_mode(mode: str, config, workdir: str) -> None:
   run = mode_function(mode)
   try:
     results = run(config, workdir)
-  except (ConfigError, data.DatasetUnavailableError, hooks.NonFiniteLossError) as e:
+  except (ConfigError, data.DatasetUnavailableError, hooks.NonFiniteLossError, checkpoints.CheckpointWriteError) as e:
     if watch:
       watch.finish(e)  # The other processes stop too, naming this one, instead of waiting for it.
     sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.

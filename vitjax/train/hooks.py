@@ -312,7 +312,7 @@ class Checkpoint(Hook):
       checkpoints.save(self.manager, self.to_checkpoint(ctx.state), step=ctx.step, meta=meta)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    checkpoints.wait(self.manager)
 
 
 class Profile(Hook):
