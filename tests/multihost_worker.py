@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 
 from vitjax import checkpoints, losses, models, sharding  # noqa: E402
 from vitjax.configs import common  # noqa: E402
@@ -24,6 +25,14 @@ flags.DEFINE_integer("num_processes", None, "")
 flags.DEFINE_integer("process_id", None, "")
 FLAGS = flags.FLAGS
 GLOBAL_BATCH, NUM_STEPS = 16, 3
+
+
+def truncate_files(folder: str) -> None:
+  """Cuts every file under `folder` to a third of its size."""
+  for root, _, files in os.walk(folder):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(os.path.getsize(f.name) // 3)
 
 
 def main(argv):
@@ -50,12 +59,18 @@ def main(argv):
       "labels": np.eye(10, dtype=np.float32)[rng.integers(0, 10, GLOBAL_BATCH)],
     }
     state, _ = step(state, parallel.place_batch(jax.tree.map(lambda x: x[mine], batch)), jax.random.key(1))
-  # A cooperative Orbax save and restore of the replicated state, then the parameters for comparison.
-  manager = checkpoints.create_manager(os.path.dirname(out) + f"/ckpt_{jax.process_count()}", max_to_keep=1)
-  checkpoints.save(manager, state, step=NUM_STEPS, meta={"step": NUM_STEPS})
-  manager.wait_until_finished()
+  # A cooperative Orbax save, a newer checkpoint cut short (as by a copy) and a restore that falls back past it on
+  # every process, then the parameters for comparison.
+  manager = checkpoints.create_manager(os.path.dirname(out) + f"/ckpt_{jax.process_count()}", max_to_keep=2)
+  for saved in (NUM_STEPS, NUM_STEPS + 1):
+    checkpoints.save(manager, state, step=saved, meta={"step": saved})
+  checkpoints.wait(manager)
+  multihost_utils.sync_global_devices("saved")
+  if jax.process_index() == 0:
+    truncate_files(os.path.join(manager.directory, str(NUM_STEPS + 1), "state"))
+  multihost_utils.sync_global_devices("truncated")
   restored, meta = checkpoints.restore_latest(manager, parallel.restore_target(jax.eval_shape(init, jax.random.key(0))))
-  assert meta["step"] == NUM_STEPS
+  assert meta["step"] == NUM_STEPS, meta
   if jax.process_index() == 0:
     leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(restored.params))
     np.savez(out, **{jax.tree_util.keystr(path): leaf for path, leaf in leaves})

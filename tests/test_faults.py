@@ -2,10 +2,14 @@
 checkpoint. Each ends in one line or a warning naming the step, and the previous checkpoint is what a relaunch
 restores."""
 
+import json
+import logging
+import os
 import resource
 import signal
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -55,3 +59,34 @@ def test_other_save_errors_keep_their_type_and_traceback(tmp_path):
     checkpoints.save(manager, {"x": object()}, step=1, meta={})
     checkpoints.wait(manager)
   assert not isinstance(raised.value, checkpoints.CheckpointWriteError)
+
+
+def _damage(folder, how: str) -> None:
+  if how == "metadata":  # Orbax's record of the tree's structure, overwritten with a fragment.
+    with open(os.path.join(folder, "_METADATA"), "w") as f:
+      f.write('{"tree_metadata": {')
+    return
+  for root, _, files in os.walk(folder):  # Every file cut short, as by an interrupted copy.
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(os.path.getsize(f.name) // 3)
+
+
+@pytest.mark.parametrize("how", ["truncated", "metadata"])
+def test_damaged_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path, caplog, how):
+  workdir = str(tmp_path)
+  manager = checkpoints.create_manager(workdir)
+  for step in (2, 4):
+    checkpoints.save(manager, _state(step), step=step, meta={"step": step})
+  checkpoints.wait(manager)
+  checkpoints.write_run_info(workdir, ml_collections.ConfigDict({"name": "faults"}), ["a", "b"])
+  _damage(os.path.join(workdir, "checkpoints", "4", "state"), how)
+  with caplog.at_level(logging.WARNING):
+    state, meta = checkpoints.restore_latest(checkpoints.create_manager(workdir), _abstract())
+    run = checkpoints.load_run(workdir)  # What predict, eval, export and explain read.
+  assert meta["step"] == 2 and np.array_equal(state["params"]["kernel"], _state(2)["params"]["kernel"])
+  assert run.meta["step"] == 2 and np.array_equal(run.params["kernel"], _state(2)["params"]["kernel"])
+  assert "Checkpoint at step 4 cannot be restored" in caplog.text
+  assert f"Checkpoint {os.path.join(workdir, 'checkpoints', '4')} cannot be read" in caplog.text
+  with pytest.raises((ValueError, json.JSONDecodeError)):  # An explicit step is read or fails: no substitute.
+    checkpoints.load_run(workdir, step=4)

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from vitjax.errors import ConfigError
 
@@ -87,21 +88,32 @@ def _os_error(error: BaseException) -> str | None:
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
   """Restores the newest readable checkpoint into the structure and shardings of `abstract_state`.
 
-  A newest checkpoint that cannot be read (say, cut short by a crash) is skipped with a warning and the one
-  before it is used, so a preempted run always resumes from its last good state. Returns None if there is none.
+  A newest checkpoint that cannot be read (cut short by a crash or a copy, its metadata damaged) is skipped with a
+  warning naming it and the one before it is used, so a preempted run always resumes from its last good state.
+  In a multi-process run every process uses the same step: one that fails on any process is skipped by all.
+  Returns None if there is none.
   """
   for step in sorted(manager.all_steps(read=True), reverse=True):
+    restored, error = None, None
     try:
       restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
       )
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped the same way.
-      logging.warning(
-        "Checkpoint at step %d cannot be restored (%s: %s); trying an older one.", step, type(e).__name__, e
-      )
+      error = e
+    if not _on_every_process(error is None):
+      reason = f"{type(error).__name__}: {_first_line(error)}" if error else "another process could not read it"
+      logging.warning("Checkpoint at step %d cannot be restored (%s); trying an older one.", step, reason)
       continue
     return restored.state, restored.meta
   return None
+
+
+def _on_every_process(ok: bool) -> bool:
+  """Whether `ok` holds on every process of the run (one collective when there are several)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(multihost_utils.process_allgather(np.array(ok)).all())
 
 
 def write_run_info(workdir: str, config: ml_collections.ConfigDict, class_names: list[str]) -> None:
@@ -157,25 +169,41 @@ def load_state(path: str, abstract_state: Any) -> Any:
 
   `abstract_state` (from `jax.eval_shape`, with shardings) gives the structure and where the arrays go.
   """
-  item_dir, _ = _orbax_item(path)
+  item_dir, _ = _orbax_item(_step_folders(path)[0])
   return ocp.StandardCheckpointHandler().restore(epath.Path(item_dir), args=ocp.args.StandardRestore(abstract_state))
 
 
 def read_orbax(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(tree as host numpy arrays, run metadata) of the newest Orbax checkpoint under `path`.
+  """(tree as host numpy arrays, run metadata) of the newest readable Orbax checkpoint under `path`.
 
   `path` is a workdir, its `checkpoints` folder, one step folder (items `state` and `meta`) or a saved pytree.
-  The metadata is the `meta` record saved with the state (e.g. `train_seconds`) plus `step`, or empty.
+  The metadata is the `meta` record saved with the state (e.g. `train_seconds`) plus `step`, or empty. In a
+  workdir or checkpoints folder, a newest step that cannot be read (cut short, damaged metadata) is skipped with a
+  warning naming it, and the one before it is read.
   """
-  item_dir, meta = _orbax_item(path)
-  handler = ocp.PyTreeCheckpointHandler()
-  structure = handler.metadata(epath.Path(item_dir)).tree
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
-  return handler.restore(epath.Path(item_dir), args=ocp.args.PyTreeRestore(restore_args=restore_args)), meta
+  folders = _step_folders(path)
+  for i, folder in enumerate(folders):
+    try:
+      item_dir, meta = _orbax_item(folder)
+      handler = ocp.PyTreeCheckpointHandler()
+      structure = handler.metadata(epath.Path(item_dir)).tree
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
+      return handler.restore(epath.Path(item_dir), args=ocp.args.PyTreeRestore(restore_args=restore_args)), meta
+    except Exception as e:  # noqa: BLE001 - any unreadable step is skipped the same way, but the oldest.
+      if i == len(folders) - 1:
+        raise
+      logging.warning(
+        "Checkpoint %s cannot be read (%s: %s); trying an older one.", folder, type(e).__name__, _first_line(e)
+      )
+  raise AssertionError("unreachable: _step_folders returns at least one folder")
 
 
-def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
-  """The pytree folder to read under `path`, and the run metadata next to it."""
+def _first_line(error: BaseException) -> str:
+  return (str(error).strip().splitlines() or [""])[0][:300]
+
+
+def _step_folders(path: str) -> list[str]:
+  """The step folders under a workdir or checkpoints folder `path`, newest first; else `path` itself."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ConfigError(f"No Orbax checkpoint folder at {path!r}.")
@@ -184,8 +212,11 @@ def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
   steps = [int(name) for name in os.listdir(path) if name.isdigit() and os.path.isdir(os.path.join(path, name))]
-  if steps:
-    path = os.path.join(path, str(max(steps)))
+  return [os.path.join(path, str(step)) for step in sorted(steps, reverse=True)] or [path]
+
+
+def _orbax_item(path: str) -> tuple[str, dict[str, Any]]:
+  """The pytree folder to read in the step folder (or saved pytree) `path`, and the run metadata next to it."""
   if not os.path.isdir(os.path.join(path, "state")):
     if not os.path.exists(os.path.join(path, "_METADATA")):
       raise ConfigError(
