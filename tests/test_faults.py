@@ -90,3 +90,57 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning_naming_it(tmp_path,
   assert f"Checkpoint {os.path.join(workdir, 'checkpoints', '4')} cannot be read" in caplog.text
   with pytest.raises((ValueError, json.JSONDecodeError)):  # An explicit step is read or fails: no substitute.
     checkpoints.load_run(workdir, step=4)
+
+
+@pytest.fixture
+def folder_with_a_broken_file(tmp_path):
+  """A folder dataset of two classes, 4 images each, one of them not an image at all."""
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  for label in ("cat", "dog"):
+    (tmp_path / "train" / label).mkdir(parents=True)
+    for i in range(4):
+      Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "train" / label / f"{i}.png")
+  (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not an image")
+  return tmp_path
+
+
+def _folder_stream(root, *, strict: bool, counts=None):
+  from vitjax import data
+  from vitjax.configs import common
+
+  config = common.get_base_config().data
+  config.update(dataset="folder", folder=str(root), pp_train="resize(8)", pp_eval="resize(8)", strict=strict)
+  ds = data.train_dataset(data.from_config(config), config, batch_size=9, seed=0)
+  return data.as_numpy(ds, where="process 1 of 2, host b", counts=counts)
+
+
+def test_unreadable_file_is_counted_when_skipped_and_names_file_and_host_when_strict(folder_with_a_broken_file):
+  from vitjax import data
+
+  counts = {"skipped": 0}
+  batch = next(_folder_stream(folder_with_a_broken_file, strict=False, counts=counts))
+  assert batch["image"].shape[0] == 9 and counts["skipped"] == 1  # Replaced by the next readable file, counted.
+  with pytest.raises(data.UnreadableImageError) as raised:
+    next(_folder_stream(folder_with_a_broken_file, strict=True))
+  message = str(raised.value)
+  assert "\n" not in message and "train/cat/broken.jpg" in message and message.endswith("(on process 1 of 2, host b)")
+
+
+def test_other_input_pipeline_failures_name_the_host_and_the_file(tmp_path):
+  import tensorflow as tf
+
+  from vitjax import data
+
+  shard = tmp_path / "train.tfrecord-00000-of-00001"
+  with tf.io.TFRecordWriter(str(shard)) as writer:
+    for i in range(4):
+      writer.write(tf.train.Example().SerializeToString() + bytes([i]) * 100)
+  shard.write_bytes(shard.read_bytes()[:150])  # The shard cut short inside its second record.
+  ds = tf.data.TFRecordDataset(str(shard)).map(lambda record: {"length": tf.strings.length(record)})
+  with pytest.raises(data.InputPipelineError) as raised:
+    list(data.as_numpy(ds, where="process 1 of 2, host b"))
+  message = str(raised.value)
+  assert "\n" not in message and message.startswith("The input pipeline failed on process 1 of 2, host b: ")
+  assert message.endswith("DataLossError: truncated record at 116' failed with Read less bytes than requested")

@@ -162,6 +162,20 @@ def mode_function(mode: str):
     sys.exit(f"error: --mode={mode} needs {e.name}: pip install 'vitjax[{EXTRAS[e.name]}]'")
 
 
+def one_line_errors() -> tuple[type[Exception], ...]:
+  """Errors that name the problem and the fix (or the file and host): one line at the command line."""
+  from vitjax import checkpoints, data
+  from vitjax.train import hooks
+
+  return (
+    data.DatasetUnavailableError,
+    data.UnreadableImageError,
+    data.InputPipelineError,
+    hooks.NonFiniteLossError,
+    checkpoints.CheckpointWriteError,
+  )
+
+
 def run_mode(mode: str, config, workdir: str) -> None:
   """Loads JAX and TensorFlow, runs `mode` and prints its result; config mistakes end it in one line."""
   import tensorflow as tf
@@ -169,9 +183,6 @@ def run_mode(mode: str, config, workdir: str) -> None:
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerator memory to JAX.
   watch = initialize_distributed(config)
   import jax
-
-  from vitjax import checkpoints, data
-  from vitjax.train import hooks
 
   logging.info(
     "JAX process %d of %d, %d local / %d global devices (%s).",
@@ -184,7 +195,7 @@ def run_mode(mode: str, config, workdir: str) -> None:
   run = mode_function(mode)
   try:
     results = run(config, workdir)
-  except (ConfigError, data.DatasetUnavailableError, hooks.NonFiniteLossError, checkpoints.CheckpointWriteError) as e:
+  except (ConfigError, *one_line_errors()) as e:
     if watch:
       watch.finish(e)  # The other processes stop too, naming this one, instead of waiting for it.
     sys.exit(f"error: {e}")  # One line, no traceback: these errors name the problem and the fix.

@@ -129,7 +129,9 @@ def _data() -> ml_collections.ConfigDict:
   data.label_key = "label"  # TFDS feature holding the class: a ClassLabel, or a Sequence of them (multi-label).
   data.folder = placeholder(str)  # Root of a "folder"/"multilabel_folder" dataset.
   data.classes = ()  # Label ids (or class names) to keep, remapped to 0..k-1 in this order; () keeps all.
-  data.strict = False  # Folder datasets: stop at the first unreadable image instead of skipping it.
+  # Folder datasets: stop at the first unreadable image (naming it and the host) instead of replacing it with the
+  # next readable one; replaced ones are logged and counted in the train metric input_skipped.
+  data.strict = False
   # Batch mixing; an alpha of 0 disables Mixup / CutMix. switch_prob: CutMix's share when both are on.
   data.mixup = ml_collections.ConfigDict({"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "switch_prob": 0.5, "prob": 1.0})
   # Examples, shuffled while still encoded: about 1.1 GB of host memory for ImageNet JPEGs (folder datasets

@@ -16,7 +16,7 @@ _HOMES = {
     ["as_numpy", "class_names", "eval_batches", "eval_dataset", "num_classes", "num_examples", "prepare"], "pipeline"
   ),
   **dict.fromkeys(["target_config", "train_dataset", "with_target"], "pipeline"),
-  **dict.fromkeys(["DatasetUnavailableError", "Source", "UnreadableImageError"], "source"),
+  **dict.fromkeys(["DatasetUnavailableError", "InputPipelineError", "Source", "UnreadableImageError"], "source"),
 }
 
 
@@ -32,6 +32,7 @@ __all__ = [
   "EMBEDDED",
   "FOLDERS",
   "DatasetUnavailableError",
+  "InputPipelineError",
   "Source",
   "UnreadableImageError",
   "as_numpy",

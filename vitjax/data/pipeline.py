@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from vitjax.data import mixing, preprocess
-from vitjax.data.source import UNREADABLE, Source, UnreadableImageError
+from vitjax.data.source import UNREADABLE, InputPipelineError, Source, UnreadableImageError
 from vitjax.data.tfds_source import TfdsSource
 from vitjax.errors import ConfigError
 
@@ -211,10 +211,20 @@ def _unreadable_message(message: str) -> str:
   return f"{match.group(1)} {match.group(2)}" if match else message
 
 
-def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """Iterates a dataset as dicts of numpy arrays, logging (and removing) the record of skipped unreadable files.
+def _reason(message: str) -> str:
+  """TensorFlow's error message without the op and function names it wraps around the reason."""
+  message = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]|\bname:\s*$", "", message.strip().splitlines()[0])
+  return message.strip()
 
-  A corrupt file under ``config.data.strict`` ends the iteration with an ``UnreadableImageError`` naming it.
+
+def as_numpy(
+  ds: tf.data.Dataset, *, where: str = "this host", counts: dict[str, int] | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates a dataset as dicts of numpy arrays, logging (and removing) the record of skipped unreadable files
+  and adding their number to ``counts["skipped"]`` if given.
+
+  A corrupt file under ``config.data.strict`` ends the iteration with an ``UnreadableImageError`` naming it and
+  ``where`` (the host); any other failure of the pipeline with an ``InputPipelineError`` naming ``where``.
   """
   iterator = iter(tfds.as_numpy(ds))
   skipped = events = 0
@@ -223,19 +233,22 @@ def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
       batch = next(iterator)
     except StopIteration:
       break
-    except tf.errors.InvalidArgumentError as e:
+    except tf.errors.OpError as e:
       if UNREADABLE in e.message:
-        raise UnreadableImageError(_unreadable_message(e.message)) from None
-      raise
-    counts, files = batch.pop("_skipped", None), batch.pop("_skipped_file", None)
-    for count, path in zip(*(() if counts is None else (counts, files))):
+        raise UnreadableImageError(f"{_unreadable_message(e.message)} (on {where})") from None
+      raise InputPipelineError(f"The input pipeline failed on {where}: {type(e).__name__}: {_reason(e.message)}") from e
+    skips, files = batch.pop("_skipped", None), batch.pop("_skipped_file", None)
+    for count, path in zip(*(() if skips is None else (skips, files))):
       if count:
         skipped, events = skipped + int(count), events + 1
+        if counts is not None:
+          counts["skipped"] = counts.get("skipped", 0) + int(count)
         if events <= _LOG_FIRST_SKIPS or events % _LOG_SKIPS_EVERY == 0:
           logging.warning(
-            "Skipped unreadable image file %s (%d skipped so far in this pass); "
+            "Skipped unreadable image file %s on %s (%d skipped so far in this pass); "
             "config.data.strict=True stops at the first one instead.",
             path.decode(),
+            where,
             skipped,
           )
     yield batch

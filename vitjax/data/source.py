@@ -29,6 +29,11 @@ class DatasetUnavailableError(RuntimeError):
   """Raised when a dataset is known to TFDS but not prepared in ``data_dir`` and cannot be downloaded."""
 
 
+class InputPipelineError(RuntimeError):
+  """The input pipeline failed (a shard that cannot be read, an op that failed on a record); the message names
+  the host and TensorFlow's reason, which names the file where it knows it."""
+
+
 class UnreadableImageError(ValueError):
   """Raised for a corrupt image file when ``config.data.strict`` is set (or too many in a row otherwise)."""
 

@@ -48,6 +48,7 @@ class Context:
   eval_metrics: dict[str, float] | None = None
   evaluated: bool = False  # Whether `eval_metrics` are from this step.
   eval_complete: bool = False  # Whether every evaluator gave its metrics to the latest `eval_metrics`.
+  input_counts: dict[str, int] = dataclasses.field(default_factory=dict)  # Records skipped so far by this process.
 
   @property
   def is_last(self) -> bool:
@@ -160,6 +161,8 @@ class TrainLog(Hook):
     elapsed = time.perf_counter() - self._interval_start
     ctx.meta["train_seconds"] = ctx.meta.get("train_seconds", 0.0) + elapsed
     summary = self.summary([m for _, m in records], elapsed=elapsed)
+    if "skipped" in ctx.input_counts:  # Unreadable records replaced (config.data.strict=False), read so far.
+      summary["input_skipped"] = float(ctx.input_counts["skipped"])
     self.writer.write_scalars(ctx.step, {f"train/{k}": v for k, v in summary.items()})
     if self.history_path:
       history.append(self.history_path, {"step": ctx.step, "split": "train", **summary})

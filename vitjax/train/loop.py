@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +63,10 @@ def train_and_evaluate(
   weights = functools.partial(_weights, parallel)
   writer = _writer(workdir)
   run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evals, weights, flops=flops, more=more_hooks)
-  batches = sharding.prefetch_to_device(data.as_numpy(train_ds), parallel.place_batch, size=config.data.prefetch)
+  host = f"process {jax.process_index()} of {jax.process_count()}, host {socket.gethostname()}"
+  ctx.input_counts["skipped"] = 0
+  numpy_batches = data.as_numpy(train_ds, where=host, counts=ctx.input_counts)
+  batches = sharding.prefetch_to_device(numpy_batches, parallel.place_batch, size=config.data.prefetch)
   _run(train_step, run_hooks[0].timed(batches), train_rng, ctx, run_hooks)
   writer.close()
   return _finish(config, workdir, ctx, lambda train_state: registry.evaluate(evals, weights(train_state)))
