@@ -27,7 +27,8 @@ def _coordinates(height=40, width=48) -> np.ndarray:
 
 
 def _run_eagerly(spec, image, seed=SEED):
-  return preprocess.parse(spec)({"image": tf.constant(image)}, seed)["image"].numpy()
+  """The op's image (or, after `patchify`, its mapping of arrays)."""
+  return tf.nest.map_structure(np.asarray, preprocess.parse(spec)({"image": tf.constant(image)}, seed)["image"])
 
 
 def _run_in_dataset(spec, image, seeds):
@@ -35,7 +36,7 @@ def _run_in_dataset(spec, image, seeds):
   op = preprocess.parse(spec)
   image = tf.constant(image)
   ds = tf.data.Dataset.from_tensor_slices(tf.stack(seeds)).map(lambda seed: op({"image": image}, seed)["image"])
-  return [x.numpy() for x in ds]
+  return [tf.nest.map_structure(np.asarray, x) for x in ds]
 
 
 FLOAT_IMAGE = (IMAGE.astype(np.float32) - 128) / 64
@@ -69,6 +70,8 @@ CASES = [
   ("gaussian_noise(3.0)", IMAGE),
   ("value_range(-1, 1)", IMAGE),
   ("normalize", IMAGE),
+  ("resize_to_seq(20, 8)", IMAGE),
+  ("resize_to_seq(20, 8)|value_range|patchify(8, 20)", IMAGE),
   ("decode|inception_crop(32)|flip_lr|randaugment(2, 15)|random_erasing(0.5)|value_range", JPEG),
 ]
 
@@ -81,10 +84,10 @@ def test_cases_cover_every_registered_op():
 @pytest.mark.parametrize("spec, image", CASES, ids=[spec for spec, _ in CASES])
 def test_op_is_the_same_eagerly_and_in_tf_data(spec, image):
   seeds = [SEED, tf.constant([3, 5], tf.int64)]
-  for seed, graph in zip(seeds, _run_in_dataset(spec, image, seeds)):
-    eager = _run_eagerly(spec, image, seed)
-    assert eager.shape == graph.shape and eager.dtype == graph.dtype
-    np.testing.assert_allclose(eager.astype(np.float64), graph.astype(np.float64), atol=1e-5)
+  for seed, traced in zip(seeds, _run_in_dataset(spec, image, seeds)):
+    for eager, graph in zip(tf.nest.flatten(_run_eagerly(spec, image, seed)), tf.nest.flatten(traced)):
+      assert eager.shape == graph.shape and eager.dtype == graph.dtype
+      np.testing.assert_allclose(eager.astype(np.float64), graph.astype(np.float64), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(augment.RANDAUGMENT_OPS))
