@@ -97,3 +97,45 @@ def test_the_watch_thread_calls_on_lost_once(monkeypatch):
 @pytest.mark.parametrize("timeout, expected", [(3, 6), (60, 120), (2.5, 5)])
 def test_the_service_backstop_is_twice_the_watch(timeout, expected):
   assert peers.service_timeout(timeout) == expected
+
+
+CHILD = r"""
+import os, sys
+print("I1204 12:00:00.000000 1 hooks.py:180] step 8/40", file=sys.stderr, flush=True)
+if sys.argv[1] == "abort":
+  for line in (
+    "E1204 12:00:01.000000 2 preemption_sync_manager.cc:159] Failed to cancel preemption barrier",
+    "E1204 12:00:01.000000 2 coordination_service_agent.cc:289] Polled an error from coordination service",
+    "F1204 12:00:01.000000 2 client.h:80] Terminating process because the JAX distributed service detected fatal "
+    "errors. This most likely indicates that another task died. absl::Status: UNAVAILABLE: Failed to send RPC to "
+    "coordination service. Either the leader task was preempted/died/restarted unexpectedly",
+    "*** Check failure stack trace: ***",
+    "    @     0x7ff4f4c40634  absl::log_internal::LogMessage::SendToLog()",
+    "Fatal Python error: Aborted",
+  ):
+    print(line, file=sys.stderr, flush=True)
+  os.abort()
+print("W1204 12:00:02.000000 2 coordination_service_agent.cc:100] a warning that ends nothing", file=sys.stderr)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("how", ["abort", "exit"])
+def test_supervise_turns_the_runtime_abort_into_one_line(tmp_path, how):
+  import io
+  import sys
+
+  script = tmp_path / "child.py"
+  script.write_text(CHILD)
+  out = io.StringIO()
+  code = peers.supervise([sys.executable, str(script), how], stderr=out)
+  lines = out.getvalue().splitlines()
+  assert lines[0].endswith("step 8/40")
+  if how == "abort":
+    assert code == peers.EXIT_LOST_PEER and len(lines) == 2
+    assert lines[1] == (
+      "error: lost process 0 (the coordinator): JAX's runtime ended this process (UNAVAILABLE: Failed to send RPC "
+      "to coordination service); exit status 75: relaunch the job to resume."
+    )
+  else:  # Any other end: every line passes, the status is the child's.
+    assert code == 3 and len(lines) == 2 and "a warning that ends nothing" in lines[1]

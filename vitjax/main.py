@@ -36,6 +36,12 @@ flags.DEFINE_enum(
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs outside TPU/SLURM.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool(
+  "supervise",
+  True,
+  "Multi-process runs: run the job in a child process, so that when JAX's runtime aborts it because process 0 "
+  "(the coordinator) was lost, the end is one line and exit status 75 instead of a stack dump.",
+)
 flags.mark_flag_as_required("config")
 flags.register_multi_flags_validator(
   ["mode", "workdir"],
@@ -137,6 +143,8 @@ def main(argv):
     preflight.validate(FLAGS.config, FLAGS.workdir, mode=FLAGS.mode)
   except ConfigError as e:
     sys.exit(f"error: {e}")  # Before JAX and TensorFlow load, and before the workdir is touched.
+  if FLAGS.supervise and (FLAGS.coordinator_address or FLAGS.num_processes or _launched_as_one_of_many()):
+    sys.exit(peers.supervise([sys.executable, "-m", "vitjax.main", *sys.argv[1:], "--nosupervise"]))
   run_mode(FLAGS.mode, FLAGS.config, FLAGS.workdir)
 
 

@@ -14,10 +14,19 @@ barrier for the dead process, then abort). The coordination service's own heartb
 
 A process that ends (normally or with an exception) posts an exit notice first: peers that find a failed process's
 notice stop too, with one line naming it, rather than wait for a collective it will never join.
+
+The loss of process 0, which hosts the coordination service, is the one case no thread can catch: the C++ client's
+error polling finds the connection closed and aborts the process at once. `supervise` runs the job in a child
+process for that: it passes the child's stderr through, and when the child dies of that abort it replaces the C++
+fatal message and the stack dumps with one line and exits `EXIT_LOST_PEER` too.
 """
 
+import ctypes
 import logging as std_logging
 import os
+import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -166,3 +175,55 @@ def end_process(message: str) -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(EXIT_LOST_PEER)
+
+
+# The C++ client's message when the coordination service's error polling ends the process, and the lines of its
+# coordination code that come just before it.
+RUNTIME_ABORT = "Terminating process because the JAX distributed service detected fatal errors"
+_RUNTIME_LINE = re.compile(r"^[EW]\d{4} .*(coordination_service|preemption_sync_manager)\w*\.cc:\d+\]")
+
+
+def supervise(command: list[str], *, stderr=None) -> int:
+  """Runs `command` (this job, as a child process that dies with this one) and returns its exit status.
+
+  SIGTERM and SIGINT are passed on to the child. If JAX's runtime aborts the child because the coordination service
+  (process 0) went away, its fatal message, the lines leading to it and the stack dumps after it are replaced by one
+  line, and the status is `EXIT_LOST_PEER`.
+  """
+  stderr = stderr or sys.stderr
+  child = subprocess.Popen(command, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+  previous = {s: signal.signal(s, lambda signum, _: child.send_signal(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+  held, fatal = [], None
+  try:
+    for raw in child.stderr:
+      line = raw.decode(errors="replace")
+      if fatal is None and RUNTIME_ABORT in line:
+        fatal, held = line, []
+      elif fatal is None and _RUNTIME_LINE.match(line):
+        held.append(line)  # Shown unless the abort follows.
+      elif fatal is None:
+        stderr.write("".join(held) + line)
+        stderr.flush()
+        held = []
+    code = child.wait()
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  stderr.write("".join(held))
+  if fatal is None:
+    return code
+  status = fatal.split("absl::Status:", 1)[-1] if "absl::Status:" in fatal else "its connection closed"
+  stderr.write(
+    f"error: lost process 0 (the coordinator): JAX's runtime ended this process ({status.strip().split('. ')[0]}); "
+    f"exit status {EXIT_LOST_PEER}: relaunch the job to resume.\n"
+  )
+  stderr.flush()
+  return EXIT_LOST_PEER
+
+
+def _die_with_parent() -> None:
+  """In the child, before it runs: SIGKILL when the supervising parent dies (Linux), as a lost host would."""
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
