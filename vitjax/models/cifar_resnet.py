@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.errors import ConfigError
-from vitjax.models import registry, resnet
+from vitjax.models import convolution, registry, resnet
 from vitjax.models.layers import BlockStack, Classifier, Conv, Layer, batch_norm
 
 Array = jax.Array
@@ -30,7 +30,7 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def zero_pad_shortcut(x: Array, features: int, strides: int) -> Array:
   """Option A: every `strides`-th pixel, with the missing channels as zeros split evenly on both sides of the input's
   (as the widely used PyTorch reproduction, whose option-A weights therefore load unchanged)."""
-  x = x[:, ::strides, ::strides]
+  x = convolution.subsample(x, (strides, strides))
   extra = features - x.shape[-1]
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 

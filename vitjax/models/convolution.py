@@ -49,11 +49,8 @@ def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Paddin
   """NHWC input, HWIO kernel -> NHWC output, as `lax.conv_general_dilated` computes it, by the fastest path known."""
   kh, kw = kernel.shape[:2]
   pads = explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
-  strided = strides != (1, 1)
-  # A strided slice of a batch of unknown size exports as a dynamic gather, which TFLite cannot convert.
-  if groups == 1 and (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads) and not (strided and _portable.get()):
-    sh, sw = strides
-    x = x[:, ::sh, ::sw]
+  if groups == 1 and (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads):
+    x = subsample(x, strides)
     return (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
   if groups == 1 and uses_shifted_matmul(x.shape, (kh, kw), strides, pads):
     return shifted_matmul_conv(x, kernel, strides=strides, pads=pads)
@@ -67,6 +64,14 @@ def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Paddin
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
     feature_group_count=groups,
   )
+
+
+def subsample(x: Array, strides: tuple[int, int]) -> Array:
+  """`x[:, ::sh, ::sw]` of an NHWC batch, as a strided `lax.slice`: indexing lowers to a gather, which TFLite cannot
+  convert once the batch size is left open by an exporter."""
+  if tuple(strides) == (1, 1):
+    return x
+  return jax.lax.slice(x, (0,) * x.ndim, x.shape, (1, *strides, 1))
 
 
 def explicit_padding(

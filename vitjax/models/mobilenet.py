@@ -72,7 +72,7 @@ class MobileNetV3(Classifier):
     )
     x = jnp.mean(x, axis=(1, 2), keepdims=True)
     x = mobile_blocks.conv(self.head_features, 1, use_bias=True, name="conv_head", dtype=self.dtype)(x)
-    x = mobile_blocks.ACTIVATIONS[self.act](x)[:, 0, 0].astype(jnp.float32)
+    x = jnp.squeeze(mobile_blocks.ACTIVATIONS[self.act](x), (1, 2)).astype(jnp.float32)  # Not x[:, 0, 0]: a gather.
     return self.classify(x, self.dropout_rate, train)
 
 

@@ -23,9 +23,13 @@ def max_pool(
   x: Array, window_shape: tuple[int, int], strides: tuple[int, int], padding: convolution.Padding = "VALID"
 ) -> Array:
   """`nn.max_pool` over NHWC `x`, called as it is (padding "SAME", "VALID" or (low, high) pairs, with -inf)."""
-  if not convolution.cpu_paths():
-    return nn.max_pool(x, window_shape, strides=strides, padding=padding)
   pads = convolution.explicit_padding(x.shape[1:3], window_shape, strides, padding)
+  if not convolution.cpu_paths():
+    if all(low < k and high < k for (low, high), k in zip(pads, window_shape)):
+      # Edge values in place of -inf give the same maxima (a window over padding holds the edge it repeats), and
+      # export as plain copies: an int8 TFLite pad with -inf fails to prepare in XNNPACK.
+      x, pads = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="edge"), "VALID"
+    return nn.max_pool(x, window_shape, strides=strides, padding=pads)
   return _max_pool(x, tuple(window_shape), tuple(strides), pads)
 
 

@@ -209,7 +209,7 @@ class BiTResNet(Classifier):
 
   def _head(self, features: Array) -> Array:
     """BiT's classifier: a 1x1 convolution (`head/conv2d`) on the pooled features."""
-    return _BiTHead(self.num_classes, self.head_bias_init, name="head")(features[:, None, None])[:, 0, 0]
+    return jnp.squeeze(_BiTHead(self.num_classes, self.head_bias_init, name="head")(features[:, None, None]), (1, 2))
 
 
 class _BiTHead(nn.Module):
