@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -236,3 +238,60 @@ def _check_in_browser(path: str, report: dict) -> None:
   cal = report["calibration"]
   assert [row[2] for row in tables["calibration"]] == [_shown(cal["ece_before"]), _shown(cal["ece_after"])]
   assert tables["confused"] == [[p["true"], p["predicted"], str(p["count"])] for p in report["most_confused"]]
+
+
+def _fake_train(started: list[str], *, compile_s: float, unfinished: tuple[str, ...] = ()):
+  """runs.train without training: `compile_s` before the first step, then the Deadline hooks see that step."""
+
+  def train(config, run_dir, *, more_hooks):
+    started.append(os.path.basename(run_dir))
+    time.sleep(compile_s)
+    context = types.SimpleNamespace(step=1, num_steps=10, stop_reason=None, state=types.SimpleNamespace(step=1))
+    for hook in more_hooks:
+      hook(context)
+    finished = os.path.basename(run_dir) not in unfinished
+    return {"accuracy": 0.5, "step": 10, "finished": finished, "stop_reason": None if finished else "budget"}
+
+  return train
+
+
+def test_select_starts_no_candidate_the_time_left_cannot_compile(monkeypatch, tmp_path):
+  from vitjax.configs import workflow as workflow_config
+  from vitjax.workflow import runs, select
+
+  started = []
+  monkeypatch.setattr(runs, "train", _fake_train(started, compile_s=0.5))
+  monkeypatch.setattr(runs, "with_steps", lambda config, epochs: config)
+  monkeypatch.setattr(runs, "images_per_sec", lambda workdir: 100.0)
+  workflow = workflow_config.get_config("runlocal")
+  workflow.select.candidates = ("a", "b", "c")
+  base = ml_collections.ConfigDict({"model": {"name": ""}, "pretrained": {"path": ""}})
+  result = select.run(workflow, base, str(tmp_path), deadline=time.time() + 0.8)
+  assert started == ["a"] and result["chosen"] == "a"  # 0.3 s left after a's 0.5 s start: b and c would not fit.
+  assert [r["stop_reason"] for r in result["candidates"][1:]] == ["not started: budget"] * 2
+  started.clear()
+  result = select.run(workflow, base, str(tmp_path), deadline=time.time() + 60)
+  assert started == ["a", "b", "c"] and all(r["finished"] for r in result["candidates"])
+
+
+def test_the_ensemble_averages_only_members_that_finished(monkeypatch, tmp_path):
+  from vitjax.configs import workflow as workflow_config
+  from vitjax.workflow import ensemble, runs, tune
+
+  started, averaged = [], []
+  monkeypatch.setattr(runs, "train", _fake_train(started, compile_s=0.0, unfinished=("seed_2",)))
+  monkeypatch.setattr(runs, "images_per_sec", lambda workdir: 100.0)
+  monkeypatch.setattr(tune, "apply", lambda config, params, evals: config)
+
+  def logits(config, workdirs, split):
+    averaged.extend(workdirs)
+    return {"logits": np.eye(2), "labels": np.arange(2)}
+
+  monkeypatch.setattr(runs, "logits", logits)
+  workflow = workflow_config.get_config("runlocal")
+  workflow.ensemble.seeds = 3
+  config = ml_collections.ConfigDict({"seed": 0, "model": {"name": "m"}})
+  best = {"workdir": "best_trial", "accuracy": 0.9, "params": {}}
+  result = ensemble.run(workflow, config, best, str(tmp_path), deadline=time.time() + 60)
+  assert started == ["seed_1", "seed_2"] and averaged == ["best_trial", str(tmp_path / "seed_1")]
+  assert [m["seed"] for m in result["left_out"]] == [2] and result["teacher"] == ",".join(averaged)

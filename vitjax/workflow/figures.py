@@ -104,5 +104,6 @@ def figures(report: dict[str, Any], test: dict[str, Any], bins: tuple, confused:
     found["most-confused pairs with test images (deployed)"] = confused
   found["reliability before temperature scaling"] = _saved_png(plots.plot_reliability_diagram, bins[0], title="before")
   found["reliability after temperature scaling"] = _saved_png(plots.plot_reliability_diagram, bins[1], title=title)
-  found["candidates: accuracy against speed"] = candidates_png(select["candidates"], select["pareto"])
+  started = [r for r in select["candidates"] if r["workdir"]]
+  found["candidates: accuracy against speed"] = candidates_png(started, select["pareto"])
   return found

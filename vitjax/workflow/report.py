@@ -185,7 +185,7 @@ def write(stages: dict[str, Any], root: str, workdir: str, options: ml_collectio
     "rows": [{k: row.get(k) for k in COLUMNS} for row in rows],
     "selection": stages["select"]["why"],
     "tuning": stages["tune"],
-    "ensemble": {k: ensemble[k] for k in ("val_accuracy", "single_val_accuracy", "members", "teacher")},
+    "ensemble": {k: ensemble[k] for k in ("val_accuracy", "single_val_accuracy", "members", "left_out", "teacher")},
     "calibration": {k: v for k, v in cal.items() if k != "bins"},
     "confusion_matrix": {"class_names": test["class_names"], "matrix": confusion.tolist()},
     "most_confused": pairs,

@@ -69,6 +69,11 @@ class Deadline(hooks.Hook):
     self._first: tuple[int, float] | None = None
     self.pace: float | None = None  # Seconds per step, once measured.
 
+  @property
+  def first_step_at(self) -> float | None:
+    """When the run's first step (which compiles) ended, if it ran."""
+    return self._first[1] if self._first else None
+
   def __call__(self, ctx: hooks.Context) -> None:
     now = time.time()
     if self._first is None:

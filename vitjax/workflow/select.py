@@ -26,6 +26,19 @@ def candidate_config(
   return config
 
 
+def not_started(name: str) -> dict[str, Any]:
+  """The record of a candidate the budget left no time for."""
+  return {
+    "model": name,
+    "workdir": None,
+    "val_accuracy": 0.0,
+    "images_per_sec": 0.0,
+    "step": 0,
+    "finished": False,
+    "stop_reason": "not started: budget",
+  }
+
+
 def candidates(workflow: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> list[str]:
   names = list(workflow.select.candidates)
   if base.pretrained.path and workflow.select.pretrained_model not in names:
@@ -48,15 +61,20 @@ def pareto(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def run(workflow: ml_collections.ConfigDict, base: ml_collections.ConfigDict, workdir: str, *, deadline: float):
-  """Short runs of every candidate, the Pareto front, the choice and why."""
-  names, rows = candidates(workflow, base), []
+  """Short runs of every candidate, the Pareto front, the choice and why. A candidate is not started when the time
+  left is less than the slowest start (set-up and compile) seen so far: it could not take one step."""
+  names, rows, start_cost = candidates(workflow, base), [], 0.0
   for index, name in enumerate(names):
-    share = (deadline - time.time()) / (len(names) - index)
+    left = deadline - time.time()
+    if rows and left < start_cost:
+      rows.append(not_started(name))
+      continue
     config = runs.with_steps(candidate_config(workflow, base, name), workflow.select.epochs)
-    run_dir = os.path.join(workdir, name)
-    hook = runs.Deadline(time.time() + share, probe_steps=workflow.select.probe_steps)
+    run_dir, started = os.path.join(workdir, name), time.time()
+    hook = runs.Deadline(started + left / (len(names) - index), probe_steps=workflow.select.probe_steps)
     rows.append(baseline.run_record(name, run_dir, runs.train(config, run_dir, more_hooks=(hook,))))
-  finished = [r for r in rows if r["finished"]] or rows
+    start_cost = max(start_cost, (hook.first_step_at or time.time()) - started)
+  finished = [r for r in rows if r["finished"]] or [r for r in rows if r["workdir"]]
   front = pareto(finished)
   chosen = max((r for r in finished if r["model"] in front), key=lambda r: (r["val_accuracy"], r["images_per_sec"]))
   fastest = max(finished, key=lambda r: r["images_per_sec"])
