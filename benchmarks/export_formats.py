@@ -33,7 +33,7 @@ from vitjax import use_xla_cpu_emitters  # noqa: E402
 
 use_xla_cpu_emitters()  # As the command-line entry points do; before the first JAX computation.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_throughput import cpu_ticks, other_share  # noqa: E402
+from cpu_share import cpu_ticks, other_share  # noqa: E402
 
 from configs import quickstart  # noqa: E402
 from vitjax import data, models  # noqa: E402

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vitjax import use_xla_cpu_emitters  # noqa: E402
 
 use_xla_cpu_emitters()  # As the command-line entry points do; before the first JAX computation.
+from benchmarks.cpu_share import cpu_ticks, other_share  # noqa: E402
 from vitjax import models  # noqa: E402
 from vitjax.train import mfu  # noqa: E402
 
@@ -45,21 +46,6 @@ CONV_MODELS = (
   "mobilenet_v3_large",
   "convnext_tiny",
 )
-
-
-def cpu_ticks() -> tuple[int, int, int]:
-  """(busy ticks of all CPUs, all ticks, this process's user + system ticks), from Linux /proc."""
-  with open("/proc/stat") as f:
-    ticks = [int(t) for t in f.readline().split()[1:]]
-  with open("/proc/self/stat") as f:
-    own = f.read().rsplit(")", 1)[1].split()
-  return sum(ticks) - ticks[3] - ticks[4], sum(ticks), int(own[11]) + int(own[12])
-
-
-def other_share(start: tuple[int, int, int], end: tuple[int, int, int]) -> float:
-  """Fraction of all CPU time between two `cpu_ticks()` readings used by other processes."""
-  (busy0, total0, own0), (busy1, total1, own1) = start, end
-  return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(total1 - total0, 1))
 
 
 def wait_until_idle(*, deadline: float, max_share: float, window_s: float = 3.0) -> None:

@@ -11,18 +11,16 @@ largest logit. Small variants keep it quick (the model_args in config.json carry
 """
 
 import argparse
-import importlib.abc
-import importlib.machinery
 import os
 import sys
 import tempfile
-import unittest.mock
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.timm_import import import_timm  # noqa: E402
 from vitjax import models  # noqa: E402
 from vitjax.transfer import publish  # noqa: E402
 
@@ -44,37 +42,6 @@ CASES = {
   "mixer_s16": ({}, 224),
   "coatnet_0": ({}, 224),
 }
-
-
-class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-  """Stands in for a torchvision whose compiled ops do not match the installed torch: timm imports it, and none of
-  what this script runs uses it."""
-
-  def find_spec(self, name, path, target=None):
-    if name == "torchvision" or name.startswith("torchvision."):
-      return importlib.machinery.ModuleSpec(name, self, is_package=True)
-    return None
-
-  def create_module(self, spec):
-    module = unittest.mock.MagicMock(__path__=[], __name__=spec.name, __spec__=spec)
-    module.FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})
-    return module
-
-  def exec_module(self, module):
-    del module
-
-
-def import_timm():
-  try:
-    import torchvision  # noqa: F401
-  except (ImportError, RuntimeError):
-    for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
-      del sys.modules[name]
-    sys.meta_path.insert(0, _TorchvisionStub())
-  import timm
-  import torch
-
-  return timm, torch
 
 
 def random_variables(module, size: int):
