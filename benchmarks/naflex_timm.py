@@ -14,14 +14,11 @@ largest logit. Large models run with `depth` cut to 2 (`SHALLOW`), the others as
 """
 
 import argparse
-import importlib.abc
-import importlib.machinery
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import unittest.mock
 
 import numpy as np
 
@@ -43,36 +40,6 @@ SHALLOW = {
 # (height, width) of the random images: wide, tall, square-ish and a thin strip.
 IMAGE_SIZES = ((120, 300), (400, 130), (210, 190), (40, 500))
 CLASSES = 10
-
-
-def _import_timm():
-  """timm, with torchvision stubbed out when its compiled ops do not match torch (nothing here uses it); the same
-  stand-in as timm_published.py's, whose module imports jax, which the worker's python may not have."""
-  try:
-    import torchvision  # noqa: F401, PLC0415
-  except (ImportError, RuntimeError):
-    for module in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-      del sys.modules[module]
-    sys.meta_path.insert(0, _TorchvisionStub())
-  import timm  # noqa: PLC0415
-  import torch  # noqa: PLC0415
-
-  return timm, torch
-
-
-class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-  def find_spec(self, name, path, target=None):
-    if name.split(".")[0] == "torchvision":
-      return importlib.machinery.ModuleSpec(name, self, is_package=True)
-    return None
-
-  def create_module(self, spec):
-    module = unittest.mock.MagicMock(__path__=[], __name__=spec.name, __spec__=spec)
-    module.FrozenBatchNorm2d = type("FrozenBatchNorm2d", (), {})
-    return module
-
-  def exec_module(self, module):
-    del module
 
 
 def randomize(model, torch) -> None:
@@ -112,7 +79,10 @@ def timm_batch(images, seq_len: int, patch: int, timm, torch) -> dict:
 
 def worker(folder: str, names: list[str], seq_lens: list[int]) -> None:
   """Under --torch_python: for each model, `NAME.safetensors`, and `NAME_S.npz` with the inputs and logits."""
-  timm, torch = _import_timm()
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from timm_import import import_timm  # noqa: PLC0415  Standard library only: the torch Python has no JAX.
+
+  timm, torch = import_timm()
   import safetensors.torch  # noqa: PLC0415
 
   torch.manual_seed(0)

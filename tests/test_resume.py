@@ -1,7 +1,7 @@
-"""Preemption and crashes: a killed run resumes to the same per-step losses; a broken checkpoint is skipped."""
+"""Crashes: a killed run resumes to the same per-step losses (SIGTERM across processes and damaged checkpoints:
+tests/test_faults_multihost.py and tests/test_faults.py)."""
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -9,9 +9,6 @@ import sys
 import time
 
 import pytest
-
-from tests.support import tiny_config
-from vitjax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,36 +57,13 @@ def straight_losses(digits_dir, tmp_path_factory):
   return _losses(straight)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_run_resumes_with_identical_losses(digits_dir, tmp_path, straight_losses, sig):
+# SIGTERM (save, exit 0, resume bit for bit) is tested with two processes, where it must also stop both at one step:
+# tests/test_faults_multihost.py.
+def test_killed_run_resumes_with_identical_losses(digits_dir, tmp_path, straight_losses):
   interrupted = tmp_path / "interrupted"
-  code = _start_and_stop_after_first_checkpoint(_command(interrupted, digits_dir), interrupted, sig)
-  if sig == signal.SIGTERM:
-    assert code == 0  # Saved and exited cleanly, before the end.
-    with open(interrupted / "results.json") as f:
-      assert json.load(f)["stop_reason"] == "SIGTERM"
+  _start_and_stop_after_first_checkpoint(_command(interrupted, digits_dir), interrupted, signal.SIGKILL)
   assert not os.path.exists(interrupted / "checkpoints" / "20")
   subprocess.run(_command(interrupted, digits_dir), cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300)
   resumed = _losses(interrupted)
   assert sorted(resumed) == list(range(1, 21))
   assert resumed == straight_losses  # Bit for bit: same batches, same dropout, same updates.
-
-
-def test_unreadable_newest_checkpoint_falls_back_to_the_previous(digits_dir, tmp_path, caplog):
-  config = tiny_config(digits_dir, total_steps=4)
-  config.log_every = config.eval_every = config.checkpoint_every = 2
-  workdir = str(tmp_path)
-  loop.train_and_evaluate(config, workdir)
-  state_dir = os.path.join(workdir, "checkpoints", "4", "state")
-  for root, _, files in os.walk(state_dir):
-    for name in files:
-      with open(os.path.join(root, name), "r+b") as f:
-        f.truncate(max(os.path.getsize(f.name) // 3, 0))
-  config.total_steps = 6
-  with caplog.at_level(logging.WARNING):
-    results = loop.train_and_evaluate(config, workdir)
-  assert "Checkpoint at step 4 cannot be restored" in caplog.text
-  assert results["step"] == 6
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    steps = [r["step"] for r in map(json.loads, f) if r["split"] == "train"]
-  assert steps == [2, 4, 6]  # Steps 3 and 4 were trained again from the step-2 checkpoint.
