@@ -89,6 +89,8 @@ def test_other_errors_keep_their_traceback(tmp_path):
     ({"pretrained.path": "/nonexistent/ViT-B_16.npz"}, "does not exist: give a public .npz"),
     ({"pretrained.path": "weights.pt"}, "is a pickled PyTorch checkpoint"),
     ({"objective": "distill", "distill.checkpoint": "/nonexistent/run"}, "config.distill.checkpoint="),
+    ({"distributed.heartbeat_timeout": 0}, "config.distributed.heartbeat_timeout=0 must be a positive number"),
+    ({"distributed.init_timeout": -5}, "config.distributed.init_timeout=-5 must be a positive number"),
   ],
 )
 def test_validate_rejects_cheap_mistakes(overrides, message):

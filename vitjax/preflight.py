@@ -34,6 +34,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None, *, mode: st
     raise ConfigError(f"config.num_epochs={config.num_epochs} must be positive (or set config.total_steps).")
   if config.schedule.warmup_steps < 0:
     raise ConfigError(f"config.schedule.warmup_steps={config.schedule.warmup_steps} must be 0 or more.")
+  _check_distributed(config.distributed)
   if config.pretrained.path:
     check_weights(config.pretrained.path, "config.pretrained.path")
   if config.objective == "distill" and config.distill.checkpoint:
@@ -44,6 +45,14 @@ def validate(config: ml_collections.ConfigDict, workdir: str | None, *, mode: st
       check_weights(path, "config.eval.checkpoints entry")
   if mode in RUN_MODES or (mode == "eval" and not config.eval.checkpoints):
     _check_run(workdir)
+
+
+def _check_distributed(distributed: ml_collections.ConfigDict) -> None:
+  """The multi-process timeouts, checked in single-process runs too: the same config may later run on many hosts."""
+  for key in ("heartbeat_timeout", "init_timeout"):
+    value = distributed[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+      raise ConfigError(f"config.distributed.{key}={value!r} must be a positive number of seconds (e.g. 60).")
 
 
 def check_weights(path: str, name: str) -> None:
