@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from vitjax import checkpoints
+from vitjax.data import source as data_source
 
 
 def _state(seed: int):
@@ -144,3 +145,93 @@ def test_other_input_pipeline_failures_name_the_host_and_the_file(tmp_path):
   message = str(raised.value)
   assert "\n" not in message and message.startswith("The input pipeline failed on process 1 of 2, host b: ")
   assert message.endswith("DataLossError: truncated record at 116' failed with Read less bytes than requested")
+
+
+class _Records(data_source.Source):
+  """A source read from one TFRecord file of serialised (size, label) pairs: an image of `size` x `size` pixels."""
+
+  name = "records"
+
+  def __init__(self, path: str, count: int):
+    self.path, self.count = path, count
+
+  def class_names(self) -> list[str]:
+    return ["a", "b"]
+
+  def share_size(self, split, *, index, count, drop_remainder) -> int:
+    return self.count
+
+  def files(self, split, *, index=0, count=1, drop_remainder=False) -> list[str]:
+    return [self.path]
+
+  def share(self, split, *, index=0, count=1, drop_remainder=False, cache=False) -> data_source.Share:
+    import tensorflow as tf
+
+    def image(record):
+      size, label = tf.unstack(tf.ensure_shape(tf.io.parse_tensor(record, tf.int64), [2]))
+      return {"image": tf.fill(tf.stack([size, size, 3]), tf.constant(7, tf.uint8)), "label": label}
+
+    records = tf.data.TFRecordDataset(self.path).map(image)
+    return data_source.Share(records, self.count, lambda pairs, decode: pairs)
+
+
+def _write_records(path, sizes) -> None:
+  import tensorflow as tf
+
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for i, size in enumerate(sizes):
+      writer.write(tf.io.serialize_tensor(tf.constant([size, i % 2], tf.int64)).numpy())
+
+
+def _stream(source, *, strict: bool, pp: str = "random_crop(8)", counts=None, batch_size=4):
+  from vitjax import data
+  from vitjax.configs import common
+
+  config = common.get_base_config().data
+  config.update(pp_train=pp, pp_eval=pp, strict=strict, shuffle_buffer=1)
+  ds = data.train_dataset(source, config, batch_size=batch_size, seed=0)
+  return data.as_numpy(ds, where="process 1 of 2, host b", counts=counts, files=source.files("train"))
+
+
+def test_a_record_whose_preprocessing_fails_is_skipped_and_counted_or_named_when_strict(tmp_path):
+  from vitjax import data
+
+  _write_records(tmp_path / "r.tfrecord", [8, 8, 8, 4, 8, 8, 8, 8])  # A 4x4 image cannot give an 8x8 crop.
+  source = _Records(str(tmp_path / "r.tfrecord"), 8)
+  counts = {}
+  batches = _stream(source, strict=False, counts=counts)
+  first = [next(batches) for _ in range(2)]  # Every slot filled: batches keep their size and their boundaries.
+  assert [b["image"].shape for b in first] == [(4, 8, 8, 3)] * 2 and counts["skipped"] == 1
+  assert sorted(first[0]) == ["image", "labels"]  # The skip's bookkeeping is the host's, not the model's.
+  with pytest.raises(data.InputPipelineError) as raised:
+    next(_stream(source, strict=True))
+  message = str(raised.value)
+  assert "\n" not in message and message.startswith("Failed record (config.data.strict=True): record ")
+  assert message.endswith("config.data.strict=False skips it (on process 1 of 2, host b)")
+
+
+def test_every_record_failing_ends_the_stream_instead_of_searching_forever(tmp_path):
+  from vitjax import data
+
+  _write_records(tmp_path / "r.tfrecord", [4] * 40)
+  with pytest.raises(data.InputPipelineError, match="Failed record: 1[6-9] records in a row"):
+    next(_stream(_Records(str(tmp_path / "r.tfrecord"), 40), strict=False))
+
+
+def test_a_truncated_shard_is_named_when_strict_and_its_rest_skipped_and_counted_otherwise(tmp_path):
+  from vitjax import data
+
+  shard = tmp_path / "train.tfrecord-00000-of-00001"
+  _write_records(shard, [8] * 12)
+  shard.write_bytes(shard.read_bytes()[: len(shard.read_bytes()) * 2 // 3 + 20])  # Cut in its 9th record.
+  source = _Records(str(shard), 12)
+  with pytest.raises(data.InputPipelineError) as raised:
+    next(_stream(source, strict=True, batch_size=12))
+  message = str(raised.value)
+  assert "\n" not in message and message.startswith(
+    f"A data file could not be read on process 1 of 2, host b: file {shard} ("
+  )
+  assert "truncated record at" in message
+  counts = {}
+  batches = _stream(source, strict=False, counts=counts, batch_size=12)
+  assert next(batches)["image"].shape == (12, 8, 8, 3) and counts["skipped"] == 1  # Records 9-12, as one.

@@ -360,4 +360,4 @@ def test_training_on_a_folder_with_a_corrupt_file(tmp_path, caplog):
   assert results["step"] == 4 and np.isfinite(results["loss"])
   assert results["num_examples"] == len(expected["test"])  # The corrupt test image is masked out.
   assert "broken.jpg" in caplog.text and "skipped so far" in caplog.text
-  assert "broken.png" in caplog.text and "unreadable image files were skipped in this pass" in caplog.text
+  assert "broken.png" in caplog.text and "unreadable files or failed records were skipped in this pass" in caplog.text

@@ -19,7 +19,7 @@ Everything is driven by the data config (``config.data``, every key declared in 
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -27,7 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vitjax.data import mixing, preprocess
+from vitjax.data import failures, mixing, preprocess
 from vitjax.data.source import UNREADABLE, InputPipelineError, Source, UnreadableImageError
 from vitjax.data.tfds_source import TfdsSource
 from vitjax.errors import ConfigError
@@ -110,7 +110,9 @@ def train_dataset(
     lambda epoch: share.records.shuffle(buffer, seed=epoch_seed(epoch), reshuffle_each_iteration=False)
   )
   pairs = share.load(
-    tf.data.Dataset.zip(tf.data.Dataset.range(start, _MAX_EPOCHS), stream.skip(offset)),
+    failures.ignore_reads(
+      tf.data.Dataset.zip(tf.data.Dataset.range(start, _MAX_EPOCHS), stream.skip(offset)), strict=config.strict
+    ),
     not preprocess.decodes(config.pp_train),
   )
   key = tf.constant([seed, process_index], tf.int64)
@@ -121,7 +123,7 @@ def train_dataset(
     example_seed = tf.random.experimental.stateless_fold_in(key, index)
     return _finalize(augment(features, example_seed), num_classes=classes)
 
-  ds = pairs.map(process, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=True)
+  ds = failures.guard(pairs, process, strict=config.strict, first_key=start).batch(batch_size, drop_remainder=True)
   mixer = mixing.from_config(config.mixup)
   if mixer.enabled:
     mix_key = tf.random.experimental.stateless_split(key, 1)[0]
@@ -191,9 +193,10 @@ def eval_dataset(
     return {**out, "mask": mask}
 
   pairs = share.load(
-    tf.data.Dataset.zip(tf.data.Dataset.range(_MAX_EPOCHS), share.records), not preprocess.decodes(config.pp_eval)
+    failures.ignore_reads(tf.data.Dataset.zip(tf.data.Dataset.range(_MAX_EPOCHS), share.records), strict=config.strict),
+    not preprocess.decodes(config.pp_eval),
   )
-  ds = pairs.map(process, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = failures.guard(pairs, process, strict=config.strict)
   if not ds.element_spec["image"].shape.is_fully_defined():
     raise ConfigError(
       f"config.data.pp_eval={config.pp_eval!r} gives images of varying size "
@@ -211,6 +214,16 @@ def _unreadable_message(message: str) -> str:
   return f"{match.group(1)} {match.group(2)}" if match else message
 
 
+def _failed_record_message(message: str) -> str:
+  match = re.search(r"assertion failed: \[(" + failures.FAILED_RECORD + r"[^\]]*)\]", message)
+  return match.group(1) if match else _reason(message)
+
+
+def _files_text(files: Sequence[str]) -> str:
+  shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+  return f"file {shown}" if len(files) == 1 else f"one of the files {shown}"
+
+
 def _reason(message: str) -> str:
   """TensorFlow's error message without the op and function names it wraps around the reason."""
   message = re.sub(r"\{\{function_node [^}]*\}\}|\[Op:\w+\]|\bname:\s*$", "", message.strip().splitlines()[0])
@@ -218,13 +231,15 @@ def _reason(message: str) -> str:
 
 
 def as_numpy(
-  ds: tf.data.Dataset, *, where: str = "this host", counts: dict[str, int] | None = None
+  ds: tf.data.Dataset, *, where: str = "this host", counts: dict[str, int] | None = None, files: Sequence[str] = ()
 ) -> Iterator[dict[str, np.ndarray]]:
   """Iterates a dataset as dicts of numpy arrays, logging (and removing) the record of skipped unreadable files
-  and adding their number to ``counts["skipped"]`` if given.
+  and failed records (``failures``) and adding their number to ``counts["skipped"]`` if given.
 
   A corrupt file under ``config.data.strict`` ends the iteration with an ``UnreadableImageError`` naming it and
-  ``where`` (the host); any other failure of the pipeline with an ``InputPipelineError`` naming ``where``.
+  ``where`` (the host), a record that failed with an ``InputPipelineError`` naming it and ``where``, a data file
+  that cannot be read (TensorFlow's ``DataLossError``, which does not name it) with one naming ``files`` (those the
+  dataset reads, e.g. ``Source.files``), any other failure of the pipeline with one naming ``where``.
   """
   iterator = iter(tfds.as_numpy(ds))
   skipped = events = 0
@@ -236,21 +251,30 @@ def as_numpy(
     except tf.errors.OpError as e:
       if UNREADABLE in e.message:
         raise UnreadableImageError(f"{_unreadable_message(e.message)} (on {where})") from None
+      if failures.FAILED_RECORD in e.message:
+        raise InputPipelineError(f"{_failed_record_message(e.message)} (on {where})") from None
+      if isinstance(e, tf.errors.DataLossError) and files:
+        raise InputPipelineError(
+          f"A data file could not be read on {where}: {_files_text(files)} ({_reason(e.message)}); "
+          "config.data.strict=False skips the rest of such a file."
+        ) from None
       raise InputPipelineError(f"The input pipeline failed on {where}: {type(e).__name__}: {_reason(e.message)}") from e
-    skips, files = batch.pop("_skipped", None), batch.pop("_skipped_file", None)
-    for count, path in zip(*(() if skips is None else (skips, files))):
+    skips, paths, records = (batch.pop(key, None) for key in failures.SKIP_KEYS)
+    for count, path, record in zip(*(() if skips is None else (skips, paths, records))):
       if count:
         skipped, events = skipped + int(count), events + 1
         if counts is not None:
           counts["skipped"] = counts.get("skipped", 0) + int(count)
         if events <= _LOG_FIRST_SKIPS or events % _LOG_SKIPS_EVERY == 0:
           logging.warning(
-            "Skipped unreadable image file %s on %s (%d skipped so far in this pass); "
-            "config.data.strict=True stops at the first one instead.",
-            path.decode(),
+            "Skipped %s on %s (%d skipped so far in this pass); config.data.strict=True stops at the first one "
+            "instead.",
+            f"unreadable image file {path.decode()}"
+            if path
+            else f"record {record} of the stream, which could not be read or preprocessed",
             where,
             skipped,
           )
     yield batch
   if skipped:
-    logging.warning("%d unreadable image files were skipped in this pass over the data.", skipped)
+    logging.warning("%d unreadable files or failed records were skipped in this pass over the data.", skipped)

@@ -120,3 +120,9 @@ class Source(abc.ABC):
   def share(
     self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False, cache: bool = False
   ) -> Share: ...
+
+  def files(self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False) -> list[str]:
+    """The data files (TFRecord shards) that share ``index`` of ``count`` of ``split`` reads, to name when one
+    cannot be read; none where each image is its own file (the error names it)."""
+    del split, index, count, drop_remainder
+    return []

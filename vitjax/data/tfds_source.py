@@ -152,6 +152,10 @@ class TfdsSource(Source):
       )
     return self._sizes[key]
 
+  def files(self, split: str, *, index: int = 0, count: int = 1, drop_remainder: bool = False) -> list[str]:
+    instructions = self.builder.info.splits[self._split(split, index, count, drop_remainder)].file_instructions
+    return [os.fspath(instruction.filename) for instruction in instructions]
+
   def _select(self, example):
     label = example[self.label_key]
     num_all = len(self._all_names)

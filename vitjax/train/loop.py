@@ -65,7 +65,10 @@ def train_and_evaluate(
   run_hooks = _hooks(config, workdir, writer, manager, parallel, ctx, evals, weights, flops=flops, more=more_hooks)
   host = f"process {jax.process_index()} of {jax.process_count()}, host {socket.gethostname()}"
   ctx.input_counts["skipped"] = 0
-  numpy_batches = data.as_numpy(train_ds, where=host, counts=ctx.input_counts)
+  shards = source.files(
+    config.data.train_split, index=jax.process_index(), count=jax.process_count(), drop_remainder=True
+  )
+  numpy_batches = data.as_numpy(train_ds, where=host, counts=ctx.input_counts, files=shards)
   batches = sharding.prefetch_to_device(numpy_batches, parallel.place_batch, size=config.data.prefetch)
   _run(train_step, run_hooks[0].timed(batches), train_rng, ctx, run_hooks)
   writer.close()
