@@ -8,7 +8,7 @@ import re
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import adapt_digits, baseline_digits, bit_r50x1, quickstart, robust_digits, vit_b16
+from configs import adapt_digits, baseline_digits, bit_r50x1, naflex_digits, quickstart, robust_digits, vit_b16
 from tests.support import parse_config_flag
 from vitjax.configs import common, finetune
 from vitjax.train.loop import train_and_evaluate
@@ -23,6 +23,7 @@ RUNLOCAL = {
   "bit_r50x1": (bit_r50x1, "cifar10,runlocal", "bit_r50x1"),
   "robust_digits": (robust_digits, "trades,runlocal", "vit_micro16"),  # The quickstart's run, adversarially trained.
   "adapt_digits": (adapt_digits, "inverted,dann,runlocal", "vit_micro16"),  # Two streams, DANN's heads.
+  "naflex_digits": (naflex_digits, "runlocal", "naflexvit_micro4"),  # Trained end to end in test_naflex_training.
 }
 FINETUNE = {"vit_b16": vit_b16, "bit_r50x1": bit_r50x1}
 CIFAR10_SIZES = {"train": 50_000, "test": 10_000}

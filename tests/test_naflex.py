@@ -1,6 +1,7 @@
 """NaFlex ViT: timm's definitions, position tables resampled as torch/PIL do, padding that changes nothing, a numpy
 forward pass, timm-format checkpoints, and the aspect-preserving resize + patchify preprocessing."""
 
+import flax
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -274,14 +275,43 @@ def test_patchify_pads_to_the_sequence_length_by_hand():
 def test_pipeline_ops_feed_the_model_at_the_image_s_aspect_ratio():
   spec = preprocess.parse("resize_to_seq(26, 4)|value_range(-1, 1)|patchify(4, 26)")
   image = tf.cast(tf.random.stateless_uniform((30, 75, 3), (1, 2), 0, 256, tf.int32), tf.uint8)
-  out = spec({"image": image}, tf.constant([0, 0]))["image"]
+  packed = spec({"image": image}, tf.constant([0, 0]))["image"]
+  assert packed.dtype == tf.float32 and packed.shape == (26, 4 * 4 * 3 + 3)  # Patches, then row, column, validity.
+  out = naflexvit.unpack(np.asarray(packed)[None])
   # Scaled by 0.4 (to 12 x 30 pixels) 3 x 8 patches fit, by more 4 x 8 do not: 12 x 32 pixels, 2 of padding.
-  np.testing.assert_array_equal(out["patch_valid"], np.arange(26) < 24)
+  np.testing.assert_array_equal(out["patch_valid"][0], np.arange(26) < 24)
+  np.testing.assert_array_equal(out["patch_coord"][0, 8:10], [[1, 0], [1, 1]])  # Row-major: row 1 starts at 8.
   resized = tf.image.resize(image, (12, 32), "bicubic", antialias=True)
   resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.float32) / 127.5 - 1
   model = models.build("naflexvit_micro4", num_classes=3, **TINY)
-  batch = {k: np.asarray(v)[None] for k, v in out.items()}
-  variables = random_variables(model, batch)
+  variables = random_variables(model, out)
+  logits = evaluate(model, variables, resized.numpy()[None])
+  np.testing.assert_allclose(evaluate(model, variables, out), logits, atol=1e-5)
+  np.testing.assert_allclose(evaluate(model, variables, np.asarray(packed)[None]), logits, atol=1e-5)
+
+
+def test_a_plain_vit_checkpoint_starts_a_naflex_vit_with_the_vit_s_logits(tmp_path):
+  """Same encoder, class-token readout and a table at the image's own grid: the NaFlex ViT is the ViT, exactly."""
+  images = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)  # A 4 x 4 patch grid.
+  options = dict(TINY, classifier="token", gelu_approximate=False, posemb_grid=(4, 4))
+  vit = models.build("vit_micro4", num_classes=3, **{k: v for k, v in options.items() if k != "posemb_grid"})
+  vit_variables = random_variables(vit, images)
+  flat_vit = flat(vit_variables["params"])
+  flat_vit["Transformer/posembed_input/pos_embedding"] = np.random.default_rng(1).normal(size=(1, 1 + 4 * 4, 32))
+  vit_variables = {"params": flax.traverse_util.unflatten_dict(flat_vit, sep="/")}
+  np.savez(tmp_path / "vit.npz", **flat_vit)
+  naflex = models.build("naflexvit_micro4", num_classes=3, num_registers=0, fc_norm=False, layerscale=None, **options)
+  params = transfer.load_pretrained(str(tmp_path / "vit.npz"), random_variables(naflex, images)["params"], dont_load=())
   np.testing.assert_allclose(
-    evaluate(model, variables, batch), evaluate(model, variables, resized.numpy()[None]), atol=1e-5
+    evaluate(naflex, {"params": params}, images), evaluate(vit, vit_variables, images), rtol=1e-4, atol=1e-5
   )
+  # timm's design (gap, fc_norm, registers) and the factorised tables load too: resized, moved or kept.
+  for posemb in ("learn", "factorized"):
+    gap = models.build("naflexvit_micro4", num_classes=3, posemb=posemb, **TINY)
+    initial = random_variables(gap, images, seed=2)["params"]
+    loaded = transfer.load_pretrained(str(tmp_path / "vit.npz"), initial)
+    np.testing.assert_array_equal(loaded["registers"], initial["registers"])
+    np.testing.assert_array_equal(loaded["fc_norm"]["scale"], flat_vit["Transformer/encoder_norm/scale"])
+    assert not loaded["head"]["kernel"].any()
+    layerscales = [v for k, v in flat(loaded).items() if "LayerScale" in k]
+    assert layerscales and all((v == 1).all() for v in layerscales)  # The ViT's blocks as they were.

@@ -213,11 +213,21 @@ def run_mode(mode: str, config, workdir: str) -> None:
   if watch:
     watch.finish()
   if jax.process_index() == 0 and mode not in ("baseline", "explain"):  # These print their own table.
-    print(
-      f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "
-      f"examples at step {results['step']} ({results['train_seconds']:.0f}s of training).",
-      flush=True,
-    )
+    print(summary(results), flush=True)
+
+
+def summary(results: dict) -> str:
+  """The run's final accuracy in a line, with every other evaluator's (`seq16_accuracy`, `ema_accuracy`, ...)."""
+  line = (
+    f"Final {results['split']} accuracy: {100 * results['accuracy']:.2f}% on {results['num_examples']} "
+    f"examples at step {results['step']} ({results['train_seconds']:.0f}s of training)."
+  )
+  others = [
+    f"{key} {100 * value:.2f}%"
+    for key, value in sorted(results.items())
+    if key.endswith("_accuracy") and not key.endswith("top5_accuracy") and isinstance(value, float)
+  ]
+  return line + (f" Also: {', '.join(others)}." if others else "")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ flags.DEFINE_integer("step", None, "The checkpoint step to use (default: the new
 flags.DEFINE_bool("ema", None, "Use the moving average of the parameters (default: when the run kept one).")
 flags.DEFINE_string("model", None, "hf-hub:ORG/NAME (a Hub model, no workdir); for an .npz file: the model name.")
 flags.DEFINE_list("class_names", None, "For an .npz file: the class names, in label order.")
+flags.DEFINE_integer("seq_len", None, "NaFlex runs: patches per image (default: the longest the run trained at).")
 flags.mark_flags_as_required(["input"])
 
 
@@ -57,6 +58,7 @@ def main(argv):
       model=FLAGS.model,
       class_names=FLAGS.class_names,
       batch_size=FLAGS.batch_size,
+      seq_len=FLAGS.seq_len,
     )
     summary = predictions.write_csv(classifier, paths, FLAGS.output, top_k=FLAGS.top_k)
   except (ConfigError, UnreadableFileError) as e:

@@ -125,6 +125,9 @@ def _data() -> ml_collections.ConfigDict:
   data.eval_split = "test"
   data.pp_train = "resize(32)|to_rgb|value_range(-1, 1)"
   data.pp_eval = "resize(32)|to_rgb|value_range(-1, 1)"
+  # NaFlex: maximum patch-sequence lengths, written {seq_len} in pp_train and pp_eval (vitjax/data/seqlens.py);
+  # training cycles through them batch by batch, evaluation uses the longest unless an evaluator's seq_len says.
+  data.seq_lens = ()
   data.image_key = "image"  # TFDS feature holding the image.
   data.label_key = "label"  # TFDS feature holding the class: a ClassLabel, or a Sequence of them (multi-label).
   data.folder = placeholder(str)  # Root of a "folder"/"multilabel_folder" dataset.

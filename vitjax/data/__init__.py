@@ -16,6 +16,7 @@ _HOMES = {
     ["as_numpy", "class_names", "eval_batches", "eval_dataset", "num_classes", "num_examples", "prepare"], "pipeline"
   ),
   **dict.fromkeys(["target_config", "train_dataset", "with_target"], "pipeline"),
+  **dict.fromkeys(["at_seq_len", "default_seq_len"], "seqlens"),
   **dict.fromkeys(["DatasetUnavailableError", "InputPipelineError", "Source", "UnreadableImageError"], "source"),
 }
 
@@ -36,8 +37,10 @@ __all__ = [
   "Source",
   "UnreadableImageError",
   "as_numpy",
+  "at_seq_len",
   "builder_by_name",
   "class_names",
+  "default_seq_len",
   "eval_batches",
   "eval_dataset",
   "from_config",

@@ -9,7 +9,7 @@ import functools
 import ml_collections
 import tensorflow_datasets as tfds
 
-from vitjax.data import digits, folders, mixing, preprocess, shifts
+from vitjax.data import canvas, digits, folders, mixing, preprocess, seqlens, shifts
 from vitjax.data.source import Source
 from vitjax.data.tfds_source import TfdsSource
 from vitjax.errors import ConfigError
@@ -18,6 +18,7 @@ EMBEDDED = {
   "vitjax_digits": digits.VitjaxDigits,
   # Synthetic domain shifts of the digits (shifts.py): vitjax_digits_inverted, _rotated, _noised, _colour.
   **{f"vitjax_digits_{name}": functools.partial(shifts.VitjaxDigitsShifted, config=name) for name in shifts.SHIFTS},
+  "vitjax_digits_canvas": canvas.VitjaxDigitsCanvas,  # The digits on wide, tall and square canvases (NaFlex).
 }
 FOLDERS = {"folder": folders.FolderSource, "multilabel_folder": folders.CsvFolderSource}
 
@@ -25,7 +26,9 @@ FOLDERS = {"folder": folders.FolderSource, "multilabel_folder": folders.CsvFolde
 def from_config(config: ml_collections.ConfigDict) -> Source:
   """The source that ``config`` (the data config) names; bad names, options and specs fail here, naming the fix."""
   mixing.from_config(config.mixup)
-  _check_pp(config, "pp_train", "pp_eval")
+  seqlens.check(config)
+  for seq_len in config.seq_lens or (None,):
+    _check_pp(seqlens.at_seq_len(config, seq_len), "pp_train", "pp_eval")
   if config.dataset in FOLDERS:
     return _folder(config, config.dataset, config.folder, config.train_split, config.eval_split)
   return builder_by_name(

@@ -72,12 +72,21 @@ def cutmix_box(height: tf.Tensor, width: tf.Tensor, lam: tf.Tensor, seed: tf.Ten
   return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
 
 
+def check_images(spec: tf.TensorSpec) -> None:
+  """A ConfigError unless the batches to mix are images [B, H, W, C] (NaFlex batches are patches)."""
+  if spec.shape.rank != 4:
+    raise ConfigError(
+      f"Mixup and CutMix mix image batches [B, H, W, C]; these are {spec.shape} (NaFlex patches): set "
+      "config.data.mixup.mixup_alpha and cutmix_alpha to 0."
+    )
+
+
 def mix_batch(batch: Batch, seed: tf.Tensor, mixing: Mixing) -> Batch:
   """Mixes ``batch["image"]`` (float [B, H, W, C]) and ``batch["labels"]`` (float [B, K]) as ``mixing`` says."""
   if not mixing.enabled:
     return batch
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
   images, labels = batch["image"], batch["labels"]
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
   other_images, other_labels = tf.reverse(images, [0]), tf.reverse(labels, [0])
   apply = tf.random.stateless_uniform([], seeds[0]) < mixing.prob
   if mixing.mixup_alpha > 0 and mixing.cutmix_alpha > 0:

@@ -4,10 +4,11 @@ and are padded to that length, so that batches have static shapes.
     "decode|resize_to_seq(256, 16)|value_range(-1, 1)|patchify(16, 256)"
 
 `resize_to_seq` resizes to the largest patch grid within `max_seq_len` patches at the image's aspect ratio (timm's
-`get_image_size_for_seq`: the same bisection over the scale, in float64); `patchify` replaces the image by the
-mapping a NaFlex model takes (module `vitjax.models.naflexvit`): `patches` (L, P*P*C) in (row, column, channel)
-order, `patch_coord` (L, 2) int32 (row, column), `patch_valid` (L,) bool, padding being zero patches at (0, 0).
-Augmentations that work on images go before `patchify`.
+`get_image_size_for_seq`: the same bisection over the scale, in float64); `patchify` replaces the image by its
+patches (L, P*P*C) in (row, column, channel) order, padding being zero patches at (0, 0), packed with each patch's
+(row, column) and validity as three more columns: a float32 (L, P*P*C + 3) array, the packed input of a NaFlex
+model (`vitjax.models.naflexvit`). Packed, a NaFlex example is one array like any image, so batching, sharding,
+prefetching and every evaluator take it unchanged. Augmentations that work on images go before `patchify`.
 """
 
 import tensorflow as tf
@@ -72,10 +73,16 @@ def patchify_image(image: tf.Tensor, patch: int, max_seq_len: int) -> dict[str, 
   }
 
 
+def pack(mapping: dict[str, tf.Tensor]) -> tf.Tensor:
+  """The (L, P*P*C + 3) float32 packed form of `patchify_image`'s mapping: patches, then row, column, validity."""
+  extra = [tf.cast(mapping["patch_coord"], tf.float32), tf.cast(mapping["patch_valid"], tf.float32)[:, None]]
+  return tf.concat([tf.cast(mapping["patches"], tf.float32), *extra], axis=-1)
+
+
 @register("patchify")
 def patchify(patch_size: int, max_seq_len: int) -> Op:
-  """Replaces the image by its patches, their (row, column) and validity, padded to `max_seq_len` (module
-  docstring); an image with more patches fails (put `resize_to_seq` first)."""
+  """Replaces the image by its patches, their (row, column) and validity, padded to `max_seq_len` and packed
+  (module docstring); an image with more patches fails (put `resize_to_seq` first)."""
   if max_seq_len < 1 or patch_size < 1:
     raise ValueError(f"max_seq_len and patch_size must be positive, got {max_seq_len} and {patch_size}")
-  return image_op(lambda image, seed: patchify_image(image, patch_size, max_seq_len))
+  return image_op(lambda image, seed: pack(patchify_image(image, patch_size, max_seq_len)))

@@ -12,6 +12,7 @@ Everything is driven by the data config (``config.data``, every key declared in 
   folder, strict                            the root of a folder dataset; fail on a corrupt file instead of skipping
   train_split, eval_split, classes          TFDS-style split strings; the label ids (or names) to keep, in order
   pp_train, pp_eval                         preprocessing specs (``preprocess``)
+  seq_lens                                  NaFlex: the patch-sequence lengths of ``{seq_len}`` in them (``seqlens``)
   target, target_split, target_pp, ...      a second, unlabelled source streamed beside the first (``with_target``)
   mixup                                     batch mixing (``mixing.Mixing``)
   shuffle_buffer, cache, threads            host memory and CPU use
@@ -27,7 +28,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vitjax.data import failures, mixing, preprocess
+from vitjax.data import failures, mixing, preprocess, seqlens
 from vitjax.data.source import UNREADABLE, InputPipelineError, Source, UnreadableImageError
 from vitjax.data.tfds_source import TfdsSource
 from vitjax.errors import ConfigError
@@ -113,19 +114,20 @@ def train_dataset(
     failures.ignore_reads(
       tf.data.Dataset.zip(tf.data.Dataset.range(start, _MAX_EPOCHS), stream.skip(offset)), strict=config.strict
     ),
-    not preprocess.decodes(config.pp_train),
+    not preprocess.decodes(seqlens.at_seq_len(config).pp_train),
   )
   key = tf.constant([seed, process_index], tf.int64)
-  augment = preprocess.parse(config.pp_train)
+  augment = seqlens.train_preprocessing(config)
   classes = source.num_classes()
 
   def process(index, features):
     example_seed = tf.random.experimental.stateless_fold_in(key, index)
-    return _finalize(augment(features, example_seed), num_classes=classes)
+    return _finalize(augment(features, example_seed, index // batch_size), num_classes=classes)
 
   ds = failures.guard(pairs, process, strict=config.strict, first_key=start).batch(batch_size, drop_remainder=True)
   mixer = mixing.from_config(config.mixup)
   if mixer.enabled:
+    mixing.check_images(ds.element_spec["image"])
     mix_key = tf.random.experimental.stateless_split(key, 1)[0]
     ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, _MAX_EPOCHS), ds).map(
       lambda index, batch: mixer(batch, tf.random.experimental.stateless_fold_in(mix_key, index)),
@@ -173,10 +175,12 @@ def eval_dataset(
   process_index: int = 0,
   process_count: int = 1,
 ) -> tf.data.Dataset:
-  """This process's share of ``split`` (default ``config.eval_split``) once, in order, padded to whole batches.
+  """This process's share of ``split`` (default ``config.eval_split``) once, in order, padded to whole batches; for
+  NaFlex at the longest of ``config.seq_lens`` (``seqlens.at_seq_len`` picks another).
 
   ``mask`` is 1 on real examples and 0 on the padding and on slots whose image file could not be read.
   """
+  config = seqlens.at_seq_len(config)
   split = split or config.eval_split
   source = _source(builder)
   total = eval_batches(source, split, batch_size=batch_size, process_count=process_count) * batch_size

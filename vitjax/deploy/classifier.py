@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vitjax import checkpoints, models, transfer
+from vitjax import checkpoints, data, models, transfer
 from vitjax.deploy.inputs import Preprocessing, UnreadableFileError
 from vitjax.errors import ConfigError
 
@@ -75,11 +75,15 @@ class Classifier:
     class_names: Sequence[str] | None = None,
     pp_eval: str | None = None,
     batch_size: int = 32,
+    seq_len: int | None = None,
   ) -> "Classifier":
     """The model of a run's workdir (checkpoint `step`, default the newest; EMA parameters when the run kept them
     unless `ema=False`), or of an `.npz` checkpoint with `model` (a registered name or a `config.model`) and
     `class_names`, or of a Hub repo in timm's format (`hf-hub:ORG/NAME[@REVISION]`, which names its own model,
-    classes and preprocessing). `pp_eval` replaces the run's eval preprocessing (for an `.npz`: `NPZ_PP_EVAL`)."""
+    classes and preprocessing). `pp_eval` replaces the run's eval preprocessing (for an `.npz`: `NPZ_PP_EVAL`); a
+    NaFlex run's images become `seq_len` patches (None: the longest it trained at), each at its own aspect ratio."""
+    if seq_len is not None and not os.path.isdir(source):
+      raise ConfigError(f"A sequence length ({seq_len}) applies to a NaFlex run's workdir; {source!r} is not one.")
     if transfer.hub.is_hub_name(source):
       hub_model, module, variables = transfer.hub.load_model(source)
       pp_eval = pp_eval or hub_model.pp_eval
@@ -87,7 +91,7 @@ class Classifier:
         module, variables, class_names=hub_model.class_names, pp_eval=pp_eval, batch_size=batch_size, source=source
       )
     if os.path.isdir(source):
-      return cls._from_run(source, step=step, ema=ema, pp_eval=pp_eval, batch_size=batch_size)
+      return cls._from_run(source, step=step, ema=ema, pp_eval=pp_eval, batch_size=batch_size, seq_len=seq_len)
     if not os.path.isfile(source):
       raise ConfigError(f"No run workdir or checkpoint file at {source!r}.")
     if model is None or not class_names:
@@ -104,7 +108,9 @@ class Classifier:
     )
 
   @classmethod
-  def _from_run(cls, workdir: str, *, step: int | None, ema: bool | None, pp_eval: str | None, batch_size: int):
+  def _from_run(
+    cls, workdir: str, *, step: int | None, ema: bool | None, pp_eval: str | None, batch_size: int, seq_len
+  ):
     run = checkpoints.load_run(workdir, step=step)
     use_ema = run.ema_params is not None if ema is None else ema
     model = models.from_config(run.config.model, num_classes=len(run.class_names))
@@ -112,7 +118,7 @@ class Classifier:
       model,
       run.variables(ema=use_ema),
       class_names=run.class_names,
-      pp_eval=pp_eval or run.config.data.pp_eval,
+      pp_eval=pp_eval or data.at_seq_len(run.config.data, seq_len).pp_eval,
       activation="sigmoid" if run.config.loss.name in SIGMOID_LOSSES else "softmax",
       batch_size=batch_size,
       source=f"{os.path.abspath(workdir)} (step {run.meta.get('step')}{', EMA' if use_ema else ''})",

@@ -18,6 +18,7 @@ from vitjax.evaluate import registry, report
   options={
     "dataset": registry.Option("source", "source (config.data) or target (config.data.target and its target_* keys)"),
     "split": registry.Option(None, "the split scored (None: the dataset's eval split)", str),
+    "seq_len": registry.Option(None, "NaFlex: patches per image (None: the longest of config.data.seq_lens)", int),
   },
 )
 class Classification(registry.Evaluator):
@@ -30,7 +31,7 @@ class Classification(registry.Evaluator):
     target = options.dataset == "target"
     self.dataset_name = setting.config.data.target if target else setting.config.data.dataset
     self.multilabel = (setting.target if target else setting.source).multilabel
-    self.ds = setting.dataset(options.dataset, self.split)
+    self.ds = setting.dataset(options.dataset, self.split, seq_len=options.seq_len)
     self.logits_fn = report.make_logits_fn(setting.model, tta=setting.tta, crop_size=setting.crop_size)
 
   def __call__(self, weights: registry.Weights) -> dict[str, Any]:

@@ -68,14 +68,15 @@ class Setting:
       return self.config.data.target_split, self.config.data.target_eval_split
     return self.config.data.train_split, self.config.data.eval_split
 
-  def dataset(self, which: str, split: str):
-    """This process's share of `split` of `which` with eval preprocessing, once and in order, padded and masked."""
+  def dataset(self, which: str, split: str, *, seq_len: int | None = None):
+    """This process's share of `split` of `which` with eval preprocessing, once and in order, padded and masked;
+    NaFlex inputs at `seq_len` patches (None: the longest of config.data.seq_lens)."""
     if not split:
       raise ConfigError(f"No split to evaluate on the {which} dataset: set this entry's split.")
     source, view = (self.target, data.target_config(self.config.data)) if which == "target" else (self.source, None)
     return data.eval_dataset(
       source,
-      view or self.config.data,
+      data.at_seq_len(view or self.config.data, seq_len),
       split=split,
       batch_size=self.config.eval_batch_size // jax.process_count(),
       process_index=jax.process_index(),

@@ -34,6 +34,8 @@ def tta_views(images: jax.Array, *, mode: str, crop_size: int = 0) -> list[jax.A
     raise ConfigError(f"Unknown config.eval.tta={mode!r}; choose one of: {', '.join(TTA)}.")
   if mode == "none":
     return [images]
+  if images.ndim != 4:
+    raise ConfigError(f"config.eval.tta={mode!r} transforms image batches; these are {images.shape} (NaFlex patches).")
   if mode == "flip":
     return [images, images[:, :, ::-1]]
   height, width = images.shape[1:3]

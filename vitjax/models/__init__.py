@@ -96,7 +96,8 @@ def from_config(config: ml_collections.ConfigDict, *, num_classes: int | None) -
 
 
 def init_variables(model: nn.Module, rng: jax.Array, *, image_shape: tuple[int, ...]) -> dict[str, Any]:
-  """The model's variables for one float32 image batch of `image_shape` (height, width, channels)."""
+  """The model's variables for one float32 input batch of `image_shape`: (height, width, channels), or for NaFlex
+  (sequence length, packed patch width)."""
   return model.init({"params": rng, "dropout": rng}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
 
 

@@ -1,11 +1,12 @@
 """NaFlex ViT (NaViT + FlexiViT, SigLIP 2; timm's `naflexvit_*`): images at their native aspect ratio as a
 variable number of patches, padded to a fixed sequence length.
 
-Input: either an image batch (N, H, W, C), patchified here into its full grid, or a mapping with timm's collator
-keys, the form the `patchify` preprocessing op writes:
+Input: an image batch (N, H, W, C), patchified here into its full grid; or a mapping with timm's collator keys:
   `patches` (N, L, P*P*C), each patch flattened in (row, column, channel) order,
   `patch_coord` (N, L, 2) int (row, column) of each patch in its image's patch grid,
-  `patch_valid` (N, L) bool, False on padding (whose coordinates are (0, 0)).
+  `patch_valid` (N, L) bool, False on padding (whose coordinates are (0, 0));
+or the same packed as one float array (N, L, P*P*C + 3), patches then row, column and validity: what the `patchify`
+preprocessing op writes (vitjax/data/patches.py), so that a NaFlex batch travels like any image batch.
 An image's grid (h, w) is one plus the largest valid coordinate; the learned (gh, gw) position table is resampled to
 it per image, as torch's `F.interpolate(..., antialias=True, align_corners=False)` resamples it (bicubic by default,
 or bilinear), or, with `posemb_keep_aspect`, to (max(h, w),) * 2 and cropped. The factorised variant keeps a
@@ -82,6 +83,15 @@ def grid_sizes(coords: Array) -> Array:
   return jnp.max(coords, axis=1) + 1
 
 
+def unpack(packed: Array) -> dict[str, Array]:
+  """The mapping of a packed (N, L, P*P*C + 3) batch: patches, then (row, column) and validity as numbers."""
+  return {
+    "patches": packed[..., :-3],
+    "patch_coord": jnp.round(packed[..., -3:-1]).astype(jnp.int32),
+    "patch_valid": packed[..., -1] > 0.5,
+  }
+
+
 def patchify(images: Array, patch: int) -> dict[str, Array]:
   """An image batch (N, H, W, C) as the NaFlex input of its full patch grid, row-major, nothing padded."""
   check_patch_size(images, patch)
@@ -94,7 +104,8 @@ def patchify(images: Array, patch: int) -> dict[str, Array]:
 
 
 class NaFlexVisionTransformer(vit.TransformerClassifier):
-  """NaFlex ViT classifier: images (N, H, W, C) or the patches mapping of the module docstring -> float32 logits.
+  """NaFlex ViT classifier: images (N, H, W, C), the patches mapping or its packed form (module docstring) -> float32
+  logits.
 
   `classifier` "gap" (masked mean of the patch tokens), "map" (attention pooling over them) or "token" (a class
   token); `num_registers` tokens follow it. `fc_norm` moves the final LayerNorm after pooling (timm's gap models).
@@ -132,7 +143,7 @@ class NaFlexVisionTransformer(vit.TransformerClassifier):
   def __call__(self, inputs: Array | Mapping[str, Array], *, train: bool) -> Array:
     self._check_options()
     if not isinstance(inputs, Mapping):
-      inputs = patchify(inputs, self.patch_size)
+      inputs = unpack(inputs) if inputs.ndim == 3 else patchify(inputs, self.patch_size)
     patches, coords, valid = (inputs[k] for k in ("patches", "patch_coord", "patch_valid"))
     valid = valid.astype(bool)
     coords = jnp.where(valid[..., None], coords, 0)  # Padding at any coordinate stays finite (and unseen).

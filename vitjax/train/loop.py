@@ -57,8 +57,7 @@ def train_and_evaluate(
   train_step = _train_step(config, parallel, objective, learning_rate_fn)
   ctx = hooks.Context(num_steps=num_steps, meta=meta, step=meta.pop("step", 0), state=train_state)
   train_ds = _train_dataset(source, target, config, start_batch=ctx.step)
-  abstract_batch = parallel.abstract_batch(_shapes(train_ds))
-  flops = mfu.lowered_flops(train_step, train_state, abstract_batch, train_rng) * parallel.programs
+  flops = _flops_per_step(config, train_ds, train_step, train_state, parallel, train_rng)
   evals = _evaluators(config, model, source, target, loss_fn, mesh)
   weights = functools.partial(_weights, parallel)
   writer = _writer(workdir)
@@ -137,7 +136,7 @@ def _describe_model(config, model, params, workdir: str, *, image_shape, num_ste
     config.model.name,
     f"{sum(math.prod(p.shape) for p in jax.tree.leaves(params)):,}",
     PARAMS_FILE,
-    models.forward_gflops(model, image_size=image_shape[0]),
+    models.forward_gflops(model, image_shape=image_shape),
     num_steps,
     config.batch_size,
     jax.device_count(),
@@ -226,6 +225,24 @@ def _eval_dataset(source: data.Source, config: ml_collections.ConfigDict):
 
 def _shapes(ds) -> dict[str, tuple[tuple[int, ...], Any]]:
   return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype) for k, spec in ds.element_spec.items()}
+
+
+def _flops_per_step(config, train_ds, train_step, train_state, parallel, rng) -> float:
+  """FLOPs of one train step (for MFU); for NaFlex the mean over the sequence lengths that the batches cycle
+  through, each of which compiles the step once."""
+  shapes = _shapes(train_ds)
+  lengths = tuple(config.data.seq_lens)
+  if not lengths:
+    return mfu.lowered_flops(train_step, train_state, parallel.abstract_batch(shapes), rng) * parallel.programs
+  logging.info("NaFlex: batches cycle through sequence lengths %s; the train step compiles once for each.", lengths)
+  (batch, *_, width), dtype = shapes["image"]
+  flops = [
+    mfu.lowered_flops(
+      train_step, train_state, parallel.abstract_batch({**shapes, "image": ((batch, n, width), dtype)}), rng
+    )
+    for n in lengths
+  ]
+  return sum(flops) / len(flops) * parallel.programs
 
 
 def _hooks(config, workdir, writer, manager, parallel, ctx, evals, weights, *, flops, more=()) -> list[hooks.Hook]:

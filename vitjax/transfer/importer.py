@@ -20,7 +20,7 @@ from absl import logging
 
 from vitjax import checkpoints
 from vitjax.errors import ConfigError
-from vitjax.transfer import hub, timm
+from vitjax.transfer import hub, naflex_init, timm
 from vitjax.transfer.posemb import resize_posemb
 
 Flat = dict[str, Any]
@@ -235,6 +235,8 @@ def match_params(
   Raises ValueError naming the first key (in the order of `target`) that is missing from the checkpoint or has a
   shape no known transformation explains, or else the first checkpoint key the model has no place for.
   """
+  if naflex_init.is_vit_into_naflex(source, target):
+    source = naflex_init.from_vit(source, target)
   source = blocks_like(source, target)
   patterns = [re.compile(p) for p in dont_load]
   skip = lambda key: any(p.fullmatch(key) for p in patterns)  # noqa: E731

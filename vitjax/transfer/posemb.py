@@ -14,10 +14,10 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
   with one gets a zero slot when the source has none (big_vision adds position embeddings before the class token,
   which is the same as a zero slot).
   """
-  (src_extra, src_side), (dst_extra, dst_side) = _grid(posemb.shape[1]), _grid(num_tokens)
+  (src_extra, src_side), (dst_extra, dst_side) = grid_of(posemb.shape[1]), grid_of(num_tokens)
   grid = posemb[0, src_extra:].reshape(src_side, src_side, -1)
   if src_side != dst_side:
-    rows = _linear_weights(src_side, dst_side)
+    rows = linear_weights(src_side, dst_side)
     grid = np.einsum("Hh,Ww,hwd->HWd", rows, rows, grid.astype(np.float64)).astype(posemb.dtype)
   tokens = grid.reshape(1, dst_side * dst_side, -1)
   if dst_extra:
@@ -26,7 +26,7 @@ def resize_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
   return tokens
 
 
-def _grid(num_tokens: int) -> tuple[int, int]:
+def grid_of(num_tokens: int) -> tuple[int, int]:
   """(extra tokens, grid side) of a position-embedding length: a square grid, or a square grid plus one."""
   for extra in (0, 1):
     side = math.isqrt(num_tokens - extra)
@@ -35,7 +35,7 @@ def _grid(num_tokens: int) -> tuple[int, int]:
   raise ConfigError(f"{num_tokens} position embeddings are neither a square grid nor a square grid plus a class token.")
 
 
-def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
+def linear_weights(size_in: int, size_out: int) -> np.ndarray:
   """(size_out, size_in) weights of 1-D linear interpolation with the end points aligned (scipy's zoom order=1)."""
   coords = np.arange(size_out) * ((size_in - 1) / (size_out - 1)) if size_out > 1 else np.zeros(1)
   low = np.minimum(np.floor(coords).astype(int), size_in - 1)

@@ -1,0 +1,97 @@
+"""NaFlex through the whole recipe: sequence lengths in the data config, batches that cycle through them and
+resume exactly, the canvas digits, and one run trained, evaluated at four lengths and served at any aspect ratio."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import naflex_digits
+from vitjax import data
+from vitjax.data import canvas, patches, seqlens
+from vitjax.deploy.classifier import Classifier
+from vitjax.errors import ConfigError
+from vitjax.models import naflexvit
+from vitjax.train.loop import train_and_evaluate
+
+SPEC = "decode(channels=1)|resize_to_seq({seq_len}, 4)|value_range(-1, 1)|patchify(4, {seq_len})"
+
+
+@pytest.fixture(scope="module")
+def canvas_dir(tmp_path_factory) -> str:
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare(data.builder_by_name("vitjax_digits_canvas", data_dir=data_dir))
+  return data_dir
+
+
+def data_config(canvas_dir: str, **updates) -> ml_collections.ConfigDict:
+  config = naflex_digits.get_config().data
+  config.update_from_flattened_dict({"data_dir": canvas_dir, **updates})
+  return config
+
+
+def test_lengths_fill_the_specs_and_mistakes_fail_naming_the_fix():
+  config = naflex_digits.get_config().data
+  at36 = seqlens.at_seq_len(config, 36)
+  assert at36.pp_eval == "decode(channels=1)|resize_to_seq(36, 4)|value_range(-1, 1)|patchify(4, 36)"
+  assert at36.seq_lens == () and seqlens.at_seq_len(at36) is at36
+  assert seqlens.at_seq_len(config).pp_eval == SPEC.format(seq_len=64)  # The longest by default.
+  for updates, message in [
+    (dict(seq_lens=()), r"pp_train has \{seq_len\}: list the lengths in config.data.seq_lens"),
+    (dict(pp_eval="resize(32)"), r"needs \{seq_len\} in config.data.pp_eval"),
+    (dict(seq_lens=(16, 0)), r"seq_lens=\(16, 0\) must be positive whole numbers"),
+  ]:
+    broken = naflex_digits.get_config().data
+    broken.update(updates)
+    with pytest.raises(ConfigError, match=message):
+      data.from_config(broken)
+  with pytest.raises(ConfigError, match="seq_lens is empty: not NaFlex"):
+    seqlens.at_seq_len(at36, 16)
+
+
+def test_canvas_digits_keep_their_aspect_ratios_and_are_the_same_on_every_call():
+  digit = (np.arange(64).reshape(8, 8, 1) * 3).astype(np.uint8)
+  first, again = (canvas.place(digit, np.random.default_rng([1, 2])) for _ in range(2))
+  np.testing.assert_array_equal(first, again)
+  assert first.shape[:2] in canvas.CANVASES and first.sum() == 4 * digit.astype(int).sum()
+  shapes = {canvas.place(digit, np.random.default_rng(i)).shape[:2] for i in range(40)}
+  assert shapes == set(canvas.CANVASES)
+
+
+def test_batches_cycle_through_the_lengths_and_resume_exactly(canvas_dir):
+  config = data_config(canvas_dir, seq_lens=(4, 9, 16))
+  source = data.from_config(config)
+  stream = data.train_dataset(source, config, batch_size=4, seed=3).as_numpy_iterator()
+  batches = [next(stream) for _ in range(5)]
+  assert [b["image"].shape for b in batches] == [(4, n, 16 + 3) for n in (4, 9, 16, 4, 9)]
+  for batch in batches:  # Each image is a whole grid of patches at the front of its sequence, padding after it.
+    unpacked = {k: np.asarray(v) for k, v in naflexvit.unpack(batch["image"]).items()}
+    counts, grids = unpacked["patch_valid"].sum(axis=1), unpacked["patch_coord"].max(axis=1) + 1
+    np.testing.assert_array_equal(counts, grids.prod(axis=1))
+    assert (unpacked["patch_valid"][:, : counts.min()]).all() and len(set(map(tuple, grids))) > 1
+  resumed = next(data.train_dataset(source, config, batch_size=4, seed=3, start_batch=4).as_numpy_iterator())
+  np.testing.assert_array_equal(resumed["image"], batches[4]["image"])
+  with pytest.raises(ConfigError, match="Mixup and CutMix mix image batches"):
+    data.train_dataset(source, data_config(canvas_dir, **{"mixup.mixup_alpha": 0.2}), batch_size=4, seed=3)
+
+
+def test_one_run_trains_over_three_lengths_evaluates_at_four_and_serves_any_aspect_ratio(canvas_dir, tmp_path):
+  config = naflex_digits.get_config("runlocal")
+  config.data.data_dir = canvas_dir
+  config.total_steps, config.eval_every = 3, 3  # One step at each of 16, 36 and 64 patches.
+  results = train_and_evaluate(config, str(tmp_path))
+  assert results["step"] == 3 and results["num_examples"] == 64
+  for prefix in ("", "seq16_", "seq36_", "seq100_"):
+    assert 0.0 <= results[f"{prefix}accuracy"] <= 1.0 and np.isfinite(results[f"{prefix}loss"])
+  assert len({results[f"{p}loss"] for p in ("", "seq16_", "seq36_", "seq100_")}) == 4  # Four different inputs.
+  wide, tall = np.full((12, 80), 200, np.uint8), np.full((90, 20, 3), 50, np.uint8)
+  for seq_len in (None, 16):
+    classifier = Classifier.load(str(tmp_path), seq_len=seq_len)
+    packed = np.stack([classifier.preprocessing.pixels(image) for image in (wide, tall)])
+    assert packed.shape == (2, seq_len or 64, 4 * 4 + 3)
+    grids = [tuple(c.max(axis=0) + 1) for c in np.asarray(naflexvit.unpack(packed)["patch_coord"])]
+    expected = [tuple(patches.grid_for_seq(*image.shape[:2], 4, seq_len or 64).numpy()) for image in (wide, tall)]
+    assert grids == expected and grids[0][1] >= 4 * grids[0][0] and grids[1][0] >= 2 * grids[1][1]  # Not squashed.
+    probabilities = classifier.predict([wide, tall])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+  with pytest.raises(ConfigError, match="applies to a NaFlex run's workdir"):
+    Classifier.load(str(tmp_path / "checkpoints" / "missing.npz"), seq_len=16)
