@@ -204,6 +204,36 @@ def test_the_normalisation_in_jax_is_the_eval_ops_arithmetic(spec):
   np.testing.assert_allclose(np.asarray(steps.normalize(steps.pixels(image)[None]))[0], expected, rtol=0, atol=1e-6)
 
 
+def test_naflex_preprocessing_patchifies_pixels_on_the_host_and_normalises_them_in_jax():
+  image = np.random.RandomState(0).randint(0, 256, (10, 25, 3), np.uint8)
+  spec = "resize_to_seq(12, 2)|normalize|patchify(2, 12)"
+  expected = preprocess.parse(spec)({"image": tf.constant(image)}, tf.zeros([2], tf.int64))["image"].numpy()
+  steps = Preprocessing(spec)
+  assert steps.host_spec == "resize_to_seq(12, 2)|patchify(2, 12)" and steps.input_shape == (12, 2 * 2 * 3 + 3)
+  packed = steps.pixels(image)
+  assert packed[:, :-3].max() > 1 and set(np.unique(packed[:, -1])) == {0.0, 1.0}  # uint8 pixels, validity.
+  np.testing.assert_allclose(np.asarray(steps.normalize(packed[None]))[0], expected, rtol=0, atol=1e-6)
+
+
+def test_a_naflex_model_exports_at_its_sequence_length(tmp_path):
+  """Packed uint8 patches in, the Classifier's probabilities out, for images of any aspect ratio; ONNX goes through
+  TFLite, so both converters take the exact GELU, the position-table resampling and the unpacking."""
+  model = models.build("naflexvit_micro4", num_classes=3, hidden_size=16, mlp_dim=32, num_heads=2, num_layers=1)
+  images = [np.random.RandomState(i).randint(0, 256, shape, np.uint8) for i, shape in enumerate([(9, 40), (50, 14)])]
+  clf = Classifier(
+    model, {}, class_names=list("abc"), pp_eval="resize_to_seq(20, 4)|value_range(-1, 1)|patchify(4, 20)"
+  )
+  packed = np.stack([clf.preprocessing.pixels(image) for image in images])
+  variables = models.init_variables(model, jax.random.key(0), image_shape=packed.shape[1:])
+  head = variables["params"]["head"]  # Zero-initialised: every class would tie.
+  head["kernel"] = jax.random.normal(jax.random.key(1), head["kernel"].shape)
+  clf = Classifier(model, variables, class_names=list("abc"), pp_eval=clf.preprocessing.spec)
+  record = exporters.export(clf, str(tmp_path / "naflex.onnx"), format="onnx")
+  assert record["input"]["shape"] == ["N", 20, 4 * 4 * 3 + 3]
+  exported = _run_exported(str(tmp_path / "naflex.onnx"), "onnx", np.round(packed).astype(np.uint8))
+  assert np.abs(exported - clf.predict(images)).max() <= 1e-5
+
+
 def _run_exported(path, format, images):
   """Probabilities of an exported model, run by its own runtime."""
   if format == "saved_model":

@@ -573,3 +573,13 @@ def test_einsum_1x1_conv_gradients_equal_lax_conv(features):
   for name in ("kernel", "bias"):
     np.testing.assert_allclose(ours_p["params"][name], ref_p["params"][name], rtol=1e-5, atol=1e-6)
   assert np.abs(ours_p["params"]["kernel"]).max() > 1e-2
+
+
+def test_exact_gelu_is_erf_to_float32_precision():
+  """`layers.gelu` (plain arithmetic, so that it exports) against the erf of the standard library and nn.gelu."""
+  x = np.linspace(-9, 9, 20_001).astype(np.float32)
+  expected = np.array([math.erf(v) for v in x.astype(np.float64)])
+  assert np.abs(np.asarray(layers.erf(x)) - expected).max() < 5e-7
+  gelu = np.asarray(layers.gelu(x))
+  np.testing.assert_allclose(gelu, np.asarray(jax.nn.gelu(x, approximate=False)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(layers.gelu(x, approximate=True), jax.nn.gelu(x, approximate=True))

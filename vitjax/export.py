@@ -25,6 +25,7 @@ flags.DEFINE_string("quantize", "none", "none; tflite: float16 or int8; onnx: in
 flags.DEFINE_integer("step", None, "The checkpoint step to export (default: the newest).")
 flags.DEFINE_bool("ema", None, "Export the moving average of the parameters (default: when the run kept one).")
 flags.DEFINE_integer("image_size", None, "The input size, needed only when pp_eval has no resize or crop.")
+flags.DEFINE_integer("seq_len", None, "NaFlex runs: the patches per image the exported model takes (default: longest).")
 flags.DEFINE_integer("calibration_images", 300, "int8: training images that calibrate the activation ranges.")
 flags.mark_flags_as_required(["format", "output"])
 
@@ -58,7 +59,7 @@ def main(argv):
   from vitjax.deploy.inputs import UnreadableFileError
 
   try:
-    classifier = Classifier.load(source, step=FLAGS.step, ema=FLAGS.ema)
+    classifier = Classifier.load(source, step=FLAGS.step, ema=FLAGS.ema, seq_len=FLAGS.seq_len)
     if FLAGS.format == "timm":
       return _publish(classifier, source)
     representative = None

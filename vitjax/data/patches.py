@@ -54,8 +54,9 @@ def resize_to_seq(max_seq_len: int, patch_size: int = 16, method: str = "bicubic
 
 def patchify_image(image: tf.Tensor, patch: int, max_seq_len: int) -> dict[str, tf.Tensor]:
   """One image (H, W, C), zero-padded at the bottom and right to whole patches, as the padded NaFlex mapping."""
-  channels = image.shape[-1]
   shape = tf.shape(image)
+  channels = image.shape[-1] or shape[-1]  # Static where known, so that the patch width is too.
+  width = patch * patch * image.shape[-1] if image.shape[-1] else None
   rows, cols = -(-shape[0] // patch), -(-shape[1] // patch)
   image = tf.pad(image, [[0, rows * patch - shape[0]], [0, cols * patch - shape[1]], [0, 0]])
   tf.debugging.assert_less_equal(rows * cols, max_seq_len, message="more patches than max_seq_len: resize first")
@@ -67,7 +68,7 @@ def patchify_image(image: tf.Tensor, patch: int, max_seq_len: int) -> dict[str, 
   coords = tf.stack([tf.reshape(y, [-1]), tf.reshape(x, [-1])], axis=-1)
   pad = max_seq_len - rows * cols
   return {
-    "patches": tf.ensure_shape(tf.pad(patches, [[0, pad], [0, 0]]), [max_seq_len, patch * patch * channels]),
+    "patches": tf.ensure_shape(tf.pad(patches, [[0, pad], [0, 0]]), [max_seq_len, width]),
     "patch_coord": tf.ensure_shape(tf.pad(coords, [[0, pad], [0, 0]]), [max_seq_len, 2]),
     "patch_valid": tf.ensure_shape(tf.range(max_seq_len) < rows * cols, [max_seq_len]),
   }

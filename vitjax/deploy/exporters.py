@@ -1,7 +1,9 @@
 """A Classifier as a file other runtimes load: TensorFlow SavedModel, TFLite (float32, float16 or int8) and ONNX.
 
 Every exported model takes a uint8 batch [N, H, W, C] at the model's input size (the host ops of `pp_eval`, such as
-resize and crop, are the caller's), normalises it inside and returns class probabilities [N, num_classes]. The paths:
+resize and crop, are the caller's), normalises it inside and returns class probabilities [N, num_classes]; a NaFlex
+model takes [N, L, P*P*C + 3] at the sequence length L it was exported at: each image's uint8 patches, packed with
+their (row, column, validity) by `pp_eval`'s host ops (resize_to_seq, patchify). The paths:
 
 - SavedModel: jax2tf (StableHLO in an XlaCallModule op) behind a batch-polymorphic `serving_default` signature.
 - TFLite: TFLiteConverter on that SavedModel; int8 calibrates activation ranges on the run's own images.
@@ -92,9 +94,9 @@ def export(
 def write_saved_model(classifier: Classifier, path: str, input_shape: tuple[int, ...]) -> None:
   """A SavedModel whose `serving_default(images)` gives `{"probabilities": ...}` for any batch size; the weights
   are stored as TF variables, the computation as the JAX function's StableHLO."""
-  height, width, channels = input_shape
+  shape = ", ".join(map(str, input_shape))  # (height, width, channels), or NaFlex's (sequence, packed patch).
   convert = jax2tf.convert(
-    classifier.serving_function(), polymorphic_shapes=[None, f"(b, {height}, {width}, {channels})"], with_gradient=False
+    classifier.serving_function(), polymorphic_shapes=[None, f"(b, {shape})"], with_gradient=False
   )
   module = tf.Module()
   module.weights = tf.nest.map_structure(lambda x: tf.Variable(np.asarray(x), trainable=False), classifier.variables)
@@ -142,7 +144,8 @@ def representative_images(
   `pp_eval`: what the model saw in training, in the exported model's input form."""
   source = data.from_config(config)
   data.prepare(source)
-  host = ml_collections.ConfigDict({**config.to_dict(), "pp_eval": classifier.preprocessing.host_spec})
+  host = data.at_seq_len(config).copy_and_resolve_references()  # A NaFlex run's host spec is at its own length.
+  host.pp_eval = classifier.preprocessing.host_spec
   size = min(count, data.num_examples(source, config.train_split))
   images = []
   for batch in data.as_numpy(data.eval_dataset(source, host, batch_size=min(size, 100), split=config.train_split)):
@@ -153,7 +156,8 @@ def representative_images(
 
 
 def _input_shape(classifier: Classifier, image_size: int | None) -> tuple[int, ...]:
-  """(height, width, channels) of the exported model's input; the run's pp_eval must end with the normalisation."""
+  """(height, width, channels) of the exported model's input, or for NaFlex (sequence length, P*P*C + 3): packed
+  uint8 patches then (row, column, validity); the run's pp_eval must end with the normalisation (then patchify)."""
   if classifier.preprocessing.normalization is None:
     raise ConfigError(
       f"Export needs a pp_eval that ends with value_range or normalize (it moves into the model), got "
@@ -176,5 +180,7 @@ def _one_by_one(images: np.ndarray) -> Iterator[list[np.ndarray]]:
 
 
 def _write_bytes(path: str, contents: bytes) -> None:
+  """`contents` at `path`, its folder made if missing."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "wb") as f:
     f.write(contents)

@@ -19,6 +19,7 @@ from vitjax.errors import ConfigError
 
 # The ops that may end a spec and move into the model function (photometric.value_range and normalize).
 NORMALIZATIONS = ("value_range", "normalize")
+PATCHIFY, PACKED_EXTRA = "patchify", 3  # NaFlex's op (data/patches.py) and the columns it packs after the pixels.
 
 
 class UnreadableFileError(ValueError):
@@ -70,9 +71,14 @@ class Preprocessing:
   def __init__(self, spec: str):
     texts, calls = preprocess.op_texts(spec), preprocess.calls(spec)
     self.spec = spec
+    # NaFlex specs end with `patchify` after their normalisation: the host patchifies uint8 pixels, the model
+    # function normalises the patch columns of the packed array.
+    self.packs = bool(calls) and calls[-1][0] == PATCHIFY
+    self._patch = calls[-1][1]["patch_size"] if self.packs else 0
+    last = len(calls) - 1 - self.packs
     # (name, every argument by name) of the final normalisation op, if the spec ends with one.
-    self.normalization = calls[-1] if calls and calls[-1][0] in NORMALIZATIONS else None
-    self.host_spec = "|".join(texts[:-1] if self.normalization else texts)
+    self.normalization = calls[last] if last >= 0 and calls[last][0] in NORMALIZATIONS else None
+    self.host_spec = "|".join(t for i, t in enumerate(texts) if not (self.normalization and i == last))
     self.decodes = preprocess.decodes(spec)
     op = preprocess.parse(self.host_spec)
     no_seed = tf.zeros([2], tf.int64)  # Evaluation ops are deterministic.
@@ -111,6 +117,17 @@ class Preprocessing:
     x = jnp.asarray(images).astype(jnp.float32)
     if self.normalization is None:
       return x
+    if self.packs:  # Patches (row, column, channel)-flattened, then (row, column, validity), which stay as they are.
+      width = x.shape[-1]  # Static slices, not gathers: exporters take no gather on a batch of open size.
+      patches = jax.lax.slice_in_dim(x, 0, width - PACKED_EXTRA, axis=-1)
+      rest = jax.lax.slice_in_dim(x, width - PACKED_EXTRA, width, axis=-1)
+      pixels = patches.reshape(*patches.shape[:-1], self._patch**2, -1)
+      valid = jax.lax.slice_in_dim(rest, PACKED_EXTRA - 1, PACKED_EXTRA, axis=-1)  # Padding stays zero, as in TF.
+      return jnp.concatenate([self._normalized(pixels).reshape(patches.shape) * valid, rest], axis=-1)
+    return self._normalized(x)
+
+  def _normalized(self, x: jax.Array) -> jax.Array:
+    """The spec's normalisation of pixels [..., C]."""
     name, a = self.normalization
     if name == "value_range":
       return a["low"] + (x - a["in_low"]) * ((a["high"] - a["low"]) / (a["in_high"] - a["in_low"]))

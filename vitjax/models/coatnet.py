@@ -18,7 +18,7 @@ import numpy as np
 
 from vitjax.errors import ConfigError
 from vitjax.models import registry
-from vitjax.models.layers import BatchNorm, Classifier, Conv, DropPath, Layer, stage_drop_rates
+from vitjax.models.layers import BatchNorm, Classifier, Conv, DropPath, Layer, gelu, stage_drop_rates
 from vitjax.models.swin import relative_position_index
 
 Array = jax.Array
@@ -31,10 +31,6 @@ def avg_pool2(x: Array) -> Array:
   """2x2 average pooling with stride 2 (timm's 'avg2')."""
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-
-
-def gelu(x: Array) -> Array:
-  return nn.gelu(x, approximate=False)
 
 
 class Stem(Layer):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models import registry
-from vitjax.models.layers import Classifier, Conv, DropPath, Layer, patch_embedding, stage_drop_rates
+from vitjax.models.layers import Classifier, Conv, DropPath, Layer, gelu, patch_embedding, stage_drop_rates
 
 Array = jax.Array
 Dtype = Any
@@ -64,7 +64,7 @@ class ConvNeXtBlock(Layer):
       name="conv_dw",
     )(x)
     y = _layer_norm("norm", self.dtype)(y)
-    y = dense(dim, "mlp_fc2")(nn.gelu(dense(4 * dim, "mlp_fc1")(y), approximate=False))
+    y = dense(dim, "mlp_fc2")(gelu(dense(4 * dim, "mlp_fc1")(y)))
     if self.layer_scale_init is not None:
       y = y * self.param("gamma", nn.initializers.constant(self.layer_scale_init), (dim,), jnp.float32)
     return x + DropPath(self.drop_path)(y, deterministic=not self.train)

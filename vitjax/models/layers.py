@@ -18,6 +18,32 @@ Dtype = Any
 Padding = str | Sequence[tuple[int, int]]
 
 
+# erf(x) = x P(x^2) / Q(x^2) on [-4, 4] (beyond, +-1 in float32): the rational approximation of Eigen's and XLA's
+# float32 erf, highest power first.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)  # fmt: skip
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+          -1.42647390514189e-02)  # fmt: skip
+
+
+def erf(x: Array) -> Array:
+  """erf to float32 precision in plain arithmetic (clamp, multiply, add, divide): what `lax.erf` computes, in ops
+  that every exporter converts (`lax.erf` reaches TFLite as a composite it cannot read, `lax.erfc` as terms that
+  overflow to inf * 0 = NaN in ONNX)."""
+  x = jnp.clip(x, -4.0, 4.0)
+  x2 = x * x
+  p, q = functools.reduce(lambda acc, c: acc * x2 + c, _ERF_P), functools.reduce(lambda acc, c: acc * x2 + c, _ERF_Q)
+  return x * p / q
+
+
+def gelu(x: Array, approximate: bool = False) -> Array:
+  """GELU, by default the exact x/2 (1 + erf(x / sqrt 2)) of timm (through `erf`, so that it exports); with
+  `approximate` the tanh form of vit_jax and big_vision."""
+  if approximate:
+    return nn.gelu(x, approximate=True)
+  return 0.5 * x * (1.0 + erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
 class Layer(nn.Module):
   """The base of the modules here that compute in `dtype` (parameters stay float32); keyword-only, so that it
   follows each module's own fields."""

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models import registry
-from vitjax.models.layers import Classifier, DropPath, Layer, check_patch_size, patch_embedding
+from vitjax.models.layers import Classifier, DropPath, Layer, check_patch_size, gelu, patch_embedding
 
 Array = jax.Array
 
@@ -30,7 +30,7 @@ class MlpBlock(Layer):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    y = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x), approximate=False)
+    y = gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x))
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="Dense_1")(y)
 
 

@@ -85,11 +85,17 @@ def grid_sizes(coords: Array) -> Array:
 
 def unpack(packed: Array) -> dict[str, Array]:
   """The mapping of a packed (N, L, P*P*C + 3) batch: patches, then (row, column) and validity as numbers."""
+  width = packed.shape[-1]  # Static slices, not gathers: exporters take no gather on a batch of open size.
   return {
-    "patches": packed[..., :-3],
-    "patch_coord": jnp.round(packed[..., -3:-1]).astype(jnp.int32),
-    "patch_valid": packed[..., -1] > 0.5,
+    "patches": jax.lax.slice_in_dim(packed, 0, width - 3, axis=-1),
+    "patch_coord": jnp.round(jax.lax.slice_in_dim(packed, width - 3, width - 1, axis=-1)).astype(jnp.int32),
+    "patch_valid": _column(packed, width - 1) > 0.5,
   }
+
+
+def _column(x: Array, index: int) -> Array:
+  """x[..., index] as a static slice (no gather)."""
+  return jax.lax.index_in_dim(x, index, axis=-1, keepdims=False)
 
 
 def patchify(images: Array, patch: int) -> dict[str, Array]:
@@ -168,17 +174,18 @@ class NaFlexVisionTransformer(vit.TransformerClassifier):
     sizes = grid_sizes(coords)
     if self.posemb_keep_aspect:
       sizes = jnp.tile(jnp.max(sizes, axis=-1, keepdims=True), (1, 2))
-    out_h, out_w = sizes[:, None, 0], sizes[:, None, 1]
+    out_h, out_w = _column(sizes, 0)[:, None], _column(sizes, 1)[:, None]
+    rows, cols = _column(coords, 0), _column(coords, 1)
     (gh, gw), dim = self.posemb_grid, self.hidden_size
     init = nn.initializers.normal(stddev=0.02)
     if self.posemb == "factorized":
       table_y = self.param("pos_embedding_y", init, (gh, dim), jnp.float32)
       table_x = self.param("pos_embedding_x", init, (gw, dim), jnp.float32)
-      wy, wx = linear_weights(coords[..., 0], out_h, gh), linear_weights(coords[..., 1], out_w, gw)
+      wy, wx = linear_weights(rows, out_h, gh), linear_weights(cols, out_w, gw)
       return wy @ table_y + wx @ table_x
     table = self.param("pos_embedding", init, (gh, gw, dim), jnp.float32)
-    wy = antialias_weights(coords[..., 0], out_h, gh, self.posemb_interpolation)
-    wx = antialias_weights(coords[..., 1], out_w, gw, self.posemb_interpolation)
+    wy = antialias_weights(rows, out_h, gh, self.posemb_interpolation)
+    wx = antialias_weights(cols, out_w, gw, self.posemb_interpolation)
     weights = (wy[..., :, None] * wx[..., None, :]).reshape(*wy.shape[:-1], gh * gw)
     return weights @ table.reshape(gh * gw, dim)
 
@@ -199,7 +206,7 @@ class NaFlexVisionTransformer(vit.TransformerClassifier):
     """One vector per image from the encoded tokens; padding and registers never reach it."""
     if self.classifier == "token":
       return jax.lax.index_in_dim(x, 0, axis=1, keepdims=False)
-    x = x[:, self.prefix_tokens :]
+    x = jax.lax.slice_in_dim(x, self.prefix_tokens, x.shape[1], axis=1)
     if self.classifier == "gap":
       weights = valid.astype(x.dtype)[..., None]
       return jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1)

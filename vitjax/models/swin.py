@@ -16,7 +16,7 @@ import numpy as np
 
 from vitjax.errors import ConfigError
 from vitjax.models import registry
-from vitjax.models.layers import Classifier, DropPath, Layer, check_patch_size, patch_embedding, stage_drop_rates
+from vitjax.models.layers import Classifier, DropPath, Layer, check_patch_size, gelu, patch_embedding, stage_drop_rates
 
 Array = jax.Array
 
@@ -110,7 +110,7 @@ class Mlp(Layer):
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
     dim = x.shape[-1]
-    x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x), approximate=False)
+    x = gelu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = nn.Dense(dim, dtype=self.dtype, name="fc2")(x)
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from vitjax.models.attention import MultiHeadDotProductAttention
-from vitjax.models.layers import DropPath, Layer
+from vitjax.models.layers import DropPath, Layer, gelu
 
 Array = jax.Array
 
@@ -24,7 +24,7 @@ class MlpBlock(Layer):
     dim = x.shape[-1]
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", **inits)(x)
     # vit_jax and big_vision call `nn.gelu` with its default, the tanh approximation; timm uses the exact GELU.
-    x = nn.gelu(x, approximate=self.gelu_approximate)
+    x = gelu(x, approximate=self.gelu_approximate)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = nn.Dense(dim, dtype=self.dtype, name="Dense_1", **inits)(x)
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
