@@ -1,13 +1,14 @@
-"""Faults of a two-process run on 127.0.0.1, measured against the same run uninterrupted (benchmarks/RESULTS.md).
+"""Faults of a multi-process run on 127.0.0.1, measured against the same run uninterrupted (benchmarks/RESULTS.md).
 
-    python benchmarks/faults.py [--steps=40] [--heartbeat=10] [--workdir=/tmp/vitjax-faults]
+    python benchmarks/faults.py [--steps=40] [--heartbeat=10] [--processes=2] [--faults=...] [--workdir=DIR]
 
-Runs the quickstart model on the embedded digits as 2 processes x 2 simulated CPU devices (constant learning rate,
-a checkpoint every 4 steps, one eval at the end): once straight through; once with process 1 SIGKILLed between
-checkpoints, then relaunched; the same with process 0 (the coordinator); once with process 1 sent SIGTERM, then
-relaunched. Prints a Markdown table: how long the other process took to exit after the fault, with what status and
-line, the steps trained again, and whether the relaunched run's per-step losses and final eval equal the straight
-run's bit for bit.
+Runs the quickstart model on the embedded digits as N processes x 2 simulated CPU devices (constant learning rate,
+a checkpoint every 4 steps, one eval at the end): once straight through, then once per fault, relaunched after it
+to the end: process 1 SIGKILLed between checkpoints (kill1), the same with process 0, the coordinator (kill0),
+process 1 killed in the middle of the save of checkpoint 8 (save) or at the start of the final evaluation (eval),
+both from inside (tests/fault_worker.py), and process 1 sent SIGTERM (term). Prints a Markdown table: how long the
+other processes took to exit after the fault, with what status and line, the steps trained again, and whether the
+relaunched run's per-step losses and final eval equal the straight run's bit for bit.
 """
 
 import argparse
@@ -23,24 +24,35 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start(workdir: str, data_dir: str, steps: int, heartbeat: float) -> list[subprocess.Popen]:
+FAULTS = {  # name: (victim, signal sent by this script or None, fault injected by tests/fault_worker.py)
+  "kill1": (1, signal.SIGKILL, ""),
+  "kill0": (0, signal.SIGKILL, ""),
+  "save": (1, None, "save:8"),
+  "eval": (1, None, "eval:1"),
+  "term": (1, signal.SIGTERM, ""),
+}
+
+
+def start(workdir: str, data_dir: str, args, fault: str = "") -> list[subprocess.Popen]:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
   processes = []
-  for i in range(2):
+  for i in range(args.processes):
+    entry = ("tests/fault_worker.py", "--nosupervise") if fault and i == 1 else ("-m", "vitjax.main")
     command = [
-      *(sys.executable, "-m", "vitjax.main", "--config=configs/quickstart.py", f"--workdir={workdir}"),
-      *(f"--config.data.data_dir={data_dir}", f"--config.total_steps={steps}", "--config.batch_size=16"),
+      *(sys.executable, *entry, "--config=configs/quickstart.py", f"--workdir={workdir}"),
+      *(f"--config.data.data_dir={data_dir}", f"--config.total_steps={args.steps}", "--config.batch_size=16"),
       *("--config.eval_batch_size=360", "--config.log_every=1", "--config.eval_every=0"),
       *("--config.checkpoint_every=4", "--config.schedule.name=constant", "--config.schedule.warmup_steps=0"),
-      f"--config.distributed.heartbeat_timeout={heartbeat}",
-      *(f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
+      f"--config.distributed.heartbeat_timeout={args.heartbeat:g}",
+      *(f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={args.processes}", f"--process_id={i}"),
     ]
     log = open(f"{workdir}.p{i}.log", "a")  # noqa: SIM115 - closed with the process.
-    processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    process_env = {**env, "VITJAX_TEST_FAULT": fault} if fault and i == 1 else env
+    processes.append(subprocess.Popen(command, cwd=REPO, env=process_env, stdout=log, stderr=subprocess.STDOUT))
   return processes
 
 
@@ -62,29 +74,40 @@ def results(workdir: str) -> dict:
     return json.load(f)
 
 
-def fault(workdir: str, args, victim: int, sig: signal.Signals) -> dict:
-  """Starts the run, sends `sig` to process `victim` once a step after the second checkpoint is logged, times the
-  other's exit, then relaunches to the end."""
-  processes = start(workdir, args.data_dir, args.steps, args.heartbeat)
-  while not (len(committed(workdir)) >= 2 and max(losses(workdir), default=0) > committed(workdir)[-1]):
-    time.sleep(0.02)
-  processes[victim].send_signal(sig)
+def fault(workdir: str, args, name: str) -> dict:
+  """Starts the run with fault `name` (FAULTS): a signal to the victim once a step after the second checkpoint is
+  logged, or one the victim injects itself; times the others' exits from the victim's end, then relaunches."""
+  victim, sig, injected = FAULTS[name]
+  processes = start(workdir, args.data_dir, args, injected)
+  if sig is not None:
+    while not (len(committed(workdir)) >= 2 and max(losses(workdir), default=0) > committed(workdir)[-1]):
+      time.sleep(0.02)
+    processes[victim].send_signal(sig)
+  if sig is None or sig == signal.SIGKILL:
+    processes[victim].wait()
   sent = time.time()
-  code = processes[1 - victim].wait()
-  seconds = time.time() - sent
+  others = [p for i, p in enumerate(processes) if i != victim]
+  codes, seconds = [], []
+  for p in others:
+    codes.append(p.wait())
+    seconds.append(time.time() - sent)
   processes[victim].wait()
   trained, last = max(losses(workdir)), max(committed(workdir))
-  with open(f"{workdir}.p{1 - victim}.log") as f:
+  witness = 1 if victim == 0 else 0
+  with open(f"{workdir}.p{witness}.log") as f:
     lines = [line.strip() for line in f if "lost process" in line or "Stopped at step" in line]
-  for p in start(workdir, args.data_dir, args.steps, args.heartbeat):
+  for p in start(workdir, args.data_dir, args):
     p.wait()
-  return dict(seconds=seconds, code=code, line=lines[-1] if lines else "", lost=trained - last, stop=trained)
+  line = lines[-1] if lines else ""
+  return dict(seconds=max(seconds), codes=codes, line=line, lost=trained - last, stop=trained, last=last)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=40)
   parser.add_argument("--heartbeat", type=float, default=10)
+  parser.add_argument("--processes", type=int, default=2)
+  parser.add_argument("--faults", default=",".join(FAULTS), help=f"Comma-separated, of {', '.join(FAULTS)}.")
   parser.add_argument("--workdir", default="/tmp/vitjax-faults")
   args = parser.parse_args()
   shutil.rmtree(args.workdir, ignore_errors=True)
@@ -95,20 +118,23 @@ def main():
   args.data_dir = os.path.join(args.workdir, "tfds")
   data.prepare(data.builder_by_name("vitjax_digits", data_dir=args.data_dir))
   straight = os.path.join(args.workdir, "straight")
-  for p in start(straight, args.data_dir, args.steps, args.heartbeat):
+  for p in start(straight, args.data_dir, args):
     p.wait()
   reference = results(straight)
   print(f"straight: accuracy {reference['accuracy']:.6f}, loss {reference['loss']:.7f} at step {reference['step']}")
-  print("| fault | the other process exits after | status | steps trained again | relaunch = straight |")
-  print("|---|---|---|---|---|")
-  for victim, sig in ((1, signal.SIGKILL), (0, signal.SIGKILL), (1, signal.SIGTERM)):
-    name = f"{sig.name} process {victim}"
-    workdir = os.path.join(args.workdir, name.replace(" ", "_").lower())
-    row = fault(workdir, args, victim, sig)
+  print(f"{args.processes} processes")
+  print("| fault | the others exit after | status | last checkpoint | steps trained again | relaunch = straight |")
+  print("|---|---|---|---|---|---|")
+  for name in args.faults.split(","):
+    workdir = os.path.join(args.workdir, name)
+    row = fault(workdir, args, name)
     final = results(workdir)
     same = losses(workdir) == losses(straight) and all(final[k] == reference[k] for k in ("accuracy", "loss", "step"))
-    print(f"| {name} at step {row['stop']} | {row['seconds']:.1f} s | {row['code']} | {row['lost']} | {same} |")
-    print(f"  process {1 - victim}: {row['line'][:300]}")
+    print(
+      f"| {name} at step {row['stop']} | {row['seconds']:.1f} s | {row['codes']} | {row['last']} | {row['lost']} "
+      f"| {same} |"
+    )
+    print(f"  {row['line'][:300]}")
 
 
 if __name__ == "__main__":
