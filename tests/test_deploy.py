@@ -213,6 +213,8 @@ def test_naflex_preprocessing_patchifies_pixels_on_the_host_and_normalises_them_
   packed = steps.pixels(image)
   assert packed[:, :-3].max() > 1 and set(np.unique(packed[:, -1])) == {0.0, 1.0}  # uint8 pixels, validity.
   np.testing.assert_allclose(np.asarray(steps.normalize(packed[None]))[0], expected, rtol=0, atol=1e-6)
+  resized = preprocess.parse("resize_to_seq(12, 2)")({"image": tf.constant(image)}, tf.zeros([2], tf.int64))["image"]
+  np.testing.assert_array_equal(steps.image(packed), resized.numpy())  # The patches put back: the resized image.
 
 
 def test_a_naflex_model_exports_at_its_sequence_length(tmp_path):

@@ -125,6 +125,23 @@ class Classifier:
       config=run.config,
     )
 
+  def on_images(self) -> "Classifier":
+    """This classifier, taking whole images at their host-preprocessed size: for a NaFlex model (which reads an
+    image as its full patch grid, with the logits of its padded patches) the spec without its final `patchify`,
+    what explanations attribute over; any other classifier is itself."""
+    if not self.preprocessing.packs:
+      return self
+    return Classifier(
+      self.model,
+      self.variables,
+      class_names=self.class_names,
+      pp_eval=self.preprocessing.image_spec,
+      activation=self.activation,
+      batch_size=self.batch_size,
+      source=self.source,
+      config=self.config,
+    )
+
   @property
   def input_shape(self) -> tuple[int, ...] | None:
     """(height, width, channels) of the model's input after the host ops of `pp_eval`; None if they keep sizes."""

@@ -79,6 +79,7 @@ class Preprocessing:
     # (name, every argument by name) of the final normalisation op, if the spec ends with one.
     self.normalization = calls[last] if last >= 0 and calls[last][0] in NORMALIZATIONS else None
     self.host_spec = "|".join(t for i, t in enumerate(texts) if not (self.normalization and i == last))
+    self.image_spec = "|".join(texts[:-1] if self.packs else texts)  # The spec up to whole images.
     self.decodes = preprocess.decodes(spec)
     op = preprocess.parse(self.host_spec)
     no_seed = tf.zeros([2], tf.int64)  # Evaluation ops are deterministic.
@@ -125,6 +126,18 @@ class Preprocessing:
       valid = jax.lax.slice_in_dim(rest, PACKED_EXTRA - 1, PACKED_EXTRA, axis=-1)  # Padding stays zero, as in TF.
       return jnp.concatenate([self._normalized(pixels).reshape(patches.shape) * valid, rest], axis=-1)
     return self._normalized(x)
+
+  def image(self, packed: np.ndarray) -> np.ndarray:
+    """The host-preprocessed image that a NaFlex spec's packed patches (L, P*P*C + 3) were cut from: each valid
+    patch back at its (row, column), (rows * P, columns * P, C)."""
+    patch, valid = self._patch, packed[:, -1] > 0.5
+    coords = np.round(packed[valid, -3:-1]).astype(int)
+    rows, cols = coords.max(axis=0) + 1
+    pixels = packed[valid, :-PACKED_EXTRA].reshape(-1, patch, patch, (packed.shape[1] - PACKED_EXTRA) // patch**2)
+    image = np.zeros((rows * patch, cols * patch, pixels.shape[-1]), packed.dtype)
+    for (row, col), values in zip(coords, pixels):
+      image[row * patch : (row + 1) * patch, col * patch : (col + 1) * patch] = values
+    return image
 
   def _normalized(self, x: jax.Array) -> jax.Array:
     """The spec's normalisation of pixels [..., C]."""

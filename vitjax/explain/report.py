@@ -82,7 +82,7 @@ def _chosen_images(config: ml_collections.ConfigDict, classifier: Classifier) ->
     raise ConfigError(
       f"config.explain.num_images must be at least 1 (or set config.explain.files), got {options.num_images}."
     )
-  data_config = config.data.copy_and_resolve_references()
+  data_config = data.at_seq_len(config.data).copy_and_resolve_references()  # NaFlex: the spec is at its length.
   data_config.pp_eval = classifier.preprocessing.host_spec
   dataset = data.eval_dataset(data.from_config(data_config), data_config, batch_size=options.num_images)
   batch = next(data.as_numpy(dataset))
@@ -147,7 +147,15 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   classifier = Classifier.load(workdir)
   visualize.targets(tuple(config.explain.visualize_class), classifier.class_names, [0])  # Fails early on a typo.
   images, sources, labels = _chosen_images(config, classifier)
-  results = explain_images(classifier, images, config.explain, seed=config.seed)
+  if classifier.preprocessing.packs:  # NaFlex: each image at its own size, explained on its own.
+    images = [classifier.preprocessing.image(packed) for packed in images]
+    results = [
+      result
+      for i, image in enumerate(images)
+      for result in explain_images(classifier.on_images(), image[None], config.explain, seed=config.seed + i)
+    ]
+  else:
+    results = explain_images(classifier, images, config.explain, seed=config.seed)
   folder = os.path.join(workdir, "explain")
   os.makedirs(folder, exist_ok=True)
   names, records = classifier.class_names, []
@@ -159,7 +167,7 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     records.append(record)
   if "class_model" in config.explain.methods:
     predicted = [result["label"] for result in results]
-    figures.write_class_models(folder, _class_models(config, classifier, images.shape[1:], predicted))
+    figures.write_class_models(folder, _class_models(config, classifier.on_images(), images[0].shape, predicted))
   summary = _summary(records)
   report = {"source": classifier.source, "grad_cam_layer": results[0]["layer"], "summary": summary, "images": records}
   with open(os.path.join(workdir, "explain.json"), "w") as f:
