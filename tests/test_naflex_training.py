@@ -1,5 +1,6 @@
 """NaFlex through the whole recipe: sequence lengths in the data config, batches that cycle through them and
-resume exactly, the canvas digits, and one run trained, evaluated at three lengths, served and explained at any aspect ratio."""
+resume exactly, the canvas digits, and one run trained, evaluated at three lengths, served and explained at any
+aspect ratio."""
 
 import ml_collections
 import numpy as np
@@ -78,7 +79,7 @@ def test_batches_cycle_through_the_lengths_and_resume_exactly(canvas_dir):
     data.train_dataset(source, data_config(canvas_dir, **{"mixup.mixup_alpha": 0.2}), batch_size=4, seed=3)
 
 
-def test_one_run_trains_over_three_lengths_evaluates_at_three_serves_and_explains_any_aspect_ratio(canvas_dir, tmp_path):
+def test_one_run_trains_at_three_lengths_evaluates_at_three_serves_and_explains_any_aspect_ratio(canvas_dir, tmp_path):
   config = naflex_digits.get_config("runlocal")
   config.data.data_dir = canvas_dir
   config.total_steps, config.eval_every = 3, 3  # One step at each of 16, 36 and 64 patches.
