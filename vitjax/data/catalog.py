@@ -27,7 +27,7 @@ def from_config(config: ml_collections.ConfigDict) -> Source:
   """The source that ``config`` (the data config) names; bad names, options and specs fail here, naming the fix."""
   mixing.from_config(config.mixup)
   seqlens.check(config)
-  for seq_len in config.seq_lens or (None,):
+  for seq_len in seqlens.lengths(config) or (None,):
     _check_pp(seqlens.at_seq_len(config, seq_len), "pp_train", "pp_eval")
   if config.dataset in FOLDERS:
     return _folder(config, config.dataset, config.folder, config.train_split, config.eval_split)

@@ -24,32 +24,37 @@ PLACEHOLDER = "{seq_len}"
 SPECS = ("pp_train", "pp_eval")
 
 
+def lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """`config.seq_lens`; () for the configs of runs saved before the key existed."""
+  return tuple(config.get("seq_lens") or ())
+
+
 def check(config: ml_collections.ConfigDict) -> None:
   """A ConfigError unless `seq_lens` and the `{seq_len}` placeholders of the specs come together."""
-  lengths = tuple(config.seq_lens)
-  if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in lengths):
-    raise ConfigError(f"config.data.seq_lens={lengths!r} must be positive whole numbers of patches, e.g. (64, 144).")
-  templated = [key for key in SPECS if PLACEHOLDER in config[key]]
-  if lengths and len(templated) < len(SPECS):
+  found = lengths(config)
+  if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in found):
+    raise ConfigError(f"config.data.seq_lens={found!r} must be positive whole numbers of patches, e.g. (64, 144).")
+  templated = [key for key in SPECS if PLACEHOLDER in config.get(key, "")]
+  if found and len(templated) < len(SPECS):
     missing = next(key for key in SPECS if key not in templated)
     raise ConfigError(
-      f"config.data.seq_lens={lengths} needs {PLACEHOLDER} in config.data.{missing} (e.g. "
+      f"config.data.seq_lens={found} needs {PLACEHOLDER} in config.data.{missing} (e.g. "
       f"'resize_to_seq({PLACEHOLDER}, 16)|value_range(-1, 1)|patchify(16, {PLACEHOLDER})'), or set seq_lens=()."
     )
-  if templated and not lengths:
+  if templated and not found:
     raise ConfigError(f"config.data.{templated[0]} has {PLACEHOLDER}: list the lengths in config.data.seq_lens.")
 
 
 def default_seq_len(config: ml_collections.ConfigDict) -> int | None:
   """The length evaluation and serving use unless told otherwise: the longest; None without lengths."""
-  return max(config.seq_lens) if config.seq_lens else None
+  return max(lengths(config), default=None)
 
 
 def at_seq_len(config: ml_collections.ConfigDict, seq_len: int | None = None) -> ml_collections.ConfigDict:
   """The data config with its specs at `seq_len` (None: `default_seq_len`) and no lengths left to choose: a config that
   every single-length reader takes. Without `seq_lens` the config itself (a `seq_len` is then an error)."""
   check(config)
-  if not config.seq_lens:
+  if not lengths(config):
     if seq_len is not None:
       raise ConfigError(f"A sequence length ({seq_len}) was given, but config.data.seq_lens is empty: not NaFlex.")
     return config
@@ -65,10 +70,10 @@ def at_seq_len(config: ml_collections.ConfigDict, seq_len: int | None = None) ->
 
 def train_preprocessing(config: ml_collections.ConfigDict) -> Callable[[dict, tf.Tensor, tf.Tensor], dict]:
   """`fn(features, seed, batch_index)`: `pp_train`, at the length of the example's batch when there are several."""
-  if not config.seq_lens:
+  if not lengths(config):
     op = preprocess.parse(config.pp_train)
     return lambda features, seed, batch_index: op(features, seed)
-  ops = [preprocess.parse(at_seq_len(config, n).pp_train) for n in config.seq_lens]
+  ops = [preprocess.parse(at_seq_len(config, n).pp_train) for n in lengths(config)]
 
   def fn(features, seed, batch_index):
     branches = [functools.partial(op, dict(features), seed) for op in ops]
