@@ -147,12 +147,13 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
   classifier = Classifier.load(workdir)
   visualize.targets(tuple(config.explain.visualize_class), classifier.class_names, [0])  # Fails early on a typo.
   images, sources, labels = _chosen_images(config, classifier)
-  if classifier.preprocessing.packs:  # NaFlex: each image at its own size, explained on its own.
+  on_images = classifier.on_images()  # NaFlex: the same weights on whole images; anything else: itself.
+  if classifier.preprocessing.packs:  # Each image at its own size, explained on its own.
     images = [classifier.preprocessing.image(packed) for packed in images]
     results = [
       result
       for i, image in enumerate(images)
-      for result in explain_images(classifier.on_images(), image[None], config.explain, seed=config.seed + i)
+      for result in explain_images(on_images, image[None], config.explain, seed=config.seed + i)
     ]
   else:
     results = explain_images(classifier, images, config.explain, seed=config.seed)
@@ -167,7 +168,7 @@ def run_explain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
     records.append(record)
   if "class_model" in config.explain.methods:
     predicted = [result["label"] for result in results]
-    figures.write_class_models(folder, _class_models(config, classifier.on_images(), images[0].shape, predicted))
+    figures.write_class_models(folder, _class_models(config, on_images, images[0].shape, predicted))
   summary = _summary(records)
   report = {"source": classifier.source, "grad_cam_layer": results[0]["layer"], "summary": summary, "images": records}
   with open(os.path.join(workdir, "explain.json"), "w") as f:
