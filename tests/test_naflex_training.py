@@ -75,8 +75,27 @@ def test_batches_cycle_through_the_lengths_and_resume_exactly(canvas_dir):
   assert len(shapes) > 3  # Wide, tall and square images.
   resumed = next(data.train_dataset(source, config, batch_size=4, seed=3, start_batch=4).as_numpy_iterator())
   np.testing.assert_array_equal(resumed["image"], batches[4]["image"])
-  with pytest.raises(ConfigError, match="Mixup and CutMix mix image batches"):
-    data.train_dataset(source, data_config(canvas_dir, **{"mixup.mixup_alpha": 0.2}), batch_size=4, seed=3)
+  mixed_config = data_config(canvas_dir, seq_lens=(4, 9, 16), **{"mixup.cutmix_alpha": 1.0})
+  mixed = data.train_dataset(source, mixed_config, batch_size=4, seed=3).as_numpy_iterator()
+  changed = []
+  for plain, cut in zip(batches[:3], mixed):  # CutMix inside each batch, at its length.
+    np.testing.assert_array_equal(cut["image"][..., -3:], plain["image"][..., -3:])
+    np.testing.assert_allclose(cut["labels"].sum(axis=1), 1.0, rtol=1e-6)
+    changed.append(not np.array_equal(cut["labels"], plain["labels"]))
+  assert any(changed)
+
+
+def test_a_skipped_record_that_ended_a_batch_is_filled_at_the_length_of_that_batch(canvas_dir):
+  crop = SPEC.replace("decode(channels=1)", "decode(channels=1)|random_crop(20)")  # Fails on 16-pixel sides.
+  config = data_config(canvas_dir, seq_lens=(4, 9), pp_train=crop, strict=False)
+  stream = data.train_dataset(data.from_config(config), config, batch_size=4, seed=3).as_numpy_iterator()
+  batches = [next(stream) for _ in range(8)]
+  assert [b["image"].shape[1] for b in batches] == [4, 9] * 4
+  skipped = np.stack([b["_skipped"] for b in batches])
+  assert skipped[:, -1].any() and skipped.sum() < skipped.size  # Some of them ended a batch.
+  for batch in batches:
+    valid = np.asarray(naflexvit.unpack(batch["image"])["patch_valid"])
+    assert valid.any(axis=1).all()
 
 
 def test_one_run_trains_at_two_lengths_evaluates_at_three_serves_and_explains_any_aspect_ratio(canvas_dir, tmp_path):

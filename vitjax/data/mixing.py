@@ -4,7 +4,8 @@ A batch is mixed with itself in reverse order (example ``i`` with ``B - 1 - i``)
 per batch, as timm does: Mixup blends whole images, ``lam * x + (1 - lam) * x_reversed``; CutMix pastes a box of
 the reversed batch covering a ``1 - lam`` share of the image, and ``lam`` becomes the exact share left unpasted
 after clipping the box to the image. Targets mix with the same weight, so they still sum to one (or stay
-multi-hot mixtures for multi-label data). All draws are stateless functions of the batch's seed.
+multi-hot mixtures for multi-label data). NaFlex batches of packed patches pair images of similar aspect ratio
+instead (``patch_mixing``). All draws are stateless functions of the batch's seed.
 """
 
 import dataclasses
@@ -12,6 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from vitjax.data import patch_mixing
 from vitjax.errors import ConfigError
 
 Batch = dict[str, tf.Tensor]
@@ -72,22 +74,13 @@ def cutmix_box(height: tf.Tensor, width: tf.Tensor, lam: tf.Tensor, seed: tf.Ten
   return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
 
 
-def check_images(spec: tf.TensorSpec) -> None:
-  """A ConfigError unless the batches to mix are images [B, H, W, C] (NaFlex batches are patches)."""
-  if spec.shape.rank != 4:
-    raise ConfigError(
-      f"Mixup and CutMix mix image batches [B, H, W, C]; these are {spec.shape} (NaFlex patches): set "
-      "config.data.mixup.mixup_alpha and cutmix_alpha to 0."
-    )
-
-
 def mix_batch(batch: Batch, seed: tf.Tensor, mixing: Mixing) -> Batch:
-  """Mixes ``batch["image"]`` (float [B, H, W, C]) and ``batch["labels"]`` (float [B, K]) as ``mixing`` says."""
+  """Mixes ``batch["image"]`` (float [B, H, W, C], or NaFlex patches [B, L, D + 3]: ``patch_mixing``) and
+  ``batch["labels"]`` (float [B, K]) as ``mixing`` says."""
   if not mixing.enabled:
     return batch
   images, labels = batch["image"], batch["labels"]
   seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-  other_images, other_labels = tf.reverse(images, [0]), tf.reverse(labels, [0])
   apply = tf.random.stateless_uniform([], seeds[0]) < mixing.prob
   if mixing.mixup_alpha > 0 and mixing.cutmix_alpha > 0:
     use_cutmix = tf.random.stateless_uniform([], seeds[1]) < mixing.switch_prob
@@ -95,10 +88,19 @@ def mix_batch(batch: Batch, seed: tf.Tensor, mixing: Mixing) -> Batch:
     use_cutmix = tf.constant(mixing.cutmix_alpha > 0)
   alpha = tf.where(use_cutmix, float(mixing.cutmix_alpha), float(mixing.mixup_alpha))
   lam = _beta(seeds[2], alpha)
+  mix = patch_mixing.mix_packed if images.shape.rank == 3 else _mix_images
+  mixed, mixed_labels = mix(images, labels, lam, use_cutmix, seeds[3])
+  mixed, labels = tf.cond(apply, lambda: (mixed, mixed_labels), lambda: (images, labels))
+  return {**batch, "image": tf.ensure_shape(mixed, images.shape), "labels": labels}
+
+
+def _mix_images(images: tf.Tensor, labels: tf.Tensor, lam: tf.Tensor, use_cutmix: tf.Tensor, seed: tf.Tensor):
+  """Images [B, H, W, C] and labels mixed with the batch reversed: blended with weight ``lam``, or a box pasted."""
+  other_images, other_labels = tf.reverse(images, [0]), tf.reverse(labels, [0])
   height, width = tf.shape(images)[1], tf.shape(images)[2]
 
   def cutmix():
-    box = cutmix_box(height, width, lam, seeds[3])
+    box = cutmix_box(height, width, lam, seed)
     pasted = tf.reduce_mean(tf.cast(box, tf.float32))
     return tf.where(box[None, :, :, None], other_images, images), 1.0 - pasted
 
@@ -106,9 +108,4 @@ def mix_batch(batch: Batch, seed: tf.Tensor, mixing: Mixing) -> Batch:
     return lam * images + (1.0 - lam) * other_images, lam
 
   mixed, weight = tf.cond(use_cutmix, cutmix, mixup)
-  mixed, weight = tf.cond(apply, lambda: (mixed, weight), lambda: (images, tf.constant(1.0)))
-  return {
-    **batch,
-    "image": tf.ensure_shape(mixed, images.shape),
-    "labels": weight * labels + (1.0 - weight) * other_labels,
-  }
+  return mixed, weight * labels + (1.0 - weight) * other_labels

@@ -124,10 +124,10 @@ def train_dataset(
     example_seed = tf.random.experimental.stateless_fold_in(key, index)
     return _finalize(augment(features, example_seed, index // batch_size), num_classes=classes)
 
-  ds = failures.guard(pairs, process, strict=config.strict, first_key=start).batch(batch_size, drop_remainder=True)
+  ds = failures.guard(pairs, process, strict=config.strict, first_key=start)
+  ds = seqlens.fit_fills(ds, config, first=start, batch_size=batch_size).batch(batch_size, drop_remainder=True)
   mixer = mixing.from_config(config.mixup)
   if mixer.enabled:
-    mixing.check_images(ds.element_spec["image"])
     mix_key = tf.random.experimental.stateless_split(key, 1)[0]
     ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_batch, _MAX_EPOCHS), ds).map(
       lambda index, batch: mixer(batch, tf.random.experimental.stateless_fold_in(mix_key, index)),

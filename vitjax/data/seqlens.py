@@ -80,3 +80,21 @@ def train_preprocessing(config: ml_collections.ConfigDict) -> Callable[[dict, tf
     return tf.switch_case(tf.cast(batch_index % len(ops), tf.int32), branches)
 
   return fn
+
+
+def fit_fills(examples: tf.data.Dataset, config: ml_collections.ConfigDict, *, first: int, batch_size: int):
+  """The training examples from index `first` on, each cut or padded (with padding patches) to its batch's length.
+
+  Only the slots of skipped records change (`failures.guard`): they hold a copy of the next good record, which was
+  preprocessed for its own batch, at another length when the skipped record ended a batch."""
+  found = lengths(config)
+  if len(found) < 2:
+    return examples
+  sizes = tf.constant(found, tf.int32)
+
+  def fit(index, example):
+    size = sizes[tf.cast(index // batch_size, tf.int32) % len(found)]
+    image = example["image"][:size]
+    return {**example, "image": tf.pad(image, [[0, size - tf.shape(image)[0]], [0, 0]])}
+
+  return tf.data.Dataset.zip(tf.data.Dataset.counter(first), examples).map(fit, num_parallel_calls=tf.data.AUTOTUNE)
