@@ -43,13 +43,11 @@ def guard(
     out["_skipped_record"] = tf.constant(-1, tf.int64)
     return key, tf.constant(False), out
 
-  spec = pairs.map(keyed).element_spec[2]
-  blank = {k: tf.zeros([d or 0 for d in s.shape], s.dtype) for k, s in spec.items()}
-
   def window(keys, features):
     first = keys.take(1).get_single_element()
-    marker = tf.data.Dataset.from_tensors((first, tf.constant(True), blank))
     done = tf.data.Dataset.zip(keys, features).map(keyed).ignore_errors(log_warning=strict)
+    blank = {k: tf.zeros([d or 0 for d in s.shape], s.dtype) for k, s in done.element_spec[2].items()}
+    marker = tf.data.Dataset.from_tensors((first, tf.constant(True), blank))
     return marker.concatenate(done)
 
   tried = pairs.window(WINDOW).interleave(
