@@ -193,6 +193,34 @@ def test_exported_graphs_hold_no_gather(name):
   assert not re.findall(r"stablehlo\.(?:dynamic_)?gather", text)
 
 
+def test_onnx_elementwise_ops_read_constants_without_their_broadcast_and_give_the_same_outputs():
+  import onnx
+  import onnxruntime
+  from onnx import TensorProto, helper
+
+  from vitjax.deploy import onnx_graph
+
+  nodes = [
+    helper.make_node("Shape", ["x"], ["shape"]),
+    helper.make_node("Expand", ["c", "shape"], ["wide"]),
+    helper.make_node("Mul", ["x", "wide"], ["scaled"]),  # x fixes the shape: the Expand goes.
+    helper.make_node("Expand", ["c", "shape"], ["kept"]),
+    helper.make_node("Mul", ["kept", "c"], ["both"]),  # Only constants: the Expand gives the shape, and stays.
+    helper.make_node("Add", ["scaled", "both"], ["y"]),
+  ]
+  value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 3])  # noqa: E731
+  constant = helper.make_tensor("c", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+  graph = helper.make_graph(nodes, "g", [value("x")], [value("y")], [constant])
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_graph.OPSET)], ir_version=8)
+  before = model.SerializeToString()
+  assert onnx_graph.drop_constant_broadcasts(model.graph) == 1
+  onnx.checker.check_model(model)
+  assert [n.op_type for n in model.graph.node].count("Expand") == 1
+  x = np.random.RandomState(0).randn(4, 3).astype(np.float32)
+  run = lambda m: onnxruntime.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+  np.testing.assert_array_equal(run(model.SerializeToString()), run(before))
+
+
 @pytest.mark.parametrize(
   "spec", ["resize(6)|value_range(-1, 1)", "value_range(0, 1, 16, 240)", "normalize", "normalize((0.5,), (0.25,))"]
 )

@@ -30,8 +30,9 @@ _portable = contextvars.ContextVar("portable_convolutions", default=False)
 
 @contextlib.contextmanager
 def portable() -> Iterator[None]:
-  """Within it, every convolution traces as `lax.conv` (1x1 ones still as a matmul), the op exporters map to their
-  own convolutions (TFLite's DEPTHWISE_CONV_2D, int8 kernels), whatever backend traces it. JAX caches traces per
+  """Within it, every convolution traces as `lax.conv` (1x1 ones too: a matmul over a reshaped batch of unknown size
+  exports as shape arithmetic), the op exporters map to their own convolutions (TFLite's DEPTHWISE_CONV_2D, int8
+  kernels, ONNX Conv that onnxruntime fuses with what follows), whatever backend traces it. JAX caches traces per
   function, so trace a function here that was not traced outside (the exporters' serving function is new)."""
   token = _portable.set(True)
   try:
@@ -49,7 +50,7 @@ def conv2d(x: Array, kernel: Array, *, strides: tuple[int, int], padding: Paddin
   """NHWC input, HWIO kernel -> NHWC output, as `lax.conv_general_dilated` computes it, by the fastest path known."""
   kh, kw = kernel.shape[:2]
   pads = explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
-  if groups == 1 and (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads):
+  if groups == 1 and (kh, kw) == (1, 1) and all(p == (0, 0) for p in pads) and not _portable.get():
     x = subsample(x, strides)
     return (x.reshape(-1, x.shape[-1]) @ kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
   if groups == 1 and uses_shifted_matmul(x.shape, (kh, kw), strides, pads):

@@ -172,14 +172,13 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
     ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-    rows = x.reshape(-1, channels).astype(jnp.float32)
-    if self.use_running_average:
-      y = (rows - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon) * scale + bias
-    else:
-      y, mean, var = _batch_norm_train(rows, scale, bias, self.epsilon)
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    if self.use_running_average:  # One multiply-add per element, on x's own shape: nothing for exporters to reshape.
+      multiplier = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
+      return (x.astype(jnp.float32) * multiplier + (bias - ra_mean.value * multiplier)).astype(self.dtype)
+    y, mean, var = _batch_norm_train(x.reshape(-1, channels).astype(jnp.float32), scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y.reshape(x.shape).astype(self.dtype)
 
 
