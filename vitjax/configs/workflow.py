@@ -103,7 +103,7 @@ def _runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.select.update(candidates=("vit_micro8", "vit_micro4"), epochs=0.1, probe_steps=2)
   config.select.pretrained_model = "vit_micro16"
   config.select.pretrained_pp = "resize(16)|to_rgb|value_range(-1, 1)"
-  config.tune.update(trials=3, startup_trials=1, evals_per_trial=2, epochs=(0.1, 0.2))
+  config.tune.update(trials=2, startup_trials=1, evals_per_trial=2, epochs=(0.1, 0.2))
   config.ensemble.seeds = 2
   config.deploy.update(epochs=0.1, latency_images=10)
   config.report.update(explain_methods=("gradients",), explain_images=2)
