@@ -82,7 +82,9 @@ def train_preprocessing(config: ml_collections.ConfigDict) -> Callable[[dict, tf
   return fn
 
 
-def fit_fills(examples: tf.data.Dataset, config: ml_collections.ConfigDict, *, first: int, batch_size: int):
+def fit_fills(
+  examples: tf.data.Dataset, config: ml_collections.ConfigDict, *, first: int, batch_size: int
+) -> tf.data.Dataset:
   """The training examples from index `first` on, each cut or padded (with padding patches) to its batch's length.
 
   Only the slots of skipped records change (`failures.guard`): they hold a copy of the next good record, which was
