@@ -7,7 +7,8 @@
 
 Per model, one markdown row per runtime: `vitjax.Classifier` (jit, float32), the exported SavedModel, TFLite
 float32 and int8 (interpreter with one thread per core; XNNPACK is its default delegate), ONNX Runtime float32 and
-int8; with `--torch_python`, timm in eager mode (`torch.inference_mode`) and timm exported to ONNX (ONNX Runtime).
+int8, and TFLite and ONNX exported for a fixed batch of one (`--batch_size=1`: batch 32 is then 32 calls); with
+`--torch_python`, timm in eager mode (`torch.inference_mode`) and timm exported to ONNX (ONNX Runtime).
 timm runs the very weights vitjax runs: each model is written as a timm repo (`vitjax.transfer.publish`) and loaded
 with `timm.create_model("local-dir:...")`, so "agree" (top-1 equal to JAX's) measures every runtime alike.
 
@@ -33,7 +34,17 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ("resnet50", "mobilenet_v3_large", "efficientnet_b0", "vit_s16")
-FORMATS = (("saved_model", "none"), ("tflite", "none"), ("tflite", "int8"), ("onnx", "none"), ("onnx", "int8"))
+# (format, quantize, batch size fixed at export or None for any): a fixed batch of 1 runs one image at a time.
+FORMATS = (
+  ("saved_model", "none", None),
+  ("tflite", "none", None),
+  ("tflite", "int8", None),
+  ("onnx", "none", None),
+  ("onnx", "int8", None),
+  ("tflite", "none", 1),
+  ("tflite", "int8", 1),
+  ("onnx", "none", 1),
+)
 BATCH = 32
 
 
@@ -87,12 +98,21 @@ def vitjax_results(clf, images: np.ndarray, args) -> dict[str, dict]:
   results["vitjax jit (float32)"]["size"] = sum(np.asarray(x).nbytes for x in jax.tree.leaves(clf.variables))
   representative = exporters.representative_images(clf.config.data, clf)
   with tempfile.TemporaryDirectory() as scratch:
-    for format, quantize in FORMATS:
-      path = os.path.join(scratch, f"{quantize}.{format}")
-      exporters.export(clf, path, format=format, quantize=quantize, representative=representative)
-      name = f"{format} {'float32' if quantize == 'none' else quantize}"
-      results[name] = {**measure(runner(path, format), images, args), "size": size_of(path)}
+    for format, quantize, batch_size in FORMATS:
+      path = os.path.join(scratch, f"{quantize}_{batch_size}.{format}")
+      kwargs = dict(quantize=quantize, representative=representative, batch_size=batch_size)
+      exporters.export(clf, path, format=format, **kwargs)
+      name = f"{format} {'float32' if quantize == 'none' else quantize}" + (
+        f", batch {batch_size}" if batch_size else ""
+      )
+      predict = runner(path, format) if batch_size is None else one_at_a_time(runner(path, format))
+      results[name] = {**measure(predict, images, args), "size": size_of(path)}
   return results
+
+
+def one_at_a_time(predict: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+  """A model exported for batches of one, called once per image of a batch."""
+  return lambda x: np.concatenate([np.asarray(predict(x[i : i + 1])) for i in range(len(x))])
 
 
 def timm_results(clf, source: str, images: np.ndarray, args) -> dict[str, dict]:

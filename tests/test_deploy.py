@@ -180,6 +180,31 @@ def test_tflite_takes_any_batch(model_config, int8, tmp_path):
     np.testing.assert_allclose(_run_exported(str(tmp_path / "int8.tflite"), "tflite", images).sum(-1), 1.0, atol=0.02)
 
 
+def test_a_fixed_batch_size_exports_static_shapes_that_agree_with_jax(tmp_path):
+  model = models.from_config(ml_collections.ConfigDict({"name": "resnet20", "width": 8}), num_classes=10)
+  variables = models.init_variables(model, jax.random.key(0), image_shape=(32, 32, 3))
+  variables["params"]["head"]["kernel"] = jax.random.normal(jax.random.key(1), (32, 10))  # Zero-initialised.
+  clf = Classifier(model, variables, class_names=list("0123456789"), pp_eval="resize(32)|value_range(-1, 1)")
+  images = np.random.RandomState(0).randint(0, 256, (2, 32, 32, 3), np.uint8)
+  with pytest.raises(vitjax.ConfigError, match="batch_size=0 must be a positive number of images"):
+    exporters.export(clf, str(tmp_path / "zero.tflite"), format="tflite", batch_size=0)
+  for format, quantize in (("tflite", "none"), ("onnx", "int8")):  # int8: 3 calibration images in batches of 2.
+    path = str(tmp_path / f"model.{format}")
+    record = exporters.export(
+      clf, path, format=format, quantize=quantize, representative=images[[0, 1, 0]], batch_size=2
+    )
+    assert record["input"]["shape"] == [2, 32, 32, 3] and record["output"]["shape"] == [2, 10]
+    if format == "tflite":
+      shape = tf.lite.Interpreter(model_path=path).get_input_details()[0]["shape_signature"].tolist()
+    else:
+      import onnxruntime
+
+      shape = onnxruntime.InferenceSession(path).get_inputs()[0].shape
+    assert shape == [2, 32, 32, 3]
+    tolerance = 1e-4 if quantize == "none" else 0.1
+    assert np.abs(_run_exported(path, format, images) - clf.predict(images)).max() <= tolerance
+
+
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v3_small", "efficientnet_b0", "bit_r50x1", "convnext_tiny"])
 def test_exported_graphs_hold_no_gather(name):
   """What the exporters trace (a batch of unknown size, convolution.portable()) has no gather, which TFLite cannot

@@ -26,6 +26,9 @@ flags.DEFINE_integer("step", None, "The checkpoint step to export (default: the 
 flags.DEFINE_bool("ema", None, "Export the moving average of the parameters (default: when the run kept one).")
 flags.DEFINE_integer("image_size", None, "The input size, needed only when pp_eval has no resize or crop.")
 flags.DEFINE_integer("seq_len", None, "NaFlex runs: the patches per image the exported model takes (default: longest).")
+flags.DEFINE_integer(
+  "batch_size", None, "Fix the exported model's batch size (default: any); batch 1 serves one image fastest."
+)
 flags.DEFINE_integer("calibration_images", 300, "int8: training images that calibrate the activation ranges.")
 flags.mark_flags_as_required(["format", "output"])
 
@@ -74,6 +77,7 @@ def main(argv):
       quantize=FLAGS.quantize,
       representative=representative,
       image_size=FLAGS.image_size,
+      batch_size=FLAGS.batch_size,
     )
   except (ConfigError, UnreadableFileError, data.DatasetUnavailableError) as e:
     sys.exit(f"error: {e}")  # One line: these name the problem and the fix; anything else keeps its traceback.

@@ -1,11 +1,13 @@
 """A Classifier as a file other runtimes load: TensorFlow SavedModel, TFLite (float32, float16 or int8) and ONNX.
 
-Every exported model takes a uint8 batch [N, H, W, C] at the model's input size (the host ops of `pp_eval`, such as
-resize and crop, are the caller's), normalises it inside and returns class probabilities [N, num_classes]; a NaFlex
-model takes [N, L, P*P*C + 3] at the sequence length L it was exported at: each image's uint8 patches, packed with
-their (row, column, validity) by `pp_eval`'s host ops (resize_to_seq, patchify). The paths:
+Every exported model takes a uint8 batch [N, H, W, C] (N any, or fixed by `batch_size`) at the model's input
+size (the host ops of `pp_eval`, such as resize and crop, are the caller's), normalises it inside and returns class
+probabilities [N, num_classes]; a NaFlex model takes [N, L, P*P*C + 3] at the sequence length L it was exported
+at: each image's uint8 patches, packed with their (row, column, validity) by `pp_eval`'s host ops (resize_to_seq,
+patchify). The paths:
 
-- SavedModel: jax2tf (StableHLO in an XlaCallModule op) behind a batch-polymorphic `serving_default` signature.
+- SavedModel: jax2tf (StableHLO in an XlaCallModule op) behind a `serving_default` signature, batch-polymorphic
+  unless `batch_size` fixes it.
 - TFLite: TFLiteConverter on that SavedModel; int8 calibrates activation ranges on the run's own images.
 - ONNX: tf2onnx on the float TFLite file (tf2onnx cannot read XlaCallModule ops, and jax2onnx requires an older
   orbax-checkpoint than ours); int8 through onnxruntime's static quantisation, calibrated the same way.
@@ -47,13 +49,18 @@ def export(
   quantize: str = "none",
   representative: np.ndarray | None = None,
   image_size: int | None = None,
+  batch_size: int | None = None,
 ) -> dict[str, Any]:
   """Writes `classifier` to `path` in `format` and the sidecar `path.json`; returns the sidecar's record.
 
   int8 needs `representative`: a few hundred host-preprocessed uint8 images of the training data
   (`representative_images`). `image_size` is needed only when `pp_eval` keeps the input size (no resize or crop).
+  `batch_size` fixes the batch (None: any); with every shape known, TFLite (XNNPACK) and onnxruntime run the
+  graph without shape arithmetic, the fastest way to serve one image at a time.
   """
   check(format, quantize)
+  if batch_size is not None and batch_size < 1:
+    raise ConfigError(f"batch_size={batch_size} must be a positive number of images, or left out for any batch.")
   input_shape = _input_shape(classifier, image_size)
   if quantize == "int8" and (representative is None or not len(representative)):
     raise ConfigError("int8 quantisation needs representative images of the training data to calibrate on.")
@@ -63,9 +70,10 @@ def export(
       if not os.path.exists(os.path.join(path, "saved_model.pb")):
         raise ConfigError(f"{path!r} exists and is not a SavedModel: choose a new output path.")
       shutil.rmtree(path)  # An earlier export: replaced whole, so that no stale variable file stays.
-    write_saved_model(classifier, saved_model, input_shape)
+    write_saved_model(classifier, saved_model, input_shape, batch_size=batch_size)
+    calibration = calibration_batches(representative, batch_size or 1)
     if format == "tflite":
-      _write_bytes(path, tflite_model(saved_model, quantize=quantize, representative=representative))
+      _write_bytes(path, tflite_model(saved_model, quantize=quantize, calibration=calibration))
     elif format == "onnx":
       from vitjax.deploy import onnx_graph  # tf2onnx and onnxruntime load in seconds: only when asked for.
 
@@ -73,13 +81,13 @@ def export(
       _write_bytes(float_tflite, tflite_model(saved_model, quantize="none"))
       onnx_graph.from_tflite(float_tflite, path, input_name=INPUT_NAME, output_name=OUTPUT_NAME)
       if quantize == "int8":
-        onnx_graph.quantize_int8(path, path, representative, input_name=INPUT_NAME)
+        onnx_graph.quantize_int8(path, path, calibration, input_name=INPUT_NAME)
   record = {
     "format": format,
     "quantize": quantize,
     "input_shape": list(input_shape),
-    "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", *input_shape]},
-    "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(classifier.class_names)]},
+    "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [batch_size or "N", *input_shape]},
+    "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [batch_size or "N", len(classifier.class_names)]},
     "activation": classifier.activation,
     "class_names": classifier.class_names,
     "pp_eval": classifier.preprocessing.spec,
@@ -91,17 +99,18 @@ def export(
   return record
 
 
-def write_saved_model(classifier: Classifier, path: str, input_shape: tuple[int, ...]) -> None:
-  """A SavedModel whose `serving_default(images)` gives `{"probabilities": ...}` for any batch size; the weights
-  are stored as TF variables, the computation as the JAX function's StableHLO."""
+def write_saved_model(
+  classifier: Classifier, path: str, input_shape: tuple[int, ...], *, batch_size: int | None = None
+) -> None:
+  """A SavedModel whose `serving_default(images)` gives `{"probabilities": ...}` for batches of `batch_size` (None:
+  any); the weights are stored as TF variables, the computation as the JAX function's StableHLO."""
   shape = ", ".join(map(str, input_shape))  # (height, width, channels), or NaFlex's (sequence, packed patch).
-  convert = jax2tf.convert(
-    classifier.serving_function(), polymorphic_shapes=[None, f"(b, {shape})"], with_gradient=False
-  )
+  polymorphic = None if batch_size else [None, f"(b, {shape})"]
+  convert = jax2tf.convert(classifier.serving_function(), polymorphic_shapes=polymorphic, with_gradient=False)
   module = tf.Module()
   module.weights = tf.nest.map_structure(lambda x: tf.Variable(np.asarray(x), trainable=False), classifier.variables)
 
-  @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.uint8, name=INPUT_NAME)], autograph=False)
+  @tf.function(input_signature=[tf.TensorSpec([batch_size, *input_shape], tf.uint8, name=INPUT_NAME)], autograph=False)
   def serve(images):
     return {OUTPUT_NAME: convert(module.weights, images)}
 
@@ -110,9 +119,9 @@ def write_saved_model(classifier: Classifier, path: str, input_shape: tuple[int,
     tf.saved_model.save(module, path, signatures={"serving_default": serve})
 
 
-def tflite_model(saved_model: str, *, quantize: str, representative: np.ndarray | None = None) -> bytes:
+def tflite_model(saved_model: str, *, quantize: str, calibration: np.ndarray | None = None) -> bytes:
   """The SavedModel as a TFLite flatbuffer: float32, float16 weights, or int8 (weights and activations of the
-  `INT8_OPS`, with ranges calibrated on `representative`)."""
+  `INT8_OPS`, with ranges calibrated on the `calibration` batches [K, N, ...], `calibration_batches`)."""
   converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
   if quantize == "float16":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -121,12 +130,12 @@ def tflite_model(saved_model: str, *, quantize: str, representative: np.ndarray 
     return converter.convert()
   float_ops = sorted(set(tflite_op_names(converter.convert())) - set(INT8_OPS))
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
-  converter.representative_dataset = lambda: _one_by_one(representative)
+  converter.representative_dataset = lambda: _one_by_one(calibration)
   converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
   # The quantisation debugger is TFLite's interface for keeping chosen op types in float32.
   debugger = tf.lite.experimental.QuantizationDebugger(
     converter=converter,
-    debug_dataset=lambda: _one_by_one(representative),
+    debug_dataset=lambda: _one_by_one(calibration),
     debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops),
   )
   return debugger.get_nondebug_quantized_model()
@@ -173,10 +182,18 @@ def _input_shape(classifier: Classifier, image_size: int | None) -> tuple[int, .
   return (image_size, image_size, channels)
 
 
-def _one_by_one(images: np.ndarray) -> Iterator[list[np.ndarray]]:
-  """Calibration batches of one image, as TFLite's representative datasets are read."""
-  for image in images:
-    yield [image[None]]
+def calibration_batches(images: np.ndarray | None, batch_size: int) -> np.ndarray | None:
+  """`images` in batches [K, batch_size, ...] as the exported model takes them, the last one filled from the start."""
+  if images is None or not len(images):
+    return images
+  count = -(-len(images) // batch_size) * batch_size
+  return np.resize(images, (count, *images.shape[1:])).reshape(-1, batch_size, *images.shape[1:])
+
+
+def _one_by_one(batches: np.ndarray) -> Iterator[list[np.ndarray]]:
+  """Calibration batches one at a time, as TFLite's representative datasets are read."""
+  for batch in batches:
+    yield [batch]
 
 
 def _write_bytes(path: str, contents: bytes) -> None:

@@ -38,13 +38,13 @@ def from_tflite(tflite_path: str, onnx_path: str, *, input_name: str, output_nam
   onnx.save(model, onnx_path)
 
 
-def quantize_int8(source: str, target: str, representative: np.ndarray, *, input_name: str) -> None:
-  """Static int8 quantisation (QDQ format) of the `INT8_OP_TYPES`, activation ranges calibrated on
-  `representative` (uint8 images the model takes); the other ops stay float32."""
+def quantize_int8(source: str, target: str, batches: np.ndarray, *, input_name: str) -> None:
+  """Static int8 quantisation (QDQ format) of the `INT8_OP_TYPES`, activation ranges calibrated on `batches`
+  [K, N, ...] (uint8 images as the model takes them); the other ops stay float32."""
   quantization.quantize_static(
     source,
     target,
-    _Calibration(representative, input_name),
+    _Calibration(batches, input_name),
     quant_format=quantization.QuantFormat.QDQ,
     op_types_to_quantize=list(INT8_OP_TYPES),
     per_channel=True,
@@ -54,10 +54,10 @@ def quantize_int8(source: str, target: str, representative: np.ndarray, *, input
 
 
 class _Calibration(quantization.CalibrationDataReader):
-  """Feeds the representative images one at a time."""
+  """Feeds the calibration batches one at a time."""
 
-  def __init__(self, images: np.ndarray, input_name: str):
-    self._batches: Iterator[dict[str, np.ndarray]] = ({input_name: image[None]} for image in images)
+  def __init__(self, batches: np.ndarray, input_name: str):
+    self._batches: Iterator[dict[str, np.ndarray]] = ({input_name: batch} for batch in batches)
 
   def get_next(self) -> dict[str, np.ndarray] | None:
     return next(self._batches, None)
