@@ -201,7 +201,7 @@ def run_model(name: str, args) -> list[str]:
 
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", nargs="+", default=list(MODELS))
+  parser.add_argument("--models", nargs="*", default=list(MODELS), help="untrained models (none: the quickstart only)")
   parser.add_argument("--quickstart", default="", help="a trained quickstart run: its row shows accuracy")
   parser.add_argument("--torch_python", default="", help="a Python with torch, timm and onnxruntime: timm's rows")
   parser.add_argument("--image_size", type=int, default=224)

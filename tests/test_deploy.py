@@ -205,6 +205,21 @@ def test_a_fixed_batch_size_exports_static_shapes_that_agree_with_jax(tmp_path):
     assert np.abs(_run_exported(path, format, images) - clf.predict(images)).max() <= tolerance
 
 
+def test_a_vit_exported_for_one_image_converts_tflites_fused_gelu_to_onnx(tmp_path):
+  """With every shape known, TFLite's converter fuses the tanh GELU into one op, which tf2onnx cannot read alone."""
+  import onnxruntime
+
+  model = models.build("vit_micro16", num_classes=10)
+  variables = models.init_variables(model, jax.random.key(0), image_shape=(32, 32, 3))
+  variables["params"]["head"]["kernel"] = jax.random.normal(jax.random.key(1), (128, 10))
+  clf = Classifier(model, variables, class_names=list("0123456789"), pp_eval="resize(32)|value_range(-1, 1)")
+  path = str(tmp_path / "vit.onnx")
+  exporters.export(clf, path, format="onnx", batch_size=1)
+  image = np.random.RandomState(0).randint(0, 256, (1, 32, 32, 3), np.uint8)
+  probabilities = onnxruntime.InferenceSession(path).run(None, {"images": image})[0]
+  np.testing.assert_allclose(probabilities, clf.predict(image), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v3_small", "efficientnet_b0", "bit_r50x1", "convnext_tiny"])
 def test_exported_graphs_hold_no_gather(name):
   """What the exporters trace (a batch of unknown size, convolution.portable()) has no gather, which TFLite cannot

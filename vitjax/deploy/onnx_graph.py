@@ -29,7 +29,9 @@ BROADCASTING_OPS = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Pow")
 def from_tflite(tflite_path: str, onnx_path: str, *, input_name: str, output_name: str) -> None:
   """Converts a single-input, single-output float TFLite file to ONNX, naming its input and output."""
   model, _ = tf2onnx.convert.from_tflite(
-    tflite_path, opset=OPSET, custom_op_handlers={"UnsortedSegmentProd": (_segment_product, [])}
+    tflite_path,
+    opset=OPSET,
+    custom_op_handlers={"UnsortedSegmentProd": (_segment_product, []), "TFL_GELU": (_gelu, [])},
   )
   _rename(model.graph, model.graph.input[0].name, input_name)
   _rename(model.graph, model.graph.output[0].name, output_name)
@@ -119,6 +121,30 @@ def _drop_unread(graph: onnx.GraphProto) -> None:
   kept = [i for i in graph.initializer if i.name in read]
   del graph.initializer[:]
   graph.initializer.extend(kept)
+
+
+def _gelu(ctx, node, name, args) -> None:
+  """tf2onnx handler: TFLite's GELU (fused by its converter when every shape is known) as ONNX arithmetic, the tanh
+  form when `approximate`, else the erf form; tf2onnx 1.17 has no handler of its own."""
+  del name, args
+  x = node.input[0]
+
+  def const(value: float) -> str:
+    return ctx.make_const(tf2onnx.utils.make_name(f"{node.name}_c"), np.array(value, np.float32)).output[0]
+
+  def op(kind: str, *inputs: str) -> str:
+    return ctx.make_node(kind, list(inputs)).output[0]
+
+  if node.get_attr_value("approximate", 0):
+    cubic = op("Mul", op("Mul", x, x), x)
+    inner = op("Mul", const(np.sqrt(2.0 / np.pi)), op("Add", x, op("Mul", const(0.044715), cubic)))
+    gate = op("Add", const(1.0), op("Tanh", inner))
+  else:
+    gate = op("Add", const(1.0), op("Erf", op("Mul", x, const(1.0 / np.sqrt(2.0)))))
+  ctx.replace_inputs(node, [op("Mul", const(0.5), x), gate])
+  node.type = "Mul"
+  for attribute in list(node.attr):
+    del node.attr[attribute]
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
