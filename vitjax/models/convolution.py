@@ -128,9 +128,17 @@ def _depthwise_forward(x, kernel, strides, pads):
   return out, (phases, kernel, x.shape)
 
 
+def _depthwise_training_forward(x, kernel, strides, pads):
+  """The forward under differentiation, its output `materialized`: training's BatchNorm reads it twice (statistics,
+  then normalisation) and would otherwise recompute the sum over taps for each. Inference keeps it fused."""
+  out, residuals = _depthwise_forward(x, kernel, strides, pads)
+  return materialized(out), residuals
+
+
 def _depthwise_backward(strides, pads, residuals, dy):
   phases, kernel, x_shape = residuals
   kh, kw = kernel.shape[:2]
+  dy = materialized(dy)
   taps = [column_sum(phase_view(phases, (i, j), strides, dy.shape[1:3]), dy) for i in range(kh) for j in range(kw)]
   dx = _depthwise_input_gradient(dy, kernel, x_shape, strides, pads)
   return dx, jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
@@ -185,7 +193,18 @@ def _depthwise_input_gradient(dy, kernel, x_shape, strides, pads):
   return _depthwise_forward(spread, kernel[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))[0]
 
 
-depthwise_conv.defvjp(_depthwise_forward, _depthwise_backward)
+depthwise_conv.defvjp(_depthwise_training_forward, _depthwise_backward)
+
+
+def materialized(x: Array) -> Array:
+  """x, written to memory once: an identity matmul on rows of up to 16 elements, which XLA's CPU backend never fuses
+  into what reads it (exact for finite values). A depthwise convolution's gradient reads its incoming gradient at
+  every tap; left fused, the BatchNorm, activation and squeeze-excitation gradients that make it were recomputed at
+  each, 2 * taps times per element. With it here and on the forward's output, EfficientNet-B0's train step ran 1.45x
+  faster. XLA simplifies a 1x1 identity away, so an x of odd size stays fused."""
+  width = next(w for w in (16, 8, 4, 2, 1) if x.size % w == 0)
+  identity = jnp.eye(width, dtype=x.dtype)
+  return jnp.matmul(x.reshape(-1, width), identity, precision=jax.lax.Precision.HIGHEST).reshape(x.shape)
 
 
 def column_sum(x: Array, y: Array | None = None) -> Array:
