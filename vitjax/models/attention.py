@@ -1,5 +1,6 @@
 """Multi-head dot-product attention with flax's parameter layout, optional query/key normalisation and 2-D RoPE,
-computed either explicitly (attention weights recorded) or through `jax.nn.dot_product_attention`."""
+computed explicitly (attention weights recorded), as `softmax_attention` (the default without a mask) or through
+`jax.nn.dot_product_attention` (cuDNN, masks)."""
 
 import math
 
