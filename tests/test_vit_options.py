@@ -299,3 +299,9 @@ def test_softmax_attention_is_jax_dot_product_attention_with_its_gradients():
   theirs = attention_and_gradients(reference, half, cotangent.astype(jnp.bfloat16))
   for mine, jaxs, want in zip(ours, theirs, exact):
     assert np.abs(mine - want).max() <= 2 * np.abs(jaxs - want).max() + 1e-3
+
+
+def test_unknown_attention_implementation_is_named():
+  model = build(attention="flash")
+  with pytest.raises(ValueError, match="Unknown attention 'flash'; choose one of: explicit, xla, cudnn"):
+    random_variables(model, IMAGES)

@@ -68,7 +68,7 @@ class MultiHeadDotProductAttention(Layer):
     )
     if explicit:
       x = self._explicit(query, key, value, deterministic=deterministic, mask=mask)
-    elif self._fused_implementation() is None and mask is None:
+    elif self._checked_implementation() == "xla" and mask is None:
       x = softmax_attention(query, key, value)
     else:
       x = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0, implementation=self.implementation)
@@ -86,13 +86,13 @@ class MultiHeadDotProductAttention(Layer):
     weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=deterministic)
     return jnp.einsum("nhqk,nkhd->nqhd", weights, value)
 
-  def _fused_implementation(self) -> str | None:
-    """`jax.nn.dot_product_attention`'s implementation argument; an unknown name fails here."""
+  def _checked_implementation(self) -> str:
+    """The configured implementation; an unknown name fails here, before any attention is computed."""
     if self.implementation not in IMPLEMENTATIONS:
       raise ConfigError(
         f"Unknown attention implementation {self.implementation!r}; choose one of: {', '.join(IMPLEMENTATIONS)}"
       )
-    return None if self.implementation == "xla" else self.implementation
+    return self.implementation
 
 
 def softmax_attention(query: Array, key: Array, value: Array) -> Array:
